@@ -1,0 +1,105 @@
+"""Typed model configuration. Field names mirror diffusers' `transformer/config.json`, so a diffusers config file
+and our `configs/*.json` are the same document."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from sixbit_jax.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class CogVideoXConfig:
+    """CogVideoX 1.0 transformer (2B: 3D sincos positions; 5B: 3D RoPE)."""
+
+    num_attention_heads: int = 30
+    attention_head_dim: int = 64
+    in_channels: int = 16
+    out_channels: int = 16
+    num_layers: int = 30
+    text_embed_dim: int = 4096
+    max_text_seq_length: int = 226
+    time_embed_dim: int = 512
+    patch_size: int = 2
+    sample_frames: int = 49  # pixel frames; latent frames = (sample_frames - 1) // temporal_compression_ratio + 1
+    sample_height: int = 60  # latent height
+    sample_width: int = 90  # latent width
+    temporal_compression_ratio: int = 4
+    spatial_interpolation_scale: float = 1.875
+    temporal_interpolation_scale: float = 1.0
+    use_rotary_positional_embeddings: bool = False
+    norm_eps: float = 1e-5
+    freq_shift: int = 0
+    flip_sin_to_cos: bool = True
+
+    def __post_init__(self):
+        if self.inner_dim % 16:
+            raise ConfigError(f"inner dim {self.inner_dim} must be a multiple of 16 (3D sincos positions split it)")
+        if self.use_rotary_positional_embeddings and self.attention_head_dim % 8:
+            raise ConfigError(f"attention_head_dim {self.attention_head_dim} must be a multiple of 8 for 3D RoPE")
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def flavour(self) -> str:
+        return "5b" if self.use_rotary_positional_embeddings else "2b"
+
+    def latent_frames(self, pixel_frames: int) -> int:
+        return (pixel_frames - 1) // self.temporal_compression_ratio + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_class_name": "CogVideoXTransformer3DModel", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "CogVideoXConfig":
+        """Accepts diffusers' transformer config.json. Values this port does not implement raise ConfigError;
+        keys that only concern training or other pipelines are ignored."""
+        unsupported = {
+            "patch_size_t": (None, "CogVideoX 1.5 (temporal patching)"),
+            "use_learned_positional_embeddings": (False, "CogVideoX-5b-I2V learned positional embeddings"),
+            "ofs_embed_dim": (None, "CogVideoX 1.5 I2V ofs embedding"),
+            "activation_fn": ("gelu-approximate", "activations other than gelu-approximate"),
+            "timestep_activation_fn": ("silu", "timestep activations other than silu"),
+            "norm_elementwise_affine": (True, "non-affine norms"),
+            "attention_bias": (True, "attention projections without bias"),
+            "patch_bias": (True, "patch embedding without bias"),
+        }
+        for key, (supported, what) in unsupported.items():
+            if key in raw and raw[key] != supported:
+                raise ConfigError(f"unsupported config: {key}={raw[key]!r} ({what} is not implemented)")
+        class_name = raw.get("_class_name", "CogVideoXTransformer3DModel")
+        if class_name != "CogVideoXTransformer3DModel":
+            raise ConfigError(f"unsupported model class {class_name!r}: expected CogVideoXTransformer3DModel")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in fields}
+        for key, value in kwargs.items():
+            if value is None or isinstance(value, (dict, list)):
+                raise ConfigError(f"config field {key} has an invalid value {value!r}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "CogVideoXConfig":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(raw)
+
+    @classmethod
+    def named(cls, name: str) -> "CogVideoXConfig":
+        """A config shipped in `configs/`, e.g. 'cogvideox-2b' or 'cogvideox-5b'."""
+        path = CONFIG_DIR / f"{name}.json"
+        if not path.exists():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+            raise ConfigError(f"unknown config {name!r}; known: {', '.join(known)}")
+        return cls.from_json(path)

@@ -1,0 +1,55 @@
+"""Full (non-causal, unmasked) multi-head attention on [batch, tokens, heads, head_dim] arrays.
+
+GPU with bf16/fp16: cuDNN flash attention through `jax.nn.dot_product_attention`. Everywhere else (CPU, float32):
+an exact softmax attention in float32 that walks over query chunks, so memory is batch x heads x chunk x tokens
+instead of tokens squared."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sixbit_jax.layers.dense import full_precision
+
+# Largest logits block (elements) the chunked path materialises at once: 64 Mi float32 values = 256 MiB.
+_MAX_LOGITS_ELEMENTS = 64 * 1024 * 1024
+
+
+def default_implementation(dtype) -> str:
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return "cudnn"
+    return "xla"
+
+
+def dot_product_attention(q, k, v, *, implementation: str | None = None) -> jax.Array:
+    """softmax(q kᵀ / sqrt(d)) v, for q, k, v of shape [B, N, H, d]; the output has q's dtype."""
+    implementation = implementation or default_implementation(q.dtype)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+    if implementation != "xla":
+        raise ValueError(f"unknown attention implementation {implementation!r} (use 'cudnn' or 'xla')")
+    return _chunked_attention(q, k, v, scale)
+
+
+def _attention_block(q, k, v, scale):
+    hi = full_precision(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=hi, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return out.astype(q.dtype)
+
+
+def _chunked_attention(q, k, v, scale):
+    batch, n_q, heads, _ = q.shape
+    n_k = k.shape[1]
+    chunk = max(1, _MAX_LOGITS_ELEMENTS // (batch * heads * n_k))
+    if chunk >= n_q:
+        return _attention_block(q, k, v, scale)
+    n_chunks = -(-n_q // chunk)
+    pad = n_chunks * chunk - n_q
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(batch, n_chunks, chunk, heads, -1)
+    out = jax.lax.map(lambda qc: _attention_block(qc, k, v, scale), jnp.moveaxis(qp, 1, 0))
+    return jnp.moveaxis(out, 0, 1).reshape(batch, n_chunks * chunk, heads, -1)[:, :n_q]

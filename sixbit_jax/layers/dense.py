@@ -1,0 +1,32 @@
+"""The one dense layer every linear of the DiT goes through.
+
+The weight is kept in PyTorch's Linear layout, [out_features, in_features] ("N x K", K-major). That layout is what
+the 8-bit and 4-bit tensor-core paths need (both operands contiguous along the reduction axis), so the quantized
+paths added later can own their formats here without the model or the converter changing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def full_precision(dtype):
+    """HIGHEST for float32 operands, so float32 models stay true float32 on GPU (no TF32), as PyTorch does by
+    default. bf16/fp16 products are exact in the float32 accumulator, so they need no precision setting."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+class Dense(nnx.Module):
+    def __init__(self, in_features: int, out_features: int, *, dtype=jnp.bfloat16, rngs: nnx.Rngs):
+        self.in_features, self.out_features = in_features, out_features
+        scale = in_features**-0.5
+        self.weight = nnx.Param(
+            (jax.random.normal(rngs.params(), (out_features, in_features), jnp.float32) * scale).astype(dtype)
+        )
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w, b = self.weight[...], self.bias[...]
+        y = jnp.einsum("...k,nk->...n", x.astype(w.dtype), w, precision=full_precision(w.dtype))
+        return y + b

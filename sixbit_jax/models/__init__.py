@@ -1,0 +1,3 @@
+from sixbit_jax.models.cogvideox import CogVideoXTransformer3D, PositionalTables
+
+__all__ = ["CogVideoXTransformer3D", "PositionalTables"]

@@ -1,0 +1,318 @@
+"""CogVideoX 1.0 transformer (2B and 5B) in Flax NNX.
+
+Mirrors diffusers' `CogVideoXTransformer3DModel`; module and parameter names follow the diffusers checkpoint
+(`patch_embed.proj`, `transformer_blocks.norm1.linear`, `attn1.to_q`, ...), with two differences that the converter
+maps: the transformer blocks are stacked along a leading layer axis and run under one `lax.scan` (one compiled
+block instead of 30 or 42), and `attn1.to_out.0` / `ff.net.0.proj` / `ff.net.2` are named `attn1.to_out` /
+`ff.proj_in` / `ff.proj_out`.
+
+Data layout: latents are [B, F, C, H, W] (frames before channels, as in diffusers); tokens are [B, N, D] with the
+text tokens first; attention works on [B, N, heads, head_dim].
+
+Positional information is precomputed on the host (float64, like diffusers) by `positional_tables`:
+2B adds a 3D sin-cos table to the video tokens, 5B rotates video q/k with 3D RoPE in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sixbit_jax.config import CogVideoXConfig
+from sixbit_jax.errors import InputError
+from sixbit_jax.layers import Dense, LayerNorm, dot_product_attention
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Non-learned tables
+# ----------------------------------------------------------------------------------------------------------------
+def timestep_sinusoid(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0):
+    """diffusers' get_timestep_embedding, op for op in float32 (its error against float64 is part of the model)."""
+    half = dim // 2
+    exponent = jnp.float32(-math.log(10000)) * jnp.arange(half, dtype=jnp.float32) / jnp.float32(half - freq_shift)
+    args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    sin, cos = jnp.sin(args), jnp.cos(args)
+    return jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+
+
+class PositionalTables(NamedTuple):
+    """Host-computed positional information for one latent grid. 2B uses `sincos` [N_video, D]; 5B uses
+    `rope_cos`/`rope_sin` [N_video, head_dim]. Unused fields are None."""
+
+    sincos: jax.Array | None = None
+    rope_cos: jax.Array | None = None
+    rope_sin: jax.Array | None = None
+
+
+def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    args = np.outer(positions.astype(np.float64), omega)
+    return np.concatenate([np.sin(args), np.cos(args)], axis=1)
+
+
+def sincos_table(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """diffusers' get_3d_sincos_pos_embed: per video token [temporal D/4 | spatial 3D/4], spatial being
+    [w-coordinate half | h-coordinate half]. Float32 grids, float64 trigonometry, tokens in (f, h, w) order."""
+    dim = cfg.inner_dim
+    spatial_dim, temporal_dim = 3 * dim // 4, dim // 4
+    scale = np.float32(cfg.spatial_interpolation_scale)
+    hh, ww = np.meshgrid(np.arange(grid_h, dtype=np.float32) / scale, np.arange(grid_w, dtype=np.float32) / scale,
+                         indexing="ij")
+    spatial = np.concatenate([_sincos_1d(spatial_dim // 2, ww.reshape(-1)),
+                              _sincos_1d(spatial_dim // 2, hh.reshape(-1))], axis=1)
+    t = np.arange(frames, dtype=np.float32) / np.float32(cfg.temporal_interpolation_scale)
+    temporal = _sincos_1d(temporal_dim, t)
+    table = np.concatenate([np.repeat(temporal[:, None], grid_h * grid_w, axis=1),
+                            np.repeat(spatial[None], frames, axis=0)], axis=-1)
+    return table.reshape(frames * grid_h * grid_w, dim)
+
+
+def _crop_region(grid_h: int, grid_w: int, base_h: int, base_w: int):
+    """The pipeline's get_resize_crop_region_for_grid: fit the grid into the base grid keeping aspect, centred."""
+    if grid_h / grid_w > base_h / base_w:
+        resize_h, resize_w = base_h, int(round(base_h / grid_h * grid_w))
+    else:
+        resize_w, resize_h = base_w, int(round(base_w / grid_w * grid_h))
+    top, left = int(round((base_h - resize_h) / 2.0)), int(round((base_w - resize_w) / 2.0))
+    return (top, left), (top + resize_h, left + resize_w)
+
+
+def _rope_1d(dim: int, positions: np.ndarray):
+    freqs = 1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    args = np.outer(positions, freqs)
+    return np.repeat(np.cos(args), 2, axis=1), np.repeat(np.sin(args), 2, axis=1)
+
+
+def rope_tables(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
+    """The pipeline's 3D RoPE (CogVideoX 1.0, "linspace" grid): head dim split [t: d/4 | h: 3d/8 | w: 3d/8], cos and
+    sin repeated per (even, odd) pair. Returns float64 (cos, sin), each [frames * grid_h * grid_w, head_dim]."""
+    p = cfg.patch_size
+    (top, left), (bottom, right) = _crop_region(grid_h, grid_w, cfg.sample_height // p, cfg.sample_width // p)
+    pos_h = np.linspace(top, bottom * (grid_h - 1) / grid_h, grid_h)
+    pos_w = np.linspace(left, right * (grid_w - 1) / grid_w, grid_w)
+    pos_t = np.linspace(0, frames * (frames - 1) / frames, frames)
+    hd = cfg.attention_head_dim
+    parts = [(_rope_1d(hd // 4, pos_t), (slice(None), None, None)),
+             (_rope_1d(hd // 8 * 3, pos_h), (None, slice(None), None)),
+             (_rope_1d(hd // 8 * 3, pos_w), (None, None, slice(None)))]
+    shape = (frames, grid_h, grid_w)
+    cos = np.concatenate([np.broadcast_to(c[ix], shape + c.shape[-1:]) for (c, _), ix in parts], axis=-1)
+    sin = np.concatenate([np.broadcast_to(s[ix], shape + s.shape[-1:]) for (_, s), ix in parts], axis=-1)
+    return cos.reshape(-1, hd), sin.reshape(-1, hd)
+
+
+def positional_tables(cfg: CogVideoXConfig, frames: int, height: int, width: int, dtype) -> PositionalTables:
+    """Tables for a latent of `frames` x `height` x `width`. The sin-cos table is cast to the model dtype as
+    diffusers does; RoPE tables stay float32 because the rotation runs in float32."""
+    grid_h, grid_w = height // cfg.patch_size, width // cfg.patch_size
+    if cfg.use_rotary_positional_embeddings:
+        cos, sin = rope_tables(cfg, frames, grid_h, grid_w)
+        return PositionalTables(rope_cos=jnp.asarray(cos, jnp.float32), rope_sin=jnp.asarray(sin, jnp.float32))
+    return PositionalTables(sincos=jnp.asarray(sincos_table(cfg, frames, grid_h, grid_w), dtype))
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate (even, odd) pairs of x [B, N, H, d] by per-token angles; float32 math, result in x's dtype."""
+    xf = x.astype(jnp.float32)
+    pairs = xf.reshape(*x.shape[:-1], -1, 2)
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    return (xf * cos[None, :, None, :] + rotated * sin[None, :, None, :]).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------
+class TimestepEmbedding(nnx.Module):
+    """Sinusoid table [B, D] -> linear_1 -> SiLU -> linear_2 -> temb [B, time_embed_dim] (no SiLU after)."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
+        self.linear_1 = Dense(cfg.inner_dim, cfg.time_embed_dim, dtype=dtype, rngs=rngs)
+        self.linear_2 = Dense(cfg.time_embed_dim, cfg.time_embed_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, sinusoid: jax.Array) -> jax.Array:
+        return self.linear_2(jax.nn.silu(self.linear_1(sinusoid)))
+
+
+class PatchEmbed(nnx.Module):
+    """Text tokens through `text_proj`; each frame's p x p latent patches through `proj` (the checkpoint's
+    Conv2d(k=s=p), stored as a dense weight [D, C*p*p] over patch vectors in (c, py, px) order)."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
+        self.patch_size = cfg.patch_size
+        self.proj = Dense(cfg.in_channels * cfg.patch_size**2, cfg.inner_dim, dtype=dtype, rngs=rngs)
+        self.text_proj = Dense(cfg.text_embed_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, text: jax.Array, latents: jax.Array):
+        b, f, c, h, w = latents.shape
+        p = self.patch_size
+        patches = latents.reshape(b, f, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4, 6)
+        return self.text_proj(text), self.proj(patches.reshape(b, f * (h // p) * (w // p), c * p * p))
+
+
+class LayerNormZero(nnx.Module):
+    """CogVideoXLayerNormZero: one shared LayerNorm, modulated separately for video and text by 6 chunks of
+    linear(silu(temb)): shift, scale, gate, enc_shift, enc_scale, enc_gate."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
+        self.linear = Dense(cfg.time_embed_dim, 6 * cfg.inner_dim, dtype=dtype, rngs=rngs)
+        self.norm = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
+
+    def __call__(self, video, text, temb_act):
+        shift, scale, gate, enc_shift, enc_scale, enc_gate = jnp.split(self.linear(temb_act)[:, None, :], 6, axis=-1)
+        video = self.norm(video) * (1 + scale) + shift
+        text = self.norm(text) * (1 + enc_scale) + enc_shift
+        return video, text, gate, enc_gate
+
+
+class JointAttention(nnx.Module):
+    """Full attention over [text; video] with per-head qk-LayerNorm (weights shared by all heads) and, for 5B,
+    RoPE on the video part of q and k."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, implementation: str | None = None):
+        d = cfg.inner_dim
+        self.heads, self.implementation = cfg.num_attention_heads, implementation
+        self.to_q = Dense(d, d, dtype=dtype, rngs=rngs)
+        self.to_k = Dense(d, d, dtype=dtype, rngs=rngs)
+        self.to_v = Dense(d, d, dtype=dtype, rngs=rngs)
+        self.norm_q = LayerNorm(cfg.attention_head_dim, eps=1e-6, dtype=dtype)
+        self.norm_k = LayerNorm(cfg.attention_head_dim, eps=1e-6, dtype=dtype)
+        self.to_out = Dense(d, d, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, num_text: int, rope: PositionalTables) -> jax.Array:
+        b, n, d = tokens.shape
+        split_heads = lambda x: x.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
+        q = self.norm_q(split_heads(self.to_q(tokens)))
+        k = self.norm_k(split_heads(self.to_k(tokens)))
+        v = split_heads(self.to_v(tokens))
+        if rope.rope_cos is not None:
+            q = q.at[:, num_text:].set(apply_rope(q[:, num_text:], rope.rope_cos, rope.rope_sin))
+            k = k.at[:, num_text:].set(apply_rope(k[:, num_text:], rope.rope_cos, rope.rope_sin))
+        out = dot_product_attention(q, k, v, implementation=self.implementation)
+        return self.to_out(out.reshape(b, n, d))
+
+
+class FeedForward(nnx.Module):
+    """proj_in (D -> 4D), GELU (tanh approximation), proj_out (4D -> D)."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
+        self.proj_in = Dense(cfg.inner_dim, 4 * cfg.inner_dim, dtype=dtype, rngs=rngs)
+        self.proj_out = Dense(4 * cfg.inner_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj_out(jax.nn.gelu(self.proj_in(x), approximate=True))
+
+
+class CogVideoXBlock(nnx.Module):
+    """norm1 -> joint attention -> gated residual; norm2 -> shared FFN over [text; video] -> gated residual."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, attention_impl: str | None = None):
+        self.norm1 = LayerNormZero(cfg, dtype=dtype, rngs=rngs)
+        self.attn1 = JointAttention(cfg, dtype=dtype, rngs=rngs, implementation=attention_impl)
+        self.norm2 = LayerNormZero(cfg, dtype=dtype, rngs=rngs)
+        self.ff = FeedForward(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, video, text, temb_act, tables: PositionalTables):
+        num_text = text.shape[1]
+        norm_video, norm_text, gate, enc_gate = self.norm1(video, text, temb_act)
+        attn = self.attn1(jnp.concatenate([norm_text, norm_video], axis=1), num_text, tables)
+        video = video + gate * attn[:, num_text:]
+        text = text + enc_gate * attn[:, :num_text]
+
+        norm_video, norm_text, gate, enc_gate = self.norm2(video, text, temb_act)
+        ff = self.ff(jnp.concatenate([norm_text, norm_video], axis=1))
+        video = video + gate * ff[:, num_text:]
+        text = text + enc_gate * ff[:, :num_text]
+        return video, text
+
+
+class AdaLayerNormOut(nnx.Module):
+    """norm_out: (shift, scale) = linear(silu(temb)) -- shift first -- then LN(x) * (1 + scale) + shift."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
+        self.linear = Dense(cfg.time_embed_dim, 2 * cfg.inner_dim, dtype=dtype, rngs=rngs)
+        self.norm = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
+
+    def __call__(self, x, temb_act):
+        shift, scale = jnp.split(self.linear(temb_act)[:, None, :], 2, axis=-1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class CogVideoXTransformer3D(nnx.Module):
+    """The denoiser: (latents [B, F, C, H, W], text [B, L, text_dim], timesteps [B]) -> v-prediction like latents.
+
+    `dtype` is the parameter and compute dtype (bf16, fp16 or fp32); tables and the RoPE rotation stay float32.
+    `attention_impl` forces 'cudnn' or 'xla' attention (default: cuDNN on GPU for bf16/fp16, else XLA)."""
+
+    def __init__(self, cfg: CogVideoXConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs,
+                 attention_impl: str | None = None):
+        self.config, self.dtype = cfg, jnp.dtype(dtype)
+        self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
+        self.time_embedding = TimestepEmbedding(cfg, dtype=dtype, rngs=rngs)
+
+        def make_block(block_rngs: nnx.Rngs) -> CogVideoXBlock:
+            return CogVideoXBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl)
+
+        # One block's structure, and its parameters initialised num_layers times along a leading layer axis.
+        block_def, _ = nnx.split(nnx.eval_shape(lambda: make_block(nnx.Rngs(0))))
+        layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
+        stacked = jax.vmap(lambda key: nnx.state(make_block(nnx.Rngs(key))))(layer_keys)
+        self.transformer_blocks = nnx.merge(block_def, stacked)
+        self.norm_final = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
+        self.norm_out = AdaLayerNormOut(cfg, dtype=dtype, rngs=rngs)
+        self.proj_out = Dense(cfg.inner_dim, cfg.out_channels * cfg.patch_size**2, dtype=dtype, rngs=rngs)
+
+    def check_inputs(self, latents_shape, text_shape) -> None:
+        """Shape checks with messages that name the problem (called at trace time, so free at run time)."""
+        cfg = self.config
+        if len(latents_shape) != 5 or latents_shape[2] != cfg.in_channels:
+            raise InputError(f"latents must be [B, F, {cfg.in_channels}, H, W]; got {tuple(latents_shape)}")
+        _, _, _, h, w = latents_shape
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise InputError(f"latent height and width must be multiples of patch_size {cfg.patch_size}; got {h}x{w}")
+        if len(text_shape) != 3 or text_shape[-1] != cfg.text_embed_dim:
+            raise InputError(f"text embeddings must be [B, L, {cfg.text_embed_dim}]; got {tuple(text_shape)}")
+        if text_shape[0] != latents_shape[0]:
+            raise InputError(f"text batch {text_shape[0]} does not match latent batch {latents_shape[0]}")
+        if not cfg.use_rotary_positional_embeddings and text_shape[1] != cfg.max_text_seq_length:
+            raise InputError(f"this model (3D sin-cos positions, CogVideoX-2B style) needs exactly "
+                             f"max_text_seq_length={cfg.max_text_seq_length} text tokens; got {text_shape[1]}")
+
+    def positional_tables(self, frames: int, height: int, width: int) -> PositionalTables:
+        return positional_tables(self.config, frames, height, width, self.dtype)
+
+    def __call__(self, latents, text, timesteps, tables: PositionalTables | None = None, *,
+                 return_block_finite: bool = False):
+        """Returns the prediction [B, F, C_out, H, W] in the model dtype; with `return_block_finite`, also a bool
+        [num_layers] saying whether each block's outputs were all finite (to name the block that produced a NaN)."""
+        cfg, dtype = self.config, self.dtype
+        self.check_inputs(latents.shape, text.shape)
+        b, f, _, h, w = latents.shape
+        if tables is None:
+            tables = self.positional_tables(f, h, w)
+        temb = self.time_embedding(
+            timestep_sinusoid(timesteps, cfg.inner_dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                              freq_shift=cfg.freq_shift).astype(dtype))
+        temb_act = jax.nn.silu(temb)
+        text, video = self.patch_embed(text.astype(dtype), latents.astype(dtype))
+        if tables.sincos is not None:
+            video = video + tables.sincos.astype(dtype)
+
+        block_def, block_state = nnx.split(self.transformer_blocks)
+
+        def run_block(carry, state):
+            video, text = nnx.merge(block_def, state)(*carry, temb_act, tables)
+            finite = jnp.isfinite(video).all() & jnp.isfinite(text).all()
+            return (video, text), finite
+
+        (video, _), block_finite = jax.lax.scan(run_block, (video, text), block_state)
+
+        video = self.norm_out(self.norm_final(video), temb_act)
+        out = self.proj_out(video)
+        p, c_out = cfg.patch_size, cfg.out_channels
+        out = out.reshape(b, f, h // p, w // p, c_out, p, p).transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, f, c_out, h, w)
+        return (out, block_finite) if return_block_finite else out

@@ -1,0 +1,30 @@
+import jax
+import pytest
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+HAS_GPU = _has_gpu()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a GPU (marker gpu); runs compiled on GPU runners")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|: one number per comparison, robust to near-zero elements."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.isfinite(a).all(), "result has non-finite values"
+    return float(np.abs(a - b).max() / np.abs(b).max())
