@@ -1,0 +1,168 @@
+"""The sampler: one jitted `lax.scan` over timesteps, classifier-free guidance as one doubled batch.
+
+Per step, as diffusers' CogVideoXPipeline does it: the model runs on [latents; latents] with [negative; positive]
+text, its output is upcast to float32, guided (v_u + g (v_c - v_u)), stepped by the scheduler, and the latents are
+cast back to the model dtype. Scheduler coefficients, timesteps and per-step guidance are scan inputs, so the
+compiled program depends only on shapes: a new seed, guidance or prompt reuses it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from sixbit_jax.errors import InputError, SamplingError
+from sixbit_jax.models import CogVideoXTransformer3D, PositionalTables
+from sixbit_jax.schedulers import Schedule, SchedulerConfig, StepCoefficients, dynamic_guidance, make_schedule, step
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    scheduler: str = "ddim"
+    num_steps: int = 50
+    guidance_scale: float = 6.0
+    use_dynamic_cfg: bool = False
+    seed: int = 0
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+@dataclasses.dataclass
+class SampleResult:
+    latents: jax.Array  # [B, F, C, H, W], model dtype
+    seconds: float  # wall time of the denoising loop (compilation included on a first call)
+    schedule: Schedule
+    guidance: np.ndarray  # [num_steps] guidance actually used
+
+
+# The progress bar the scan ticks through jax.debug.callback; a module-level slot so the compiled program (which
+# holds the callback) stays the same from call to call.
+_progress: dict[str, tqdm | None] = {"bar": None}
+
+
+def _tick(_step_index) -> None:
+    bar = _progress["bar"]
+    if bar is not None:
+        bar.update(1)
+
+
+def latent_shape(model: CogVideoXTransformer3D, batch: int, frames: int, height: int, width: int):
+    """Pixel-space video size -> latent shape [B, F, C, H, W] (VAE: 4x in time, 8x in space)."""
+    cfg = model.config
+    if (frames - 1) % cfg.temporal_compression_ratio:
+        raise InputError(f"frames must be 1 + a multiple of {cfg.temporal_compression_ratio} (e.g. 49); got {frames}")
+    spatial = 8 * cfg.patch_size
+    if height % spatial or width % spatial:
+        raise InputError(f"height and width must be multiples of {spatial}; got {height}x{width}")
+    return (batch, cfg.latent_frames(frames), cfg.in_channels, height // 8, width // 8)
+
+
+def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *, latents=None,
+           settings: SamplerSettings = SamplerSettings(), frames: int | None = None, height: int | None = None,
+           width: int | None = None, step_noise=None, progress: bool = False) -> SampleResult:
+    """Denoise from `latents` (or Gaussian noise drawn from `settings.seed`) and return the final latents.
+
+    prompt_embeds / negative_embeds: T5 outputs [B, L, text_dim]; negative ones are needed when guidance > 1.
+    frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
+    step_noise: optional [num_steps, B, F, C, H, W] noise for the stochastic DPM scheduler (else drawn from seed)."""
+    cfg, dtype = model.config, model.dtype
+    prompt_embeds = jnp.asarray(prompt_embeds)
+    batch = prompt_embeds.shape[0]
+    if settings.uses_cfg:
+        if negative_embeds is None:
+            raise InputError("guidance > 1 needs negative embeddings (the T5 encoding of the negative prompt; "
+                             "diffusers encodes the empty prompt ''), or set guidance to 1 to sample without CFG")
+        negative_embeds = jnp.asarray(negative_embeds)
+        if negative_embeds.shape != prompt_embeds.shape:
+            raise InputError(f"negative embeddings {tuple(negative_embeds.shape)} must have the prompt embeddings' "
+                             f"shape {tuple(prompt_embeds.shape)}")
+        text = jnp.concatenate([negative_embeds, prompt_embeds]).astype(dtype)
+    else:
+        text = prompt_embeds.astype(dtype)
+
+    key_latents, key_noise = jax.random.split(jax.random.key(settings.seed))
+    if latents is None:
+        shape = latent_shape(model, batch, frames or cfg.sample_frames, height or 8 * cfg.sample_height,
+                             width or 8 * cfg.sample_width)
+        latents = jax.random.normal(key_latents, shape, jnp.float32)
+    latents = jnp.asarray(latents).astype(dtype)
+    if latents.shape[0] != batch:
+        raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch {batch}")
+    model.check_inputs(latents.shape, prompt_embeds.shape)
+
+    schedule = make_schedule(settings.scheduler, settings.num_steps, SchedulerConfig.for_model(cfg.flavour))
+    guidance = (dynamic_guidance(settings.guidance_scale, schedule.timesteps) if settings.use_dynamic_cfg
+                else np.full(schedule.num_steps, settings.guidance_scale))
+    if step_noise is not None:
+        step_noise = jnp.asarray(step_noise)
+        if step_noise.shape != (schedule.num_steps,) + latents.shape:
+            raise InputError(f"step noise must be {(schedule.num_steps,) + latents.shape}; got {step_noise.shape}")
+
+    _, f, _, h, w = latents.shape
+    tables = model.positional_tables(f, h, w)
+    graphdef, state = nnx.split(model)
+    start = time.perf_counter()
+    _progress["bar"] = tqdm(total=schedule.num_steps, desc="sampling", unit="step", disable=not progress)
+    try:
+        out, block_finite, latents_finite = _denoise(
+            graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.int32),
+            schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise,
+            use_cfg=settings.uses_cfg, stochastic=schedule.stochastic)
+        out.block_until_ready()
+    finally:
+        _progress["bar"].close()
+        _progress["bar"] = None
+    seconds = time.perf_counter() - start
+    _raise_if_not_finite(np.asarray(block_finite), np.asarray(latents_finite), schedule.timesteps)
+    return SampleResult(out, seconds, schedule, guidance)
+
+
+def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, timesteps, coefficients: StepCoefficients,
+                  guidance, step_noise, key_noise, *, use_cfg: bool, stochastic: bool):
+    model = nnx.merge(graphdef, state)
+    batch = latents.shape[0]
+
+    def one_step(carry, xs):
+        latents, x0_prev = carry
+        index, t, c, g, noise = xs
+        model_in = jnp.concatenate([latents, latents]) if use_cfg else latents
+        v, block_finite = model(model_in, text, jnp.full((model_in.shape[0],), t), tables, return_block_finite=True)
+        v = v.astype(jnp.float32)
+        if use_cfg:
+            v_uncond, v_text = v[:batch], v[batch:]
+            v = v_uncond + g * (v_text - v_uncond)
+        if not stochastic:
+            noise = jnp.zeros((), latents.dtype)
+        elif noise is None:
+            noise = jax.random.normal(jax.random.fold_in(key_noise, index), latents.shape, jnp.float32)
+        new_latents, x0 = step(c, latents, v, x0_prev, noise.astype(latents.dtype))
+        new_latents = new_latents.astype(latents.dtype)
+        jax.debug.callback(_tick, index)
+        return (new_latents, x0), (block_finite, jnp.isfinite(new_latents).all())
+
+    steps = jnp.arange(timesteps.shape[0])
+    xs = (steps, timesteps, coefficients, guidance, step_noise)
+    (latents, _), (block_finite, latents_finite) = jax.lax.scan(
+        one_step, (latents, jnp.zeros(latents.shape, jnp.float32)), xs)
+    return latents, block_finite, latents_finite
+
+
+_denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic"))
+
+
+def _raise_if_not_finite(block_finite: np.ndarray, latents_finite: np.ndarray, timesteps: np.ndarray) -> None:
+    bad_steps = np.flatnonzero(~block_finite.all(axis=1) | ~latents_finite)
+    if bad_steps.size == 0:
+        return
+    i = int(bad_steps[0])
+    bad_blocks = np.flatnonzero(~block_finite[i])
+    where = (f"first in transformer block {int(bad_blocks[0])}" if bad_blocks.size
+             else "in the head or the scheduler update (all blocks were finite)")
+    raise SamplingError(f"non-finite values (NaN/Inf) at step {i} (timestep {int(timesteps[i])}), {where}")
