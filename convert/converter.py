@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from convert.cogvideox import TensorSpec, expected_tensors
 from convert.source import TensorSource, read_config
-from sixbit_jax.checkpoint import abstract_params, parse_dtype, save_checkpoint
+from sixbit_jax.checkpoint import abstract_params, check_destination, parse_dtype, save_checkpoint
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
 
@@ -69,6 +69,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwr
                        progress: bool = True) -> Path:
     """Convert a diffusers CogVideoX transformer folder to a sixbit-jax checkpoint at `dst` (atomic)."""
     src = Path(src)
+    check_destination(dst, overwrite)  # before reading gigabytes, not after
     cfg = read_config(src)
     source = TensorSource.from_folder(src)
     params = convert_tensors(cfg, source.names(), source.shape, source.read, dtype, progress=progress,

@@ -42,6 +42,9 @@ class TensorSource:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index}: not a valid safetensors index (weight_map must map tensor names "
+                                      f"to shard file names)")
             files = {name: folder / shard for name, shard in weight_map.items()}
             for shard in sorted({p for p in files.values() if not p.exists()}):
                 raise CheckpointError(f"{index.name} names shard {shard.name}, which is missing from {folder}")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -75,12 +76,16 @@ def _check_tree(expected: dict, found: dict) -> None:
         raise CheckpointError("parameter tree does not match the model:\n  " + "\n  ".join(problems))
 
 
+def check_destination(dst: str | Path, overwrite: bool) -> None:
+    if Path(dst).exists() and not overwrite:
+        raise CheckpointError(f"destination {dst} already exists (pass overwrite / --force to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_folder(dst: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary folder beside `dst`; renames it to `dst` if the block succeeds, deletes it otherwise."""
     dst = Path(dst).absolute()
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"destination {dst} already exists (pass overwrite / --force to replace it)")
+    check_destination(dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -90,12 +95,21 @@ def atomic_folder(dst: str | Path, *, overwrite: bool = False) -> Iterator[Path]
             old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(dst, old)
             os.rename(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_tree(old)
         else:
             os.rename(tmp, dst)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
+
+
+def _remove_tree(path: Path, attempts: int = 5) -> None:
+    """rmtree that survives files appearing while it runs (a writer thread finishing late), retrying briefly."""
+    for attempt in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05 * (attempt + 1))
 
 
 def save_checkpoint(dst: str | Path, cfg: CogVideoXConfig, params: dict, *, overwrite: bool = False,
@@ -103,12 +117,17 @@ def save_checkpoint(dst: str | Path, cfg: CogVideoXConfig, params: dict, *, over
     """Write `params` (numpy or jax leaves, one dtype) and the config to `dst`, atomically."""
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed for checkpoint I/O
 
-    dtype = parse_dtype(jax.tree.leaves(params)[0].dtype)
+    dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(params)}
+    if len(dtypes) != 1:
+        raise CheckpointError(f"parameters must share one dtype to be saved; found {sorted(map(str, dtypes))}")
+    dtype = parse_dtype(dtypes.pop())
     _check_tree(abstract_params(cfg, dtype), params)
     with atomic_folder(dst, overwrite=overwrite) as tmp:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "state", params)
-        checkpointer.wait_until_finished()
+        # The context manager joins orbax's background writer threads, so nothing writes into `tmp` after this
+        # block, whether it succeeds or not.
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / "state", params)
+            checkpointer.wait_until_finished()
         record = {"format": FORMAT, "dtype": jnp.dtype(dtype).name, "config": cfg.to_dict(), **(info or {})}
         (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n")
         if before_commit is not None:

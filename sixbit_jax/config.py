@@ -61,6 +61,8 @@ class CogVideoXConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "CogVideoXConfig":
         """Accepts diffusers' transformer config.json. Values this port does not implement raise ConfigError;
         keys that only concern training or other pipelines are ignored."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a model config must be a JSON object; got {type(raw).__name__}")
         unsupported = {
             "patch_size_t": (None, "CogVideoX 1.5 (temporal patching)"),
             "use_learned_positional_embeddings": (False, "CogVideoX-5b-I2V learned positional embeddings"),
