@@ -1,7 +1,9 @@
-"""One full-size CogVideoX denoising step (the transformer forward on the CFG batch), ours vs diffusers, same GPU.
+"""Full-size CogVideoX denoising steps (the transformer forward on the CFG batch) or a whole sampling loop, ours vs
+diffusers, same GPU.
 
     python bench/bench_step.py --model cogvideox-2b             # both implementations, one subprocess each
     python bench/bench_step.py --model cogvideox-2b --impl jax  # one implementation, prints a JSON line
+    python bench/bench_step.py --model cogvideox-2b --steps 50  # the whole 50-step CFG loop instead of one step
 
 Random weights at the real shapes: B=2 (CFG), 49 frames at 480x720 -> latents [2, 13, 16, 60, 90], 17,550 video +
 226 text = 17,776 tokens per sample. Each implementation runs in its own process so its peak device memory is its
@@ -59,16 +61,22 @@ def bench_jax(cfg, args) -> dict:
     forward = jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
     build_s = time.perf_counter() - start
 
+    if args.steps:  # the whole CFG sampling loop for one video: [negative; positive] x the same latents
+        from sixbit_jax.sampling import SamplerSettings, sample
+
+        settings = SamplerSettings(scheduler="ddim", num_steps=args.steps)
+        run = lambda: sample(model, text[1:], text[:1], latents=latents[:1], settings=settings).latents  # noqa: E731
+    else:
+        run = lambda: forward(state, latents, text, timesteps, tables)  # noqa: E731
     start = time.perf_counter()
-    out = forward(state, latents, text, timesteps, tables)
-    out.block_until_ready()
+    out = run().block_until_ready()
     compile_s = time.perf_counter() - start
     for _ in range(args.warmup):
-        forward(state, latents, text, timesteps, tables).block_until_ready()
+        run().block_until_ready()
     times = []
     for _ in range(args.iters):
         start = time.perf_counter()
-        forward(state, latents, text, timesteps, tables).block_until_ready()
+        run().block_until_ready()
         times.append(time.perf_counter() - start)
     stats = jax.devices()[0].memory_stats() or {}
     return dict(impl="sixbit-jax bf16 (XLA + cuDNN attention)", times=times, peak_bytes=stats.get("peak_bytes_in_use"),
@@ -103,6 +111,25 @@ def bench_torch(cfg, args) -> dict:
             return model(hidden_states=latents, encoder_hidden_states=text, timestep=timesteps,
                          image_rotary_emb=rope, return_dict=False)[0]
 
+    def sampling_loop():
+        """CogVideoXPipeline.__call__'s denoising loop (DDIM, guidance 6), without the text encoder and VAE."""
+        scheduler = diffusers.CogVideoXDDIMScheduler(
+            beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
+            prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+            snr_shift_scale=3.0 if cfg.flavour == "2b" else 1.0, timestep_spacing="trailing")
+        scheduler.set_timesteps(args.steps, device="cuda")
+        x = latents[:1]
+        with torch.inference_mode():
+            for t in scheduler.timesteps:
+                v = model(hidden_states=torch.cat([x, x]), encoder_hidden_states=text, timestep=t.expand(2),
+                          image_rotary_emb=rope, return_dict=False)[0].float()
+                v_uncond, v_text = v.chunk(2)
+                x = scheduler.step(v_uncond + 6.0 * (v_text - v_uncond), t, x, return_dict=False)[0].to(x.dtype)
+        return x
+
+    if args.steps:
+        forward = sampling_loop  # noqa: F811
+
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     out = forward()
@@ -130,8 +157,9 @@ def run_one(args) -> None:
 
     cfg = CogVideoXConfig.named(args.model)
     result = (bench_jax if args.impl == "jax" else bench_torch)(cfg, args)
-    result.update(model=args.model, median_s=statistics.median(result["times"]),
-                  tflops=forward_flops(cfg, args) / statistics.median(result["times"]) / 1e12)
+    forwards = args.steps or 1
+    result.update(model=args.model, steps=args.steps, median_s=statistics.median(result["times"]),
+                  tflops=forwards * forward_flops(cfg, args) / statistics.median(result["times"]) / 1e12)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -139,7 +167,7 @@ def run_both(args) -> None:
     results = []
     for impl in ("jax", "torch"):
         cmd = [sys.executable, __file__, "--model", args.model, "--impl", impl, "--iters", str(args.iters),
-               "--warmup", str(args.warmup), "--frames", str(args.frames), "--height", str(args.height),
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--frames", str(args.frames), "--height", str(args.height),
                "--width", str(args.width)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -149,17 +177,18 @@ def run_both(args) -> None:
         results.append(json.loads(lines[-1][len("RESULT "):]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\n{args.model}: one denoising step (transformer forward), B={BATCH}, "
+    what = f"{args.steps}-step DDIM sampling loop with CFG" if args.steps else "one denoising step (transformer forward)"
+    print(f"\n{args.model}: {what}, B={BATCH}, "
           f"{args.frames}x{args.height}x{args.width} latents, "
           f"median of {args.iters}")
-    print("| implementation | median step (s) | TFLOP/s | peak memory (GiB) | first call (s) | versions |")
+    print("| implementation | median time (s) | TFLOP/s | peak memory (GiB) | first call (s) | versions |")
     print("|---|---|---|---|---|---|")
     for r in results:
         peak = f"{r['peak_bytes'] / 2**30:.1f}" if r["peak_bytes"] else "n/a"
         print(f"| {r['impl']} | {r['median_s']:.3f} | {r['tflops']:.0f} | {peak} | {r['compile_s']:.1f} | "
               f"{r['versions']} |")
     if len(results) == 2:
-        print(f"\nratio diffusers / sixbit-jax step time: {results[1]['median_s'] / results[0]['median_s']:.2f}x; "
+        print(f"\nratio diffusers / sixbit-jax time: {results[1]['median_s'] / results[0]['median_s']:.2f}x; "
               f"peak memory ratio: {results[1]['peak_bytes'] / results[0]['peak_bytes']:.2f}x")
 
 
@@ -169,6 +198,8 @@ def main() -> None:
     parser.add_argument("--impl", choices=["jax", "torch", "both"], default="both")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="time a whole N-step DDIM sampling loop (CFG, guidance 6) instead of one forward")
     parser.add_argument("--frames", type=int, default=13, help="latent frames (13 = 49 video frames)")
     parser.add_argument("--height", type=int, default=60, help="latent height (60 = 480 px)")
     parser.add_argument("--width", type=int, default=90, help="latent width (90 = 720 px)")
