@@ -1,11 +1,12 @@
 """diffusers CogVideoX `transformer/` folder -> sixbit-jax checkpoint, streaming one tensor at a time.
 
-Host memory holds one copy of the model (the destination tree, in the target dtype) plus the tensor being read."""
+Host memory holds one parameter leaf (all layers of one weight) at a time, plus orbax's buffers while it is
+written: never the whole model."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from convert.cogvideox import TensorSpec, expected_tensors
 from convert.source import TensorSource, read_config
-from sixbit_jax.checkpoint import abstract_params, check_destination, parse_dtype, save_checkpoint
+from sixbit_jax.checkpoint import abstract_params, check_destination, flat_leaves, parse_dtype, write_checkpoint
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
 
@@ -29,39 +30,46 @@ def check_tensors(specs: dict[str, TensorSpec], names: list[str], shape_of: Call
                               + "\n  ".join(problems))
 
 
-def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],
-                    read: Callable[[str], np.ndarray], dtype, *, progress: bool = False,
-                    nbytes: Callable[[str], int] | None = None) -> dict:
-    """Map diffusers tensors to the model's parameter tree in `dtype` (numpy leaves)."""
+def converted_leaves(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],
+                     read: Callable[[str], np.ndarray], dtype, *, progress: bool = False,
+                     nbytes: Callable[[str], int] | None = None) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Yield (parameter path, numpy leaf in `dtype`) one leaf at a time, e.g. all layers' to_q weights stacked.
+    Every tensor is checked (names and shapes) before the first is read."""
     specs = expected_tensors(cfg)
     check_tensors(specs, names, shape_of)
     dtype = parse_dtype(dtype)
-    params = _allocate(abstract_params(cfg, dtype))
+    abstract = dict(flat_leaves(abstract_params(cfg, dtype)))
+    by_leaf: dict[tuple[str, ...], list[TensorSpec]] = {}
+    for spec in specs.values():
+        by_leaf.setdefault(spec.target, []).append(spec)
     total = sum(nbytes(k) for k in specs) if nbytes else len(specs)
     with tqdm(total=total, disable=not progress, unit="B" if nbytes else "tensor", unit_scale=bool(nbytes),
               desc="converting") as bar:
-        for name in sorted(specs):
-            spec = specs[name]
-            tensor = np.asarray(read(name))
-            if not jnp.issubdtype(tensor.dtype, jnp.floating):
-                raise CheckpointError(f"tensor {name} has non-float dtype {tensor.dtype}")
-            value = tensor.astype(dtype).reshape(spec.target_shape or spec.source_shape)
-            leaf = _leaf(params, spec.target)
-            if spec.layer is None:
-                leaf[...] = value
-            else:
-                leaf[spec.layer] = value
-            bar.update(nbytes(name) if nbytes else 1)
-    return params
+        for target, leaf_specs in by_leaf.items():
+            leaf = np.empty(abstract[target].shape, dtype)
+            for spec in leaf_specs:
+                tensor = np.asarray(read(spec.source_key))
+                if not jnp.issubdtype(tensor.dtype, jnp.floating):
+                    raise CheckpointError(f"tensor {spec.source_key} has non-float dtype {tensor.dtype}")
+                value = tensor.astype(dtype).reshape(spec.target_shape or spec.source_shape)
+                if spec.layer is None:
+                    leaf[...] = value
+                else:
+                    leaf[spec.layer] = value
+                bar.update(nbytes(spec.source_key) if nbytes else 1)
+            yield target, leaf
+            del leaf  # before the next leaf is allocated: only one leaf is held at a time
 
 
-def _allocate(abstract: dict) -> dict:
-    return {k: _allocate(v) if isinstance(v, dict) else np.empty(v.shape, v.dtype) for k, v in abstract.items()}
-
-
-def _leaf(tree: dict, path: tuple[str, ...]) -> np.ndarray:
-    for key in path:
-        tree = tree[key]
+def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],
+                    read: Callable[[str], np.ndarray], dtype) -> dict:
+    """The whole converted parameter tree in memory (numpy leaves): for tests and small models."""
+    tree: dict = {}
+    for path, leaf in converted_leaves(cfg, names, shape_of, read, dtype):
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = leaf
     return tree
 
 
@@ -72,6 +80,6 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwr
     check_destination(dst, overwrite)  # before reading gigabytes, not after
     cfg = read_config(src)
     source = TensorSource.from_folder(src)
-    params = convert_tensors(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
-                             nbytes=source.nbytes)
-    return save_checkpoint(dst, cfg, params, overwrite=overwrite, info={"converted_from": str(src.absolute())})
+    leaves = converted_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
+                              nbytes=source.nbytes)
+    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, info={"converted_from": str(src.absolute())})

@@ -1,8 +1,13 @@
-"""Converted checkpoints: an orbax parameter tree plus `sixbit.json` (format tag, dtype, model config).
+"""Converted checkpoints: orbax-saved parameters plus `sixbit.json` (format tag, dtype, model config).
 
 Layout of a checkpoint folder:
-    sixbit.json   {"format": ..., "dtype": "bfloat16", "config": {...diffusers-style model config...}}
-    state/        orbax StandardCheckpointer tree, the model's `nnx.to_pure_dict` layout
+    sixbit.json                          {"format": ..., "dtype": "bfloat16", "config": {...diffusers config...}}
+    state/<leaf path>/                   one orbax PyTree checkpoint per parameter leaf of the model's
+                                         `nnx.to_pure_dict` tree, e.g. state/transformer_blocks.attn1.to_q.weight/
+
+One orbax item per leaf lets conversion stream: each leaf is written and dropped before the next is built, so host
+memory holds a few leaves, never the model (orbax's save of a whole tree keeps a second, in-flight copy of it).
+Loading restores leaf by leaf straight onto the device.
 
 Writes are atomic: everything goes to a hidden temporary folder beside the destination, renamed into place only
 when complete, so a failed or interrupted write leaves nothing at the destination."""
@@ -10,13 +15,14 @@ when complete, so a failed or interrupted write leaves nothing at the destinatio
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +55,7 @@ def parse_dtype(name: str | Any):
 
 def abstract_params(cfg: CogVideoXConfig, dtype) -> dict:
     """The parameter tree of a model of this config as ShapeDtypeStructs, without allocating anything."""
+    dtype = parse_dtype(dtype)
     model = nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     return nnx.to_pure_dict(nnx.state(model))
 
@@ -61,13 +68,36 @@ def model_from_params(cfg: CogVideoXConfig, params: dict, *, dtype=None, attenti
     graphdef, state = nnx.split(model)
     expected = nnx.to_pure_dict(state)
     _check_tree(expected, params)
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
+    device = jax.devices()[0]  # explicit: converted trees live on the CPU device, the model on the default one
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: jax.device_put(x, device).astype(dtype), params))
     return nnx.merge(graphdef, state)
 
 
+def flat_leaves(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flat_leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def _nest(leaves: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
+    tree: dict = {}
+    for path, value in leaves:
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _name(path: tuple[str, ...]) -> str:
+    return ".".join(path)
+
+
 def _check_tree(expected: dict, found: dict) -> None:
-    exp = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(found)}
+    exp = {_name(k): v.shape for k, v in flat_leaves(expected)}
+    got = {_name(k): np.shape(v) for k, v in flat_leaves(found)}
     problems = [f"missing parameter {k} (expected shape {exp[k]})" for k in sorted(exp.keys() - got.keys())]
     problems += [f"unexpected parameter {k} (shape {got[k]})" for k in sorted(got.keys() - exp.keys())]
     problems += [f"parameter {k}: expected shape {exp[k]}, found {got[k]}"
@@ -112,27 +142,57 @@ def _remove_tree(path: Path, attempts: int = 5) -> None:
         time.sleep(0.05 * (attempt + 1))
 
 
-def save_checkpoint(dst: str | Path, cfg: CogVideoXConfig, params: dict, *, overwrite: bool = False,
-                    info: dict | None = None, before_commit: Callable[[], None] | None = None) -> Path:
-    """Write `params` (numpy or jax leaves, one dtype) and the config to `dst`, atomically."""
+def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
+                     overwrite: bool = False, info: dict | None = None,
+                     before_commit: Callable[[], None] | None = None) -> Path:
+    """Write parameter leaves (path, array) as they arrive, then the config; atomic. Every leaf of the model must
+    come exactly once, with its shape and `dtype`."""
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed for checkpoint I/O
 
+    dtype = parse_dtype(dtype)
+    expected = {path: spec for path, spec in flat_leaves(abstract_params(cfg, dtype))}
+    with atomic_folder(dst, overwrite=overwrite) as tmp:
+        written = set()
+        # Synchronous checkpointer: nothing writes into `tmp` once a save returns or raises.
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+            for path, value in leaves:
+                spec = expected.get(path)
+                if spec is None or path in written:
+                    raise CheckpointError(f"unexpected or repeated parameter {_name(path)}")
+                if tuple(value.shape) != tuple(spec.shape) or jnp.dtype(value.dtype) != dtype:
+                    raise CheckpointError(f"parameter {_name(path)}: expected {tuple(spec.shape)} {dtype.name}, "
+                                          f"found {tuple(value.shape)} {jnp.dtype(value.dtype).name}")
+                checkpointer.save(tmp / "state" / _name(path), args=ocp.args.PyTreeSave({"value": value}))
+                written.add(path)
+                del value
+                _return_freed_memory()
+        missing = sorted(_name(p) for p in expected.keys() - written)
+        if missing:
+            raise CheckpointError(f"parameters never written: {', '.join(missing)}")
+        record = {"format": FORMAT, "dtype": dtype.name, "config": cfg.to_dict(), **(info or {})}
+        (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        if before_commit is not None:
+            before_commit()
+    return Path(dst)
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap back to the OS. Orbax's writer threads allocate in glibc's per-thread arenas, which keep
+    freed memory; without this, host memory ratchets up leaf after leaf until it reaches the model's size."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def save_checkpoint(dst: str | Path, cfg: CogVideoXConfig, params: dict, **kwargs) -> Path:
+    """Write a whole parameter tree (numpy or jax leaves, one dtype) and the config to `dst`, atomically."""
     dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(params)}
     if len(dtypes) != 1:
         raise CheckpointError(f"parameters must share one dtype to be saved; found {sorted(map(str, dtypes))}")
     dtype = parse_dtype(dtypes.pop())
     _check_tree(abstract_params(cfg, dtype), params)
-    with atomic_folder(dst, overwrite=overwrite) as tmp:
-        # The context manager joins orbax's background writer threads, so nothing writes into `tmp` after this
-        # block, whether it succeeds or not.
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / "state", params)
-            checkpointer.wait_until_finished()
-        record = {"format": FORMAT, "dtype": jnp.dtype(dtype).name, "config": cfg.to_dict(), **(info or {})}
-        (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        if before_commit is not None:
-            before_commit()
-    return Path(dst)
+    return write_checkpoint(dst, cfg, dtype, flat_leaves(params), **kwargs)
 
 
 def read_info(path: str | Path) -> dict:
@@ -158,12 +218,19 @@ def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None 
     info = read_info(path)
     cfg = CogVideoXConfig.from_dict(info["config"])
     stored = parse_dtype(info["dtype"])
-    device = jax.devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                          abstract_params(cfg, stored))
-    try:
-        params = ocp.StandardCheckpointer().restore(path / "state", target)
-    except Exception as e:  # orbax raises many types; all mean the stored tree is unreadable or mismatched
-        raise CheckpointError(f"{path}: cannot restore parameters ({type(e).__name__}: {e})") from None
-    return model_from_params(cfg, params, dtype=dtype or stored, attention_impl=attention_impl)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    leaves = []
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        for leaf_path, spec in flat_leaves(abstract_params(cfg, stored)):
+            target = {"value": jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)}
+            try:
+                value = checkpointer.restore(path / "state" / _name(leaf_path),
+                                             args=ocp.args.PyTreeRestore(target))["value"]
+            except Exception as e:  # orbax raises many types; all mean this leaf is missing or unreadable
+                raise CheckpointError(f"{path}: cannot restore parameter {_name(leaf_path)} "
+                                      f"({type(e).__name__}: {e})") from None
+            if tuple(value.shape) != tuple(spec.shape):
+                raise CheckpointError(f"{path}: parameter {_name(leaf_path)} has shape {tuple(value.shape)}, "
+                                      f"the config expects {tuple(spec.shape)}")
+            leaves.append((leaf_path, value))
+    return model_from_params(cfg, _nest(leaves), dtype=dtype or stored, attention_impl=attention_impl)

@@ -505,8 +505,8 @@ def test_save_checkpoint_rejects_wrong_tree(tmp_path, dst):
     with pytest.raises(CheckpointError) as info:
         save_checkpoint(dst, cfg, params)
     message = str(info.value)
-    assert "missing parameter ['proj_out']['bias'] (expected shape (16,))" in message
-    assert "['norm_final']['weight']: expected shape (32,), found (31,)" in message
+    assert "missing parameter proj_out.bias (expected shape (16,))" in message
+    assert "norm_final.weight: expected shape (32,), found (31,)" in message
     assert_nothing_written(dst)
 
 
@@ -541,7 +541,7 @@ def test_load_damaged_checkpoint(tmp_path, bf16_checkpoint):
     no_state = tmp_path / "no-state"
     shutil.copytree(good, no_state)
     shutil.rmtree(no_state / "state")
-    with pytest.raises(CheckpointError, match="cannot restore parameters"):
+    with pytest.raises(CheckpointError, match=r"cannot restore parameter \S+ \(FileNotFoundError"):
         load_checkpoint(no_state)
 
 
@@ -568,3 +568,18 @@ def test_save_checkpoint_rejects_mixed_dtypes(tmp_path, dst):
     with pytest.raises(CheckpointError, match="share one dtype"):
         save_checkpoint(dst, config_of(model), params)
     assert_nothing_written(dst)
+
+
+def test_load_names_a_missing_or_mismatched_leaf(tmp_path, bf16_checkpoint):
+    good, _ = bf16_checkpoint
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good, damaged)
+    shutil.rmtree(damaged / "state" / "transformer_blocks.attn1.to_k.weight")
+    with pytest.raises(CheckpointError, match=r"cannot restore parameter transformer_blocks\.attn1\.to_k\.weight"):
+        load_checkpoint(damaged)
+
+    info = json.loads((good / INFO_NAME).read_text())
+    info["config"]["num_layers"] = 3  # the config no longer matches the stored (2-layer) parameters
+    (damaged / INFO_NAME).write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=r"parameter transformer_blocks\.\S+ has shape \(2, .*expects \(3, "):
+        load_checkpoint(damaged)
