@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from convert.cogvideox import TensorSpec, expected_tensors
 from convert.source import TensorSource, read_config
-from sixbit_jax.checkpoint import abstract_params, check_destination, flat_leaves, parse_dtype, write_checkpoint
+from sixbit_jax.checkpoint import (abstract_params, check_destination, flat_leaves, nest_leaves, parse_dtype,
+                                   write_checkpoint)
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
 
@@ -64,13 +65,7 @@ def converted_leaves(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[
 def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],
                     read: Callable[[str], np.ndarray], dtype) -> dict:
     """The whole converted parameter tree in memory (numpy leaves): for tests and small models."""
-    tree: dict = {}
-    for path, leaf in converted_leaves(cfg, names, shape_of, read, dtype):
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = leaf
-    return tree
+    return nest_leaves(converted_leaves(cfg, names, shape_of, read, dtype))
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwrite: bool = False,

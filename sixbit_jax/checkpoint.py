@@ -81,7 +81,8 @@ def flat_leaves(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tupl
             yield prefix + (key,), value
 
 
-def _nest(leaves: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
+def nest_leaves(leaves: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
+    """The inverse of flat_leaves: (path, value) pairs -> nested dict."""
     tree: dict = {}
     for path, value in leaves:
         node = tree
@@ -233,4 +234,4 @@ def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None 
                 raise CheckpointError(f"{path}: parameter {_name(leaf_path)} has shape {tuple(value.shape)}, "
                                       f"the config expects {tuple(spec.shape)}")
             leaves.append((leaf_path, value))
-    return model_from_params(cfg, _nest(leaves), dtype=dtype or stored, attention_impl=attention_impl)
+    return model_from_params(cfg, nest_leaves(leaves), dtype=dtype or stored, attention_impl=attention_impl)

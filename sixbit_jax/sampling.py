@@ -72,32 +72,21 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     prompt_embeds / negative_embeds: T5 outputs [B, L, text_dim]; negative ones are needed when guidance > 1.
     frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
     step_noise: optional [num_steps, B, F, C, H, W] noise for the stochastic DPM scheduler (else drawn from seed)."""
-    cfg, dtype = model.config, model.dtype
     prompt_embeds = jnp.asarray(prompt_embeds)
-    batch = prompt_embeds.shape[0]
-    if settings.uses_cfg:
-        if negative_embeds is None:
-            raise InputError("guidance > 1 needs negative embeddings (the T5 encoding of the negative prompt; "
-                             "diffusers encodes the empty prompt ''), or set guidance to 1 to sample without CFG")
-        negative_embeds = jnp.asarray(negative_embeds)
-        if negative_embeds.shape != prompt_embeds.shape:
-            raise InputError(f"negative embeddings {tuple(negative_embeds.shape)} must have the prompt embeddings' "
-                             f"shape {tuple(prompt_embeds.shape)}")
-        text = jnp.concatenate([negative_embeds, prompt_embeds]).astype(dtype)
-    else:
-        text = prompt_embeds.astype(dtype)
-
+    text = _text_batch(prompt_embeds, negative_embeds, settings, model.dtype)
     key_latents, key_noise = jax.random.split(jax.random.key(settings.seed))
     if latents is None:
-        shape = latent_shape(model, batch, frames or cfg.sample_frames, height or 8 * cfg.sample_height,
-                             width or 8 * cfg.sample_width)
+        cfg = model.config
+        shape = latent_shape(model, prompt_embeds.shape[0], frames or cfg.sample_frames,
+                             height or 8 * cfg.sample_height, width or 8 * cfg.sample_width)
         latents = jax.random.normal(key_latents, shape, jnp.float32)
-    latents = jnp.asarray(latents).astype(dtype)
-    if latents.shape[0] != batch:
-        raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch {batch}")
+    latents = jnp.asarray(latents).astype(model.dtype)
+    if latents.shape[0] != prompt_embeds.shape[0]:
+        raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch "
+                         f"{prompt_embeds.shape[0]}")
     model.check_inputs(latents.shape, prompt_embeds.shape)
 
-    schedule = make_schedule(settings.scheduler, settings.num_steps, SchedulerConfig.for_model(cfg.flavour))
+    schedule = make_schedule(settings.scheduler, settings.num_steps, SchedulerConfig.for_model(model.config.flavour))
     guidance = (dynamic_guidance(settings.guidance_scale, schedule.timesteps) if settings.use_dynamic_cfg
                 else np.full(schedule.num_steps, settings.guidance_scale))
     if step_noise is not None:
@@ -122,6 +111,20 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     seconds = time.perf_counter() - start
     _raise_if_not_finite(np.asarray(block_finite), np.asarray(latents_finite), schedule.timesteps)
     return SampleResult(out, seconds, schedule, guidance)
+
+
+def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype):
+    """[negative; positive] for classifier-free guidance (the pipeline's order), else the prompt alone."""
+    if not settings.uses_cfg:
+        return prompt_embeds.astype(dtype)
+    if negative_embeds is None:
+        raise InputError("guidance > 1 needs negative embeddings (the T5 encoding of the negative prompt; "
+                         "diffusers encodes the empty prompt ''), or set guidance to 1 to sample without CFG")
+    negative_embeds = jnp.asarray(negative_embeds)
+    if negative_embeds.shape != prompt_embeds.shape:
+        raise InputError(f"negative embeddings {tuple(negative_embeds.shape)} must have the prompt embeddings' "
+                         f"shape {tuple(prompt_embeds.shape)}")
+    return jnp.concatenate([negative_embeds, prompt_embeds]).astype(dtype)
 
 
 def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, timesteps, coefficients: StepCoefficients,
