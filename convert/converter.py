@@ -15,17 +15,15 @@ from tqdm import tqdm
 from convert.cogvideox import TensorSpec, expected_tensors
 from convert.source import TensorSource, read_config
 from sixbit_jax.checkpoint import (abstract_params, check_destination, flat_leaves, nest_leaves, parse_dtype,
-                                   write_checkpoint)
+                                   shape_problems, write_checkpoint)
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
 
 
 def check_tensors(specs: dict[str, TensorSpec], names: list[str], shape_of: Callable[[str], tuple]) -> None:
     """Raise one CheckpointError naming every missing, unexpected or mis-shaped tensor."""
-    problems = [f"missing tensor {k} (expected shape {specs[k].source_shape})" for k in sorted(specs.keys() - set(names))]
-    problems += [f"unexpected tensor {k} (shape {tuple(shape_of(k))})" for k in sorted(set(names) - specs.keys())]
-    problems += [f"tensor {k}: expected shape {specs[k].source_shape}, found {tuple(shape_of(k))}"
-                 for k in sorted(specs.keys() & set(names)) if tuple(shape_of(k)) != specs[k].source_shape]
+    problems = shape_problems({k: s.source_shape for k, s in specs.items()}, {k: shape_of(k) for k in names},
+                              "tensor")
     if problems:
         raise CheckpointError(f"checkpoint does not match the config ({len(problems)} problems):\n  "
                               + "\n  ".join(problems))

@@ -25,10 +25,10 @@ class TensorSource:
         for path in sorted(set(files.values())):
             names = {n for n, f in files.items() if f == path}
             with _open(path) as handle:
-                found = set(handle.keys())
-                for name in sorted(names - found):
-                    raise CheckpointError(f"{path.name}: the index lists tensor {name!r} in this shard, "
-                                          f"but the shard does not contain it")
+                absent = sorted(names - set(handle.keys()))
+                if absent:
+                    raise CheckpointError(f"{path.name}: the index lists tensors in this shard that it does not "
+                                          f"contain: {', '.join(map(repr, absent))}")
                 for name in names:
                     info = handle.get_slice(name)
                     self._meta[name] = (tuple(info.get_shape()), info.get_dtype())

@@ -96,13 +96,19 @@ def _name(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
+def shape_problems(expected: dict[str, tuple], found: dict[str, tuple], noun: str) -> list[str]:
+    """One line per missing, unexpected or mis-shaped entry, each named with its expected and found shapes."""
+    problems = [f"missing {noun} {k} (expected shape {tuple(expected[k])})"
+                for k in sorted(expected.keys() - found.keys())]
+    problems += [f"unexpected {noun} {k} (shape {tuple(found[k])})" for k in sorted(found.keys() - expected.keys())]
+    problems += [f"{noun} {k}: expected shape {tuple(expected[k])}, found {tuple(found[k])}"
+                 for k in sorted(expected.keys() & found.keys()) if tuple(expected[k]) != tuple(found[k])]
+    return problems
+
+
 def _check_tree(expected: dict, found: dict) -> None:
-    exp = {_name(k): v.shape for k, v in flat_leaves(expected)}
-    got = {_name(k): np.shape(v) for k, v in flat_leaves(found)}
-    problems = [f"missing parameter {k} (expected shape {exp[k]})" for k in sorted(exp.keys() - got.keys())]
-    problems += [f"unexpected parameter {k} (shape {got[k]})" for k in sorted(got.keys() - exp.keys())]
-    problems += [f"parameter {k}: expected shape {exp[k]}, found {got[k]}"
-                 for k in sorted(exp.keys() & got.keys()) if tuple(exp[k]) != tuple(got[k])]
+    problems = shape_problems({_name(k): v.shape for k, v in flat_leaves(expected)},
+                              {_name(k): np.shape(v) for k, v in flat_leaves(found)}, "parameter")
     if problems:
         raise CheckpointError("parameter tree does not match the model:\n  " + "\n  ".join(problems))
 
