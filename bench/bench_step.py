@@ -97,7 +97,8 @@ def bench_torch(cfg, args) -> dict:
     gen = torch.Generator(device="cuda").manual_seed(1)
     latents = torch.randn(BATCH, args.frames, cfg.in_channels, args.height, args.width, generator=gen, device="cuda",
                           dtype=torch.bfloat16)
-    text = torch.randn(BATCH, cfg.max_text_seq_length, cfg.text_embed_dim, generator=gen, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(BATCH, cfg.max_text_seq_length, cfg.text_embed_dim, generator=gen, device="cuda",
+                       dtype=torch.bfloat16)
     timesteps = torch.tensor([999, 999], device="cuda")
     rope = None
     if cfg.use_rotary_positional_embeddings:
@@ -167,7 +168,8 @@ def run_both(args) -> None:
     results = []
     for impl in ("jax", "torch"):
         cmd = [sys.executable, __file__, "--model", args.model, "--impl", impl, "--iters", str(args.iters),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--frames", str(args.frames), "--height", str(args.height),
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--frames", str(args.frames),
+               "--height", str(args.height),
                "--width", str(args.width)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -177,7 +179,8 @@ def run_both(args) -> None:
         results.append(json.loads(lines[-1][len("RESULT "):]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    what = f"{args.steps}-step DDIM sampling loop with CFG" if args.steps else "one denoising step (transformer forward)"
+    what = (f"{args.steps}-step DDIM sampling loop with CFG" if args.steps
+            else "one denoising step (transformer forward)")
     print(f"\n{args.model}: {what}, B={BATCH}, "
           f"{args.frames}x{args.height}x{args.width} latents, "
           f"median of {args.iters}")
