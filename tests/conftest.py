@@ -28,3 +28,19 @@ def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert np.isfinite(a).all(), "result has non-finite values"
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def poison_device_memory(nbytes: int = 1 << 28) -> None:
+    """Fill and free a large device buffer with 0xFF bytes (NaN as any float), so that a kernel output the
+    allocator places there shows up if the kernel leaves elements unwritten. Pallas interpret mode needs no help: it
+    initialises outputs to NaN (floats) or the type's minimum (integers) itself."""
+    if HAS_GPU:
+        import jax.numpy as jnp
+
+        jnp.full((nbytes,), 0xFF, jnp.uint8).block_until_ready()
+
+
+KERNEL_MODES = [
+    pytest.param(True, id="interpret"),
+    pytest.param(False, id="compiled", marks=pytest.mark.gpu),
+]

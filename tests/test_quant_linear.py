@@ -1,0 +1,71 @@
+"""The quantized linear paths: every backend computes the same function, and each stays within its stated error of
+the full-precision product."""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from conftest import HAS_GPU
+from sixbit_jax.errors import InputError
+from sixbit_jax.quant import formats as F
+from sixbit_jax.quant import linear
+
+BACKENDS = ["interpret", "reference"] + (["pallas"] if HAS_GPU else [])
+PATHS = {"int8": linear.int8_linear, "nvfp4": linear.nvfp4_linear, "weight_only": linear.weight_only_linear}
+# Relative error against float64 on Gaussian data with 1% outliers. The weight's NVFP4 rounding (about 9%) is shared
+# by every path; the activation's own share is measured against the product with the dequantized weight.
+WEIGHT_ERROR_BOUND = 0.15
+ACTIVATION_ERROR_BOUND = {"int8": 0.02, "nvfp4": 0.15, "weight_only": 0.01}
+
+
+def _problem(seed, lead=(2, 35), k=256, n=96):
+    kx, kw, kb, ko = jax.random.split(jax.random.PRNGKey(seed), 4)
+    x = jax.random.normal(kx, (*lead, k))
+    x = jnp.where(jax.random.uniform(ko, x.shape) < 0.01, 20 * x, x).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, (n, k)) * k**-0.5
+    b = jax.random.normal(kb, (n,))
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + np.asarray(b, np.float64)
+    return x, w, b, exact
+
+
+def _rel(y, exact):
+    y = np.asarray(y, np.float64)
+    assert np.isfinite(y).all()
+    return np.linalg.norm(y - exact) / np.linalg.norm(exact)
+
+
+def _with_quantized_weight(x, prepared, b):
+    rotated = np.asarray(F.rotate_activations(x, prepared.hadamard_block), np.float64)
+    return rotated @ np.asarray(F.dequantize_nvfp4(prepared.nvfp4), np.float64).T + np.asarray(b, np.float64)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_backends_agree_and_error_is_bounded(path):
+    x, w, b, exact = _problem(seed=len(path))
+    prepared = F.prepare_weight(w)
+    weight_only_exact = _with_quantized_weight(x, prepared, b)
+    outputs = {backend: PATHS[path](x, prepared, b, backend=backend) for backend in BACKENDS}
+    for backend, y in outputs.items():
+        assert y.shape == exact.shape and y.dtype == jnp.bfloat16
+        assert _rel(y, exact) < WEIGHT_ERROR_BOUND, backend
+        assert _rel(y, weight_only_exact) < ACTIVATION_ERROR_BOUND[path], backend
+        # bf16 output rounding plus rare one-step code flips between kernel and reference
+        assert _rel(y, np.asarray(outputs["reference"], np.float64)) < 1e-2, backend
+
+
+def test_int8_per_group_scales_also_work():
+    x, w, b, exact = _problem(seed=11)
+    prepared = F.prepare_weight(w)
+    for backend in BACKENDS:
+        y = linear.int8_linear(x, prepared, b, group_size=128, backend=backend)
+        assert _rel(y, _with_quantized_weight(x, prepared, b)) < ACTIVATION_ERROR_BOUND["int8"], backend
+
+
+def test_bad_inputs_name_the_problem():
+    prepared = F.prepare_weight(jnp.ones((32, 128)))
+    with pytest.raises(InputError, match="expects K = 128"):
+        linear.int8_linear(jnp.ones((4, 64)), prepared)
+    with pytest.raises(InputError, match="unknown quantized backend 'cuda'"):
+        linear.nvfp4_linear(jnp.ones((4, 128)), prepared, backend="cuda")
