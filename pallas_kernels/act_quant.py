@@ -98,7 +98,7 @@ def _nvfp4_kernel(x_ref, *refs, m: int, k: int, hadamard: bool):
 
 
 # ------------------------------------------------------------------------------------------------------------ wrapper
-def _prepare(x: jax.Array, hadamard_block: int, what: str, config: BlockConfig | None):
+def _prepare(x: jax.Array, hadamard_block: int, what: str, kernel: str, config: BlockConfig | None):
     require(x.ndim == 2, f"{what}: expected activations [M, K], got shape {tuple(x.shape)}")
     m, k = x.shape
     check_k(k, what)
@@ -106,7 +106,7 @@ def _prepare(x: jax.Array, hadamard_block: int, what: str, config: BlockConfig |
         hadamard_block in (0, K_TILE),
         f"{what}: hadamard_block = {hadamard_block} is not supported by the kernels (0 or {K_TILE})",
     )
-    config = block_config("act_quant", m, k, override=config)
+    config = block_config(kernel, m, k, override=config)
     rows = padded_rows(m)
     in_specs = [pl.BlockSpec((config.block_m, k), lambda i: (i, 0))]
     operands = [x.astype(jnp.bfloat16)]
@@ -127,7 +127,7 @@ def quantize_int8(
     """bf16 [M, K] -> INT8 of x H, rows padded to ROW_ALIGN. Scales per row, or per row and 128-wide group."""
     what = "INT8 activation quantization"
     require(group_size in (None, K_TILE), f"{what}: group_size = {group_size} is not supported (None or {K_TILE})")
-    m, k, rows, config, in_specs, operands = _prepare(x, hadamard_block, what, config)
+    m, k, rows, config, in_specs, operands = _prepare(x, hadamard_block, what, "act_quant_int8", config)
     bm = config.block_m
     scale_spec = pl.BlockSpec((bm, k // K_TILE), lambda i: (i, 0)) if group_size else pl.BlockSpec((bm,), lambda i: (i,))
     scale_shape = (rows, k // K_TILE) if group_size else (rows,)
@@ -152,7 +152,9 @@ def quantize_nvfp4(
     interpret: bool | None = None,
 ) -> NVFP4:
     """bf16 [M, K] -> NVFP4 of x H with a per-row second-level scale, rows padded to ROW_ALIGN."""
-    m, k, rows, config, in_specs, operands = _prepare(x, hadamard_block, "NVFP4 activation quantization", config)
+    m, k, rows, config, in_specs, operands = _prepare(
+        x, hadamard_block, "NVFP4 activation quantization", "act_quant_nvfp4", config
+    )
     bm = config.block_m
     packed, block_scales, scale = pl.pallas_call(
         functools.partial(_nvfp4_kernel, m=m, k=k, hadamard=bool(hadamard_block)),

@@ -22,7 +22,8 @@ class BlockConfig:
 
 # Measured defaults for shapes not in the table.
 DEFAULTS: dict[str, BlockConfig] = {
-    "act_quant": BlockConfig(block_m=32, num_warps=4, num_stages=2),
+    "act_quant_int8": BlockConfig(block_m=32, num_warps=4, num_stages=2),
+    "act_quant_nvfp4": BlockConfig(block_m=32, num_warps=4, num_stages=2),
     "int8_gemm": BlockConfig(block_m=128, block_n=128, block_k=128, num_warps=4, num_stages=4),
     "nvfp4_gemm": BlockConfig(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
     "nvfp4_weight_only": BlockConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),

@@ -192,9 +192,13 @@ def test_every_tuned_configuration_computes_the_right_result(interpret, entry):
     (kernel, k, n), config = entry
     n_small = config.block_n * 2
     x = activations(70, k)
-    if kernel == "act_quant":
+    if kernel == "act_quant_int8":
         q = act_quant.quantize_int8(x, config=config, interpret=interpret)
         assert_codes_close(q.values[:70], act_quant.int8_reference(x, 128).values, "int8 codes")
+        return
+    if kernel == "act_quant_nvfp4":
+        q = act_quant.quantize_nvfp4(x, config=config, interpret=interpret)
+        assert_nvfp4_close(F.NVFP4(q.packed[:70], q.block_scales[:70], q.scale[:70]), act_quant.nvfp4_reference(x, 128))
         return
     w = weight(n_small, k)
     if kernel == "int8_gemm":
