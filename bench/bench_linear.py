@@ -103,6 +103,30 @@ def xla_int8_scale(x, w, b, iters):
                median_seconds(kn, a.values, a.scale, w8.values.T.copy(), w8.scale, b, iters=iters))
 
 
+def pallas_bf16_gemm(x, w, config: BlockConfig):
+    """Diagnostic, not a project kernel: the NVFP4 GEMM's loop with bf16 operands and no decode, to show how much of
+    its time the in-kernel unpacking takes."""
+    from jax.experimental import pallas as pl
+
+    from pallas_kernels.common import compiler_params
+
+    m, k = x.shape
+    n = w.shape[0]
+    bm, bn, bk = config.block_m, config.block_n, config.block_k
+
+    def kernel(x_ref, w_ref, o_ref):
+        def step(i, acc):
+            a, b = x_ref[:, pl.ds(i * bk, bk)], w_ref[:, pl.ds(i * bk, bk)]
+            return acc + jax.lax.dot_general(a, b, CONTRACT_K, preferred_element_type=jnp.float32)
+
+        o_ref[...] = jax.lax.fori_loop(0, k // bk, step, jnp.zeros(o_ref.shape, jnp.float32)).astype(o_ref.dtype)
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((m, n), jnp.bfloat16), grid=(n // bn, m // bm),
+        in_specs=[pl.BlockSpec((bm, k), lambda j, i: (i, 0)), pl.BlockSpec((bn, k), lambda j, i: (j, 0))],
+        out_specs=pl.BlockSpec((bm, bn), lambda j, i: (i, j)), compiler_params=compiler_params(config))(x, w)
+
+
 def device_peaks(iters) -> dict:
     n = 8192
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
@@ -118,16 +142,18 @@ def device_peaks(iters) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- our paths
-def ours(x, w, b, iters, group_size=None) -> dict:
+def ours(x, w, b, iters) -> dict:
     k, n = x.shape[1], w.shape[0]
     prepared = formats.prepare_weight(w)
     row = {}
-    int8_path = jax.jit(lambda x, p, b: linear.int8_linear(x, p, b, group_size=group_size, backend="pallas"))
+    int8_path = jax.jit(lambda x, p, b: linear.int8_linear(x, p, b, backend="pallas"))
     nvfp4_path = jax.jit(lambda x, p, b: linear.nvfp4_linear(x, p, b, backend="pallas"))
     row["int8_path"] = median_seconds(int8_path, x, prepared, b, iters=iters)
+    grouped_path = jax.jit(lambda x, p, b: linear.int8_linear(x, p, b, group_size=128, backend="pallas"))
+    row["int8_path_grouped"] = median_seconds(grouped_path, x, prepared, b, iters=iters)
     row["nvfp4_path"] = median_seconds(nvfp4_path, x, prepared, b, iters=iters)
     # the parts, alone
-    quant8 = jax.jit(lambda x: act_quant.quantize_int8(x, group_size=group_size))
+    quant8 = jax.jit(act_quant.quantize_int8)
     quant4 = jax.jit(act_quant.quantize_nvfp4)
     derive = jax.jit(formats.int8_weight)
     a8, a4, w8 = quant8(x), quant4(x), derive(prepared)
@@ -137,6 +163,10 @@ def ours(x, w, b, iters, group_size=None) -> dict:
     row["int8_gemm"] = median_seconds(jax.jit(lambda a, w, b: int8_gemm.int8_matmul(a, w, b, m=M)), a8, w8, b, iters=iters)
     row["nvfp4_gemm"] = median_seconds(
         jax.jit(lambda a, w, b: nvfp4_gemm.nvfp4_matmul(a, w, b, m=M)), a4, prepared.nvfp4, b, iters=iters)
+    config = tuning.block_config("nvfp4_gemm", M, k, n)
+    x_rows = x[: M // config.block_m * config.block_m]
+    row["pallas_bf16_gemm_same_blocks"] = median_seconds(
+        jax.jit(functools.partial(pallas_bf16_gemm, config=config)), x_rows, w, iters=iters) * M / x_rows.shape[0]
     # correctness at full size, against the references on the same quantized operands
     y = jax.jit(lambda a, w, b: int8_gemm.int8_matmul(a, w, b, m=M))(a8, w8, b)
     ref = int8_gemm.int8_matmul_reference(a8, w8, b, m=M)
@@ -167,12 +197,11 @@ def bench(models, iters) -> list[dict]:
             x, w, b = inputs(k, n)
             t = {"xla_bf16": xla_bf16(x, w, b, iters), "xla_int8_scale": xla_int8_scale(x, w, b, iters)}
             t.update(ours(x, w, b, iters))
-            t["int8_path_grouped"] = ours(x, w, b, iters, group_size=128)["int8_path"]
             row = {"model": model, "M": M, "K": k, "N": n,
                    "ms": {name: round(v * 1e3, 3) for name, v in t.items() if not name.endswith("err")},
                    "tflops": {name: tflops(k, n, v) for name, v in t.items() if name in (
                        "xla_bf16", "xla_int8_scale", "int8_path", "int8_path_grouped", "nvfp4_path", "int8_gemm",
-                       "nvfp4_gemm")},
+                       "nvfp4_gemm", "pallas_bf16_gemm_same_blocks")},
                    "speedup_vs_xla_bf16": {name: round(t["xla_bf16"] / t[name], 2) for name in (
                        "xla_int8_scale", "int8_path", "int8_path_grouped", "nvfp4_path")},
                    "int8_path_vs_xla_int8_scale": round(t["xla_int8_scale"] / t["int8_path"], 2),

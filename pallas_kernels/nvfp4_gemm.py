@@ -44,8 +44,7 @@ def dequantized_k_step(packed_ref, scales_ref, step: int, block_k: int) -> tuple
     """One K step of an NVFP4 operand, as (even, odd) bf16 [rows, block_k / 2]: codes times block scales."""
     packed = packed_ref[:, pl.ds(step * (block_k // 2), block_k // 2)]
     scales = scales_ref[:, pl.ds(step * (block_k // NVFP4_BLOCK), block_k // NVFP4_BLOCK)].astype(jnp.float32)
-    even, odd = formats.decode_pairs(packed, scales)
-    return even.astype(jnp.bfloat16), odd.astype(jnp.bfloat16)
+    return formats.decode_pairs(packed, scales, dtype=jnp.bfloat16)
 
 
 def _kernel(a_ref, abs_ref, as_ref, w_ref, wbs_ref, ws_ref, b_ref, o_ref, *, m: int, k: int, block_k: int, row_axis: int):

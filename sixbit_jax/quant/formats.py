@@ -45,26 +45,34 @@ _E2M1_TIE_ROUNDS_UP = (False, True, False, True, False, True, False)
 
 
 # --------------------------------------------------------------------------------------------------------- E2M1 codes
-def encode_e2m1(x: jax.Array) -> jax.Array:
-    """float (already divided by its scales) -> int32 E2M1 codes 0..15, saturating at +-6. Kernel-safe jnp."""
+def encode_e2m1(x: jax.Array, scale: jax.Array | float = 1.0) -> jax.Array:
+    """x / scale -> int32 E2M1 codes 0..15, round to nearest even, saturating at +-6. Kernel-safe jnp.
+
+    Compares |x| with each midpoint times the scale instead of dividing by the scale: GPU float division is not
+    correctly rounded, and products are, so kernels and this reference pick the same code bit for bit."""
     magnitude = jnp.abs(x)
     code = jnp.zeros(x.shape, jnp.int32)
     for midpoint, tie_up in zip(_E2M1_MIDPOINTS, _E2M1_TIE_ROUNDS_UP):
-        above = magnitude >= midpoint if tie_up else magnitude > midpoint
+        threshold = midpoint * scale
+        above = magnitude >= threshold if tie_up else magnitude > threshold
         code = code + above.astype(jnp.int32)
     return jnp.where(x < 0, code | 8, code)
 
 
-def e2m1_value(code: jax.Array) -> jax.Array:
-    """int32 E2M1 codes -> float32 values, with shifts and selects only (Triton has no gather). Kernel-safe jnp.
+# An E2M1 code's bits (s e1 e0 m) moved into an E4M3 byte as (s 0 e1 e0 m 0 0 0) give exactly the code's value
+# times 2^-6, subnormal 0.5 included (both formats' subnormals line up). The hardware's fp8 conversion then does the
+# decode: a few shifts and masks per element instead of a table, which Triton cannot index.
+_E4M3_OF_E2M1 = 2.0**6
 
-    In half units the magnitudes 0..7 are 0, 1, 2, 3, 4, 6, 8, 12: codes below 2 are their own value, the rest are
-    (2 + mantissa) << (exponent - 1)."""
-    magnitude = code & 7
-    exponent, mantissa = magnitude >> 1, magnitude & 1
-    half_units = jnp.where(magnitude < 2, magnitude, (2 + mantissa) << jnp.maximum(exponent - 1, 0))
-    value = half_units.astype(jnp.float32) * 0.5
-    return jnp.where(code >= 8, -value, value)
+
+def _e2m1_bits_as_e4m3(code: jax.Array) -> jax.Array:
+    byte = ((code & 7) << 2) | ((code & 8) << 4)
+    return jax.lax.bitcast_convert_type(byte.astype(jnp.uint8), jnp.float8_e4m3fn)
+
+
+def e2m1_value(code: jax.Array) -> jax.Array:
+    """int32 E2M1 codes -> float32 values. Kernel-safe jnp."""
+    return _e2m1_bits_as_e4m3(code).astype(jnp.float32) * _E4M3_OF_E2M1
 
 
 def pack_pairs(code: jax.Array) -> jax.Array:
@@ -81,14 +89,20 @@ def unpack_codes(packed: jax.Array) -> jax.Array:
     return jnp.stack([packed & 15, packed >> 4], axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-def decode_pairs(packed: jax.Array, block_scales: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Packed bytes [..., K/2] and float32 block scales [..., K/16] -> (even, odd) elements, float32 [..., K/2] each,
+def decode_pairs(
+    packed: jax.Array, block_scales: jax.Array, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array]:
+    """Packed bytes [..., K/2] and float32 block scales [..., K/16] -> (even, odd) elements [..., K/2] in `dtype`,
     times their block scale (the second-level scale is left out). Every such product is exact in bf16 (2 significant
     bits times 4), which is what lets the W4A4 kernel feed them to a bf16 MMA without loss. Kernel-safe jnp."""
     packed = packed.astype(jnp.int32)
     bytes_per_block = NVFP4_BLOCK // 2
-    per_byte = jnp.broadcast_to(block_scales[..., None], (*block_scales.shape, bytes_per_block)).reshape(packed.shape)
-    return e2m1_value(packed & 15) * per_byte, e2m1_value(packed >> 4) * per_byte
+    per_byte = jnp.broadcast_to(
+        (block_scales * _E4M3_OF_E2M1)[..., None], (*block_scales.shape, bytes_per_block)
+    ).reshape(packed.shape).astype(dtype)
+    even = _e2m1_bits_as_e4m3(packed & 15).astype(dtype)
+    odd = _e2m1_bits_as_e4m3(packed >> 4).astype(dtype)
+    return even * per_byte, odd * per_byte
 
 
 # -------------------------------------------------------------------------------------------------------------- NVFP4
@@ -125,10 +139,8 @@ def nvfp4_block_encode(blocks: jax.Array, scale: jax.Array) -> tuple[jax.Array, 
     E4M3 block scales [..., n]). Kernel-safe jnp: the activation kernel calls this very function on its tiles."""
     block_amax = jnp.max(jnp.abs(blocks), axis=-1)
     block_scale = (block_amax / E2M1_MAX / scale).astype(jnp.float8_e4m3fn)
-    effective = block_scale.astype(jnp.float32) * scale
-    safe = jnp.where(effective > 0, effective, 1.0)
-    scaled = jnp.where(effective[..., None] > 0, blocks / safe[..., None], 0.0)
-    return encode_e2m1(scaled), block_scale
+    effective = block_scale.astype(jnp.float32)[..., None] * scale[..., None]
+    return jnp.where(effective > 0, encode_e2m1(blocks, effective), 0), block_scale
 
 
 def quantize_nvfp4(x: jax.Array, *, per_row: bool = False) -> NVFP4:
