@@ -52,7 +52,7 @@ GEMM_CANDIDATES = [  # block_m, block_n, block_k, warps, stages, n_outer
     (256, 256, 64, 8, 3, True), (128, 256, 128, 8, 3, False), (64, 256, 128, 4, 4, True),
     (128, 128, 256, 8, 3, True),
 ]
-ACT_CANDIDATES = [(16, 4, 2), (32, 4, 2), (32, 8, 2), (64, 8, 2), (64, 4, 3), (128, 8, 2)]  # block_m, warps, stages
+ACT_CANDIDATES = [(16, 4, 2), (32, 4, 2), (64, 8, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3), (256, 8, 2)]  # block_m, warps, stages
 
 
 def median_seconds(fn, *args, iters: int, warmup: int = 3) -> float:
@@ -163,9 +163,9 @@ def ours(x, w, b, iters) -> dict:
     row["int8_gemm"] = median_seconds(jax.jit(lambda a, w, b: int8_gemm.int8_matmul(a, w, b, m=M)), a8, w8, b, iters=iters)
     row["nvfp4_gemm"] = median_seconds(
         jax.jit(lambda a, w, b: nvfp4_gemm.nvfp4_matmul(a, w, b, m=M)), a4, prepared.nvfp4, b, iters=iters)
-    config = tuning.block_config("nvfp4_gemm", M, k, n)
+    config = BlockConfig(128, 128, 64, num_warps=4, num_stages=4)
     x_rows = x[: M // config.block_m * config.block_m]
-    row["pallas_bf16_gemm_same_blocks"] = median_seconds(
+    row["pallas_bf16_gemm_diagnostic"] = median_seconds(
         jax.jit(functools.partial(pallas_bf16_gemm, config=config)), x_rows, w, iters=iters) * M / x_rows.shape[0]
     # correctness at full size, against the references on the same quantized operands
     y = jax.jit(lambda a, w, b: int8_gemm.int8_matmul(a, w, b, m=M))(a8, w8, b)
@@ -201,7 +201,7 @@ def bench(models, iters) -> list[dict]:
                    "ms": {name: round(v * 1e3, 3) for name, v in t.items() if not name.endswith("err")},
                    "tflops": {name: tflops(k, n, v) for name, v in t.items() if name in (
                        "xla_bf16", "xla_int8_scale", "int8_path", "int8_path_grouped", "nvfp4_path", "int8_gemm",
-                       "nvfp4_gemm", "pallas_bf16_gemm_same_blocks")},
+                       "nvfp4_gemm", "pallas_bf16_gemm_diagnostic")},
                    "speedup_vs_xla_bf16": {name: round(t["xla_bf16"] / t[name], 2) for name in (
                        "xla_int8_scale", "int8_path", "int8_path_grouped", "nvfp4_path")},
                    "int8_path_vs_xla_int8_scale": round(t["xla_int8_scale"] / t["int8_path"], 2),
@@ -240,6 +240,12 @@ def tune(models, iters) -> list[dict]:
                 timings.sort(key=lambda t: -t[0])
                 results.append({"kernel": kernel, "K": k, "N": n, "best": timings[0], "all": timings})
                 print(json.dumps({"kernel": kernel, "K": k, "N": n, "top3": timings[:3]}), flush=True)
+    return results + tune_activations(models, iters)
+
+
+def tune_activations(models, iters) -> list[dict]:
+    results = []
+    for model in models:
         for k in sorted({k for k, _ in SHAPES[model]}):
             x = inputs(k, 16)[0]
             for kernel, fn in (("act_quant_int8", act_quant.quantize_int8), ("act_quant_nvfp4", act_quant.quantize_nvfp4)):
@@ -263,11 +269,22 @@ def main():
     parser.add_argument("--tune", action="store_true", help="sweep block configurations instead of benchmarking")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", type=Path, help="also write all results to this JSON file")
+    parser.add_argument("--retune-activations", action="store_true",
+                        help="sweep the activation kernels first and benchmark with the winners in the table")
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         sys.exit("bench_linear.py needs a GPU: the kernels only run compiled there")
     print(f"table entries in use: {len(tuning.TABLE)}", flush=True)
-    results = tune(args.models, args.iters) if args.tune else bench(args.models, args.iters)
+    if args.tune:
+        results = tune(args.models, args.iters)
+    else:
+        results = []
+        if args.retune_activations:
+            results = tune_activations(args.models, args.iters)
+            for entry in results:
+                tuning.TABLE[(entry["kernel"], entry["K"], 0)] = BlockConfig(**{
+                    key: value for key, value in entry["best"][1].items() if key != "error"})
+        results += bench(args.models, args.iters)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

@@ -35,12 +35,12 @@ def nvfp4_reference(x: jax.Array, hadamard_block: int) -> NVFP4:
 
 
 # ------------------------------------------------------------------------------------------------------------- kernel
-def _rotated_tile(x_ref, h_ref, tile: int, rows_valid: jax.Array) -> jax.Array:
+def _rotated_tile(x_ref, h: jax.Array | None, tile: int, rows_valid: jax.Array) -> jax.Array:
     """Tile `tile` of this block's rows, times the Hadamard block (if any), in fp32. Rows past M read as zero."""
     x = pltriton.load(x_ref.at[:, pl.ds(tile * K_TILE, K_TILE)], mask=rows_valid, other=0)
-    if h_ref is None:
+    if h is None:
         return x.astype(jnp.float32)
-    return jnp.dot(x, h_ref[...], preferred_element_type=jnp.float32) * (1.0 / math.sqrt(K_TILE))
+    return jnp.dot(x, h, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(K_TILE))
 
 
 def _row_amax(tile_fn, n_tiles: int, block_m: int) -> jax.Array:
@@ -51,9 +51,9 @@ def _row_amax(tile_fn, n_tiles: int, block_m: int) -> jax.Array:
 
 
 def _int8_kernel(x_ref, *refs, m: int, k: int, hadamard: bool, per_group: bool):
-    h_ref, (q_ref, s_ref) = (refs[0] if hadamard else None), refs[-2:]
+    h, (q_ref, s_ref) = (refs[0][...] if hadamard else None), refs[-2:]  # H loaded once, outside the K loops
     block_m, n_tiles = q_ref.shape[0], k // K_TILE
-    tile_fn = functools.partial(_rotated_tile, x_ref, h_ref, rows_valid=valid_rows(pl.program_id(0), block_m, m))
+    tile_fn = functools.partial(_rotated_tile, x_ref, h, rows_valid=valid_rows(pl.program_id(0), block_m, m))
 
     if per_group:  # each 128-wide tile is a group: one pass
         def quantize_group(t, carry):
@@ -78,10 +78,10 @@ def _int8_kernel(x_ref, *refs, m: int, k: int, hadamard: bool, per_group: bool):
 
 
 def _nvfp4_kernel(x_ref, *refs, m: int, k: int, hadamard: bool):
-    h_ref, (q_ref, bs_ref, s_ref) = (refs[0] if hadamard else None), refs[-3:]
+    h, (q_ref, bs_ref, s_ref) = (refs[0][...] if hadamard else None), refs[-3:]
     block_m, n_tiles = q_ref.shape[0], k // K_TILE
     blocks_per_tile = K_TILE // NVFP4_BLOCK
-    tile_fn = functools.partial(_rotated_tile, x_ref, h_ref, rows_valid=valid_rows(pl.program_id(0), block_m, m))
+    tile_fn = functools.partial(_rotated_tile, x_ref, h, rows_valid=valid_rows(pl.program_id(0), block_m, m))
     scale = formats.second_level_scale(_row_amax(tile_fn, n_tiles, block_m))  # [block_m, 1]
 
     def quantize_tile(t, carry):

@@ -12,7 +12,7 @@ from sixbit_jax.errors import InputError
 from sixbit_jax.quant import formats as F
 from sixbit_jax.quant import linear
 
-BACKENDS = ["interpret", "reference"] + (["pallas"] if HAS_GPU else [])
+BACKENDS = ["reference"] + (["pallas"] if HAS_GPU else ["interpret"])  # see conftest.KERNEL_MODES
 PATHS = {"int8": linear.int8_linear, "nvfp4": linear.nvfp4_linear, "weight_only": linear.weight_only_linear}
 # Relative error against float64 on Gaussian data with 1% outliers. The weight's NVFP4 rounding (about 9%) is shared
 # by every path; the activation's own share is measured against the product with the dequantized weight.
