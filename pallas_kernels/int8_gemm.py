@@ -12,6 +12,7 @@ Reference: `int8_matmul_reference` below.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -104,7 +105,7 @@ def int8_matmul(
     per_group = a.group_size is not None
     if per_group:
         require(a.group_size == K_TILE, f"{what}: activation groups must be {K_TILE} wide, got {a.group_size}")
-        config = BlockConfig(**{**config.__dict__, "block_k": K_TILE})
+        config = dataclasses.replace(config, block_k=K_TILE)
     require(
         rows % config.block_m == 0,
         f"{what}: {rows} activation rows are not a multiple of block_m = {config.block_m} (quantize with act_quant)",
