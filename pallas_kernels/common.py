@@ -63,3 +63,14 @@ def gemm_grid(config: BlockConfig, rows: int, n: int):
 def masked_store(o_ref, value: jax.Array, row_axis: int, m: int) -> None:
     block_m = o_ref.shape[0]
     pltriton.store(o_ref, value.astype(o_ref.dtype), mask=valid_rows(pl.program_id(row_axis), block_m, m))
+
+
+def bias_or_zeros(bias: jax.Array | None, n: int) -> jax.Array:
+    """The kernels always take a bias operand; a missing one is zeros (N floats, nothing next to the weight)."""
+    return jnp.zeros((n,), jnp.float32) if bias is None else bias
+
+
+def epilogue(y: jax.Array, col_scale_ref, bias_ref) -> jax.Array:
+    """The GEMMs' shared output step: fp32 [block_m, block_n] (row scales already applied) times the per-column
+    weight scale, plus the bias."""
+    return y * col_scale_ref[...][None, :] + bias_ref[...].astype(jnp.float32)[None, :]

@@ -20,11 +20,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels.common import (
-    K_TILE,
+    bias_or_zeros,
     check_k,
     check_n,
     compiler_params,
+    epilogue,
     gemm_grid,
+    K_TILE,
     masked_store,
     require,
     resolve_interpret,
@@ -76,8 +78,7 @@ def _kernel(a_ref, as_ref, w_ref, ws_ref, b_ref, o_ref, *, m: int, k: int, block
             0, k // block_k, lambda step, acc: acc + int_product(step), jnp.zeros((block_m, block_n), jnp.int32)
         )
         y = acc.astype(jnp.float32) * as_ref[...][:, None]
-    y = y * ws_ref[...][None, :] + b_ref[...].astype(jnp.float32)[None, :]
-    masked_store(o_ref, y, row_axis, m)
+    masked_store(o_ref, epilogue(y, ws_ref, b_ref), row_axis, m)
 
 
 # ------------------------------------------------------------------------------------------------------------ wrapper
@@ -110,7 +111,7 @@ def int8_matmul(
         rows % config.block_m == 0,
         f"{what}: {rows} activation rows are not a multiple of block_m = {config.block_m} (quantize with act_quant)",
     )
-    bias = jnp.zeros((n,), jnp.float32) if bias is None else bias
+    bias = bias_or_zeros(bias, n)
     grid, row_of, col_of, row_axis = gemm_grid(config, rows, n)
     bm, bn = config.block_m, config.block_n
     a_scale_spec = (

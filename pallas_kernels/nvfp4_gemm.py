@@ -16,7 +16,17 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.common import check_k, check_n, compiler_params, gemm_grid, masked_store, require, resolve_interpret
+from pallas_kernels.common import (
+    bias_or_zeros,
+    check_k,
+    check_n,
+    compiler_params,
+    epilogue,
+    gemm_grid,
+    masked_store,
+    require,
+    resolve_interpret,
+)
 from pallas_kernels.tuning import BlockConfig, block_config
 from sixbit_jax.quant import formats
 from sixbit_jax.quant.formats import NVFP4, NVFP4_BLOCK
@@ -57,8 +67,7 @@ def _kernel(a_ref, abs_ref, as_ref, w_ref, wbs_ref, ws_ref, b_ref, o_ref, *, m: 
         return acc + jax.lax.dot_general(a_odd, w_odd, _CONTRACT_K, preferred_element_type=jnp.float32)
 
     acc = jax.lax.fori_loop(0, k // block_k, step_fn, jnp.zeros(o_ref.shape, jnp.float32))
-    y = acc * as_ref[...][:, None] * ws_ref[...][None, :] + b_ref[...].astype(jnp.float32)[None, :]
-    masked_store(o_ref, y, row_axis, m)
+    masked_store(o_ref, epilogue(acc * as_ref[...][:, None], ws_ref, b_ref), row_axis, m)
 
 
 # ------------------------------------------------------------------------------------------------------------ wrapper
@@ -85,7 +94,7 @@ def nvfp4_matmul(
     check_n(n, what)
     config = block_config("nvfp4_gemm", m, k, n, override=config)
     require(rows % config.block_m == 0, f"{what}: {rows} activation rows are not a multiple of block_m = {config.block_m}")
-    bias = jnp.zeros((n,), jnp.float32) if bias is None else bias
+    bias = bias_or_zeros(bias, n)
     weight_scale = jnp.broadcast_to(w.scale.astype(jnp.float32), (n,))  # same epilogue as a per-channel scale
     grid, row_of, col_of, row_axis = gemm_grid(config, rows, n)
     bm, bn = config.block_m, config.block_n

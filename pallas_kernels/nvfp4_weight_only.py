@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels.common import check_k, check_n, compiler_params, require, resolve_interpret
+from pallas_kernels.common import (
+    bias_or_zeros,
+    check_k,
+    check_n,
+    compiler_params,
+    epilogue,
+    require,
+    resolve_interpret,
+)
 from pallas_kernels.nvfp4_gemm import dequantized_k_step
 from pallas_kernels.tuning import BlockConfig, block_config
 from sixbit_jax.quant import formats
@@ -47,8 +55,7 @@ def _kernel(xe_ref, xo_ref, w_ref, wbs_ref, ws_ref, b_ref, o_ref, *, k: int, blo
         return acc + jax.lax.dot_general(x_odd, w_odd, _CONTRACT_K, preferred_element_type=jnp.float32)
 
     acc = jax.lax.fori_loop(0, k // block_k, step_fn, jnp.zeros(o_ref.shape, jnp.float32))
-    y = acc * ws_ref[...][None, :] + b_ref[...].astype(jnp.float32)[None, :]
-    o_ref[...] = y.astype(o_ref.dtype)
+    o_ref[...] = epilogue(acc, ws_ref, b_ref).astype(o_ref.dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------ wrapper
@@ -75,7 +82,7 @@ def weight_only_matmul(
     rows = -(-m // bm) * bm
     x = jnp.pad(x.astype(jnp.bfloat16), ((0, rows - m), (0, 0)))
     x_even, x_odd = x[:, 0::2], x[:, 1::2]
-    bias = jnp.zeros((n,), jnp.float32) if bias is None else bias
+    bias = bias_or_zeros(bias, n)
     weight_scale = jnp.broadcast_to(w.scale.astype(jnp.float32), (n,))
     y = pl.pallas_call(
         functools.partial(_kernel, k=k, block_k=bk),
