@@ -18,6 +18,7 @@ from sixbit_jax.checkpoint import (abstract_params, check_destination, flat_leav
                                    shape_problems, write_checkpoint)
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
+from sixbit_jax.shapes.text import is_shapes_text_encoder
 
 
 def check_tensors(specs: dict[str, TensorSpec], names: list[str], shape_of: Callable[[str], tuple]) -> None:
@@ -68,11 +69,23 @@ def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwrite: bool = False,
                        progress: bool = True) -> Path:
-    """Convert a diffusers CogVideoX transformer folder to a sixbit-jax checkpoint at `dst` (atomic)."""
-    src = Path(src)
+    """Convert a diffusers CogVideoX transformer folder, or a pipeline folder holding one in `transformer/`, to a
+    sixbit-jax checkpoint at `dst` (atomic). A pipeline's shapes text encoder is copied along."""
     check_destination(dst, overwrite)  # before reading gigabytes, not after
+    src, extras = resolve_source(src)
     cfg = read_config(src)
     source = TensorSource.from_folder(src)
     leaves = converted_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
                               nbytes=source.nbytes)
-    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, info={"converted_from": str(src.absolute())})
+    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, extra_folders=extras,
+                            info={"converted_from": str(src.absolute())})
+
+
+def resolve_source(src: str | Path) -> tuple[Path, dict[str, Path]]:
+    """(transformer folder, {name: companion folder to copy}) for a transformer folder or a pipeline folder. Only
+    small companions we can use are copied: the shapes prompt encoder, never a T5 text encoder."""
+    src = Path(src)
+    if (src / "config.json").exists() or not (src / "transformer").is_dir():
+        return src, {}
+    extras = {"text_encoder": src / "text_encoder"} if is_shapes_text_encoder(src / "text_encoder") else {}
+    return src / "transformer", extras

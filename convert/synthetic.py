@@ -3,21 +3,17 @@ without downloading weights. Written with numpy only (no torch)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from convert.cogvideox import expected_tensors
-from convert.source import WEIGHTS_NAME
+from convert.export import write_diffusers_folder
 from sixbit_jax.config import CogVideoXConfig
 
 
 def write_random_transformer(folder: str | Path, cfg: CogVideoXConfig, *, seed: int = 0) -> Path:
     """Weights ~ N(0, 1/fan_in) (biases and norm shifts small, norm scales near 1), float32."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, spec in expected_tensors(cfg).items():
@@ -29,6 +25,4 @@ def write_random_transformer(folder: str | Path, cfg: CogVideoXConfig, *, seed: 
         else:
             fan_in = int(np.prod(shape[1:]))
             tensors[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-    save_file(tensors, folder / WEIGHTS_NAME)
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return folder
+    return write_diffusers_folder(folder, cfg, tensors)

@@ -150,10 +150,11 @@ def _remove_tree(path: Path, attempts: int = 5) -> None:
 
 
 def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
-                     overwrite: bool = False, info: dict | None = None,
+                     overwrite: bool = False, info: dict | None = None, extra_folders: dict[str, Path] | None = None,
                      before_commit: Callable[[], None] | None = None) -> Path:
     """Write parameter leaves (path, array) as they arrive, then the config; atomic. Every leaf of the model must
-    come exactly once, with its shape and `dtype`."""
+    come exactly once, with its shape and `dtype`. `extra_folders` {name: folder} are copied in as they are (a
+    pipeline's small companions, such as the shapes model's text encoder)."""
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed for checkpoint I/O
 
     dtype = parse_dtype(dtype)
@@ -176,6 +177,8 @@ def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Itera
         missing = sorted(_name(p) for p in expected.keys() - written)
         if missing:
             raise CheckpointError(f"parameters never written: {', '.join(missing)}")
+        for name, folder in (extra_folders or {}).items():
+            shutil.copytree(folder, tmp / name)
         record = {"format": FORMAT, "dtype": dtype.name, "config": cfg.to_dict(), **(info or {})}
         (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n")
         if before_commit is not None:

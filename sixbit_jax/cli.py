@@ -1,4 +1,4 @@
-"""`sixbit`: convert diffusers CogVideoX checkpoints, sample latents, run the demo."""
+"""`sixbit`: convert diffusers CogVideoX checkpoints, sample, run the demo, evaluate quality."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ from sixbit_jax.errors import InputError, SixbitError
 DESCRIPTION = """\
 sixbit-jax: CogVideoX video diffusion transformers in JAX.
 
-Pipeline today: convert a diffusers transformer/ folder, then sample latents from T5 text embeddings you computed
-elsewhere. Text encoding (T5) and VAE decoding to a video are not part of sixbit-jax yet; they arrive in a later
-release. Until then `sample` writes the final latents [B, F, C, H, W]."""
+  sixbit demo                    the shipped shapes model (trained here): convert, sample a prompt, write a GIF
+  sixbit eval                    quality of each precision mode against BF16 on a fixed prompt set
+  sixbit convert SRC DST         diffusers CogVideoX folder -> sixbit-jax checkpoint
+  sixbit sample CKPT ...         sample latents from T5 embeddings (real CogVideoX checkpoints)
+
+For real CogVideoX models, text encoding (T5) and VAE decoding are not part of sixbit-jax yet: `sample` takes T5
+embeddings computed elsewhere and writes the final latents [B, F, C, H, W]."""
 
 
 def _peak_memory() -> str:
@@ -78,27 +82,46 @@ def cmd_sample(args) -> None:
           f"| wrote {args.out} {list(out.shape)} float32")
 
 
+def _packaged_checkpoint(out: Path, quiet: bool) -> Path:
+    """The shipped shapes pipeline, converted (float32, so every mode can cast from it) to out/checkpoint."""
+    from sixbit_jax.shapes.pipeline import PACKAGED_MODEL
+
+    ckpt = out / "checkpoint"
+    cmd_convert(argparse.Namespace(src=PACKAGED_MODEL, dst=ckpt, dtype="fp32", force=True, quiet=quiet))
+    return ckpt
+
+
 def cmd_demo(args) -> None:
-    """Tiny random model end to end: diffusers-layout folder -> convert -> sample."""
-    from convert import convert_checkpoint
-    from convert.synthetic import write_random_transformer
-    from sixbit_jax.config import CogVideoXConfig
-    from sixbit_jax.io import save_array
+    """The shipped shapes model end to end: convert -> text encoder -> sampler -> GIF (and MP4)."""
+    import jax
+
+    from sixbit_jax.media import write_gif, write_mp4
+    from sixbit_jax.shapes.evaluate import MODES
+    from sixbit_jax.shapes.pipeline import ShapesPipeline
 
     out = Path(args.out)
-    cfg = CogVideoXConfig.named(args.config)
-    src = write_random_transformer(out / "transformer", cfg, seed=args.seed)
-    print(f"wrote a random {args.config} diffusers folder to {src}")
-    ckpt = out / "checkpoint"
-    cmd_convert(argparse.Namespace(src=src, dst=ckpt, dtype=args.dtype, force=True, quiet=args.quiet))
-    rng = np.random.default_rng(args.seed)
-    shape = (1, cfg.max_text_seq_length, cfg.text_embed_dim)
-    save_array(out / "prompt_embeds.npy", rng.standard_normal(shape).astype(np.float32), "prompt_embeds")
-    save_array(out / "negative_embeds.npy", rng.standard_normal(shape).astype(np.float32), "negative_prompt_embeds")
-    cmd_sample(argparse.Namespace(
-        checkpoint=ckpt, embeds=out / "prompt_embeds.npy", negative_embeds=out / "negative_embeds.npy",
-        latents_in=None, frames=None, height=None, width=None, steps=args.steps, guidance=6.0, dynamic_cfg=False,
-        scheduler=args.scheduler, seed=args.seed, out=out / "latents.npy", quiet=args.quiet))
+    ckpt = Path(args.checkpoint) if args.checkpoint else _packaged_checkpoint(out, args.quiet)
+    pipe = ShapesPipeline.from_checkpoint(ckpt, dtype=MODES[args.mode])
+    output = pipe(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, progress=not args.quiet)
+    written = [write_gif(out / "demo.gif", output.clips[0], scale=args.scale)]
+    mp4 = write_mp4(out / "demo.mp4", output.clips[0], scale=args.scale)
+    written += [mp4] if mp4 else []
+    print(f"{args.prompt!r}: {args.steps} DDIM steps, guidance {args.guidance}, seed {args.seed} in "
+          f"{output.result.seconds:.1f} s (compile included) on {jax.devices()[0].platform} | {_peak_memory()} | "
+          f"precision: {args.mode} 100% of linears | wrote {', '.join(map(str, written))}"
+          + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
+
+
+def cmd_eval(args) -> None:
+    from sixbit_jax.shapes.evaluate import eval_prompts, evaluate
+
+    out = Path(args.out)
+    ckpt = Path(args.checkpoint) if args.checkpoint else _packaged_checkpoint(out, args.quiet)
+    report = evaluate(ckpt, args.modes, prompts=eval_prompts(args.prompts), seeds=args.seeds, steps=args.steps,
+                      guidance=args.guidance, progress=not args.quiet)
+    files = report.write(out)
+    print(report.markdown())
+    print(f"wrote {files['table']}, {files['json']}, {files['sheet']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,17 +165,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("demo", help="tiny random model end to end (convert + sample), CPU is fine",
-                       description="Writes a random-weight diffusers-layout model, converts it and samples from "
-                                   "random embeddings: a check that the whole pipeline runs on this machine.")
-    p.add_argument("--out", default="demo-out", help="output folder (demo-out)")
-    p.add_argument("--config", default="cogvideox-tiny", help="config in configs/ (cogvideox-tiny)")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim")
-    p.add_argument("--seed", type=int, default=0)
+    from sixbit_jax.shapes.evaluate import MODES
+    from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS
+
+    p = sub.add_parser("demo", help="the shipped shapes model: prompt -> out/demo.gif (CPU is fine)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Converts the shapes model that ships with sixbit-jax (a small CogVideoX trained\n"
+                                   "here on procedural clips) to OUT/checkpoint, samples the prompt and writes\n"
+                                   "OUT/demo.gif (and OUT/demo.mp4 when imageio-ffmpeg is installed).\n"
+                                   "Prompts follow one grammar: a <colour> <shape> (moving <left|right|up|down> |\n"
+                                   "standing still) [on a <gray|navy|brown> background].")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"what to draw ({DEFAULT_PROMPT!r})")
+    p.add_argument("--out", default="out", help="output folder (out)")
+    p.add_argument("--checkpoint", help="a converted shapes checkpoint instead of the shipped model")
+    p.add_argument("--mode", choices=list(MODES), default="bf16", help="precision (bf16)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (0)")
+    p.add_argument("--scale", type=int, default=8, help="pixel size in the GIF/MP4 (8: 256x256 frames)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="precision modes vs BF16: PSNR, SSIM, prompt accuracy",
+                       description="Samples a fixed prompt set (drawn from the shapes generator) in each mode from "
+                                   "identical initial noise; reports PSNR and SSIM against the BF16 samples and "
+                                   "prompt accuracy from analytic detectors (checked on generator ground truth "
+                                   "first). Writes OUT/results.md, results.json and contact_sheet.png.")
+    p.add_argument("checkpoint", nargs="?", help="converted shapes checkpoint (default: the shipped model)")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                   help=f"modes to compare; bf16 is always included as the reference ({' '.join(MODES)})")
+    p.add_argument("--prompts", type=int, default=16, help="prompts in the set (16)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (0)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
+    p.add_argument("--out", default="out/eval", help="output folder (out/eval)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,115 @@
+"""The quality harness behind `sixbit eval`: sample a fixed prompt set in several precision modes from identical
+initial noise, then score every mode against the BF16 samples (PSNR, SSIM) and against its prompts (prompt
+accuracy from the analytic detectors, which are first checked on generator ground truth)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from sixbit_jax.errors import InputError
+from sixbit_jax.media import contact_sheet
+from sixbit_jax.metrics import psnr, ssim
+from sixbit_jax.shapes import world
+from sixbit_jax.shapes.detect import detect, prompt_accuracy
+from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesPipeline
+
+# mode -> the dtype the checkpoint is loaded in. The quantized modes join this table when they exist.
+MODES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+REFERENCE_MODE = "bf16"
+PROMPT_SEED = 2024  # the fixed prompt set is drawn from the generator with this seed
+DETECTOR_CHECK_CLIPS = 1000
+CONTACT_SHEET_PROMPTS = 4
+
+
+def eval_prompts(n: int, seed: int = PROMPT_SEED) -> list[str]:
+    """A fixed, generator-distributed prompt set (same n and seed, same prompts)."""
+    return world.captions(world.sample_clips(jax.random.key(seed), n))
+
+
+def detector_check(n: int = DETECTOR_CHECK_CLIPS, seed: int = PROMPT_SEED + 1) -> dict[str, float]:
+    """Detector accuracy on rendered ground-truth clips: the ceiling of every prompt-accuracy figure."""
+    clips = world.sample_clips(jax.random.key(seed), n)
+    frames = np.asarray(world.render(clips))
+    return prompt_accuracy([detect(f) for f in frames], world.truths(clips))
+
+
+@dataclasses.dataclass
+class ModeResult:
+    mode: str
+    clips: np.ndarray  # [seeds * prompts, F, H, W, 3] in [0, 1]
+    seconds: float  # sampling wall time, all seeds (compilation included in the first)
+    accuracy: dict[str, float]
+    psnr: float | None = None  # vs the reference mode, mean over clips
+    ssim: float | None = None
+
+
+@dataclasses.dataclass
+class EvalReport:
+    prompts: list[str]
+    seeds: list[int]
+    steps: int
+    guidance: float
+    detectors_on_ground_truth: dict[str, float]
+    results: list[ModeResult]
+    device: str
+
+    def markdown(self) -> str:
+        gt = self.detectors_on_ground_truth
+        lines = [f"Prompt set: {len(self.prompts)} prompts x seeds {self.seeds}, {self.steps} DDIM steps, guidance "
+                 f"{self.guidance}, on {self.device}. Detectors on generator ground truth "
+                 f"({DETECTOR_CHECK_CLIPS} clips): prompt {gt['prompt']:.1%} (shape {gt['shape']:.1%}, colour "
+                 f"{gt['colour']:.1%}, motion {gt['motion']:.1%}, background {gt['background']:.1%}).", "",
+                 f"| mode | PSNR vs {REFERENCE_MODE} (dB) | SSIM vs {REFERENCE_MODE} | prompt accuracy | shape | "
+                 "colour | motion | background | sampling s |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in self.results:
+            reference = r.mode == REFERENCE_MODE
+            a = r.accuracy
+            lines.append(f"| {r.mode} | {'(reference)' if reference else f'{r.psnr:.2f}'} | "
+                         f"{'(reference)' if reference else f'{r.ssim:.4f}'} | {a['prompt']:.1%} | {a['shape']:.1%} | "
+                         f"{a['colour']:.1%} | {a['motion']:.1%} | {a['background']:.1%} | {r.seconds:.1f} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """results.md, results.json and contact_sheet.png (the first prompts, one row per mode) in `out`."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(self.markdown())
+        summary = {k: v for k, v in dataclasses.asdict(self).items() if k != "results"}
+        summary["results"] = [{k: v for k, v in dataclasses.asdict(r).items() if k != "clips"} for r in self.results]
+        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rows = [(f"{r.mode}: {self.prompts[i]}", r.clips[i])
+                for i in range(min(CONTACT_SHEET_PROMPTS, len(self.prompts))) for r in self.results]
+        return {"table": out / "results.md", "json": out / "results.json",
+                "sheet": contact_sheet(out / "contact_sheet.png", rows)}
+
+
+def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], seeds: list[int],
+             steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, progress: bool = False) -> EvalReport:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise InputError(f"unknown mode(s) {', '.join(unknown)}; available: {', '.join(MODES)}")
+    if not prompts or not seeds:
+        raise InputError("evaluation needs at least one prompt and one seed")
+    modes = [REFERENCE_MODE] + [m for m in dict.fromkeys(modes) if m != REFERENCE_MODE]
+    wanted = [world.parse_caption(p) for p in prompts] * len(seeds)
+    results = []
+    for mode in modes:
+        pipe = ShapesPipeline.from_checkpoint(checkpoint, dtype=MODES[mode])
+        start = time.perf_counter()
+        clips = np.concatenate([pipe(prompts, seed=s, steps=steps, guidance=guidance, progress=progress).clips
+                                for s in seeds])
+        seconds = time.perf_counter() - start
+        results.append(ModeResult(mode, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted)))
+    reference = results[0].clips
+    for r in results[1:]:
+        r.psnr = float(np.mean([psnr(a, b) for a, b in zip(r.clips, reference)]))
+        r.ssim = float(np.mean([ssim(a, b) for a, b in zip(r.clips, reference)]))
+    return EvalReport(list(prompts), list(seeds), steps, guidance, detector_check(), results,
+                      jax.devices()[0].device_kind)

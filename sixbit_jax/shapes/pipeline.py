@@ -1,0 +1,64 @@
+"""Prompts in, clips out: the shapes model's text encoder + the CogVideoX sampler, in pixel space.
+
+    pipe = ShapesPipeline.from_checkpoint("out/checkpoint")        # a converted shapes pipeline folder
+    clips = pipe(["a red circle moving right"], seed=0).clips        # [B, 8, 32, 32, 3] float32 in [0, 1]
+
+The initial noise is drawn from `seed` alone (shape [B, 8, 3, 32, 32], float32, then cast to the model dtype), so
+every precision mode starts from the same noise for the same seed and prompts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sixbit_jax.checkpoint import load_checkpoint
+from sixbit_jax.errors import CheckpointError
+from sixbit_jax.models import CogVideoXTransformer3D
+from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
+from sixbit_jax.shapes import world
+from sixbit_jax.shapes.text import TextEncoder, is_shapes_text_encoder
+
+DEFAULT_PROMPT = "a red circle moving right"
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 4.0
+PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "cogvideox-shapes"
+
+
+@dataclasses.dataclass
+class ShapesOutput:
+    clips: np.ndarray  # [B, F, H, W, 3] float32 in [0, 1]
+    result: SampleResult  # latents, timing, schedule
+
+
+class ShapesPipeline:
+    def __init__(self, model: CogVideoXTransformer3D, text_encoder: TextEncoder):
+        if text_encoder.dim != model.config.text_embed_dim:
+            raise CheckpointError(f"text encoder width {text_encoder.dim} does not match the transformer's "
+                                  f"text_embed_dim {model.config.text_embed_dim}")
+        self.model, self.text_encoder = model, text_encoder
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, dtype=None) -> "ShapesPipeline":
+        path = Path(path)
+        if not is_shapes_text_encoder(path / "text_encoder"):
+            raise CheckpointError(f"{path} has no shapes text encoder (text_encoder/); convert the whole pipeline "
+                                  f"folder (e.g. {PACKAGED_MODEL}), not only its transformer/")
+        return cls(load_checkpoint(path, dtype=dtype), TextEncoder.load(path / "text_encoder"))
+
+    def noise(self, batch: int, seed: int) -> jax.Array:
+        return jax.random.normal(jax.random.key(seed), (batch, world.FRAMES, self.model.config.in_channels,
+                                                        world.SIZE, world.SIZE), jnp.float32)
+
+    def __call__(self, prompts: list[str] | str, *, seed: int = 0, steps: int = DEFAULT_STEPS,
+                 guidance: float = DEFAULT_GUIDANCE, scheduler: str = "ddim", progress: bool = False) -> ShapesOutput:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        embeds = self.text_encoder(prompts)
+        negative = self.text_encoder([""] * len(prompts))
+        settings = SamplerSettings(scheduler=scheduler, num_steps=steps, guidance_scale=guidance, seed=seed)
+        result = sample(self.model, embeds, negative, latents=self.noise(len(prompts), seed), settings=settings,
+                        progress=progress)
+        return ShapesOutput(np.asarray(world.from_latents(result.latents)), result)
