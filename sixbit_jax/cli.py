@@ -96,6 +96,8 @@ def cmd_demo(args) -> None:
     import jax
 
     from sixbit_jax.media import write_gif, write_mp4
+    from sixbit_jax.shapes import world
+    from sixbit_jax.shapes.detect import NOTHING, detect
     from sixbit_jax.shapes.evaluate import MODES
     from sixbit_jax.shapes.pipeline import ShapesPipeline
 
@@ -106,9 +108,12 @@ def cmd_demo(args) -> None:
     written = [write_gif(out / "demo.gif", output.clips[0], scale=args.scale)]
     mp4 = write_mp4(out / "demo.mp4", output.clips[0], scale=args.scale)
     written += [mp4] if mp4 else []
+    seen = detect(output.clips[0])
+    reads = "no object" if seen.shape == NOTHING else world.caption(seen)
     print(f"{args.prompt!r}: {args.steps} DDIM steps, guidance {args.guidance}, seed {args.seed} in "
           f"{output.result.seconds:.1f} s (compile included) on {jax.devices()[0].platform} | {_peak_memory()} | "
-          f"precision: {args.mode} 100% of linears | wrote {', '.join(map(str, written))}"
+          f"precision: {args.mode} 100% of linears | detectors read: {reads!r} "
+          f"| wrote {', '.join(map(str, written))}"
           + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
 
 
