@@ -95,9 +95,3 @@ def test_convert_errors_are_named(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["sample", str(tmp_path), "--embeds", "x.npy", "--out", "y.npy"]) == 2
     assert "not a sixbit-jax checkpoint" in capsys.readouterr().err
-
-
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--quiet"]) == 0
-    assert "sampled 2 ddim steps" in capsys.readouterr().out
-    assert np.isfinite(np.load(tmp_path / "demo" / "latents.npy")).all()

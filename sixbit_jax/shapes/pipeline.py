@@ -24,7 +24,7 @@ from sixbit_jax.shapes.text import TextEncoder, is_shapes_text_encoder
 
 DEFAULT_PROMPT = "a red circle moving right"
 DEFAULT_STEPS = 30
-DEFAULT_GUIDANCE = 3.0
+DEFAULT_GUIDANCE = 2.0
 PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "cogvideox-shapes"
 
 
