@@ -18,6 +18,8 @@ from sixbit_jax.checkpoint import (abstract_params, check_destination, flat_leav
                                    shape_problems, write_checkpoint)
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
+from sixbit_jax.models.cogvideox import QuantSpec
+from sixbit_jax.quant.model import quantize_leaves
 from sixbit_jax.shapes.text import is_shapes_text_encoder
 
 
@@ -68,16 +70,19 @@ def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwrite: bool = False,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, quant: QuantSpec | None = None) -> Path:
     """Convert a diffusers CogVideoX transformer folder, or a pipeline folder holding one in `transformer/`, to a
-    sixbit-jax checkpoint at `dst` (atomic). A pipeline's shapes text encoder is copied along."""
+    sixbit-jax checkpoint at `dst` (atomic). A pipeline's shapes text encoder is copied along. With `quant`, the
+    block linears are stored once, in NVFP4 (see sixbit_jax.quant.model), and everything else in `dtype`."""
     check_destination(dst, overwrite)  # before reading gigabytes, not after
     src, extras = resolve_source(src)
     cfg = read_config(src)
     source = TensorSource.from_folder(src)
     leaves = converted_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
                               nbytes=source.nbytes)
-    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, extra_folders=extras,
+    if quant is not None:
+        leaves = quantize_leaves(leaves, quant.hadamard_block)
+    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, extra_folders=extras, quant=quant,
                             info={"converted_from": str(src.absolute())})
 
 

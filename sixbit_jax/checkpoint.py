@@ -32,6 +32,7 @@ from flax import nnx
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models import CogVideoXTransformer3D
+from sixbit_jax.models.cogvideox import QuantSpec
 
 FORMAT = "sixbit-jax/1"
 INFO_NAME = "sixbit.json"
@@ -53,23 +54,27 @@ def parse_dtype(name: str | Any):
     return dtype
 
 
-def abstract_params(cfg: CogVideoXConfig, dtype) -> dict:
-    """The parameter tree of a model of this config as ShapeDtypeStructs, without allocating anything."""
+def abstract_params(cfg: CogVideoXConfig, dtype, quant: QuantSpec | None = None) -> dict:
+    """The parameter tree of a model of this config as ShapeDtypeStructs, without allocating anything. Float leaves
+    have `dtype`; a quantized model's NVFP4 leaves have their own (uint8 codes and scale bytes, float32 scales)."""
     dtype = parse_dtype(dtype)
-    model = nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0), quant=quant))
     return nnx.to_pure_dict(nnx.state(model))
 
 
-def model_from_params(cfg: CogVideoXConfig, params: dict, *, dtype=None, attention_impl: str | None = None):
-    """Build a model from a parameter tree in `nnx.to_pure_dict` layout (leaves numpy or jax arrays)."""
-    dtype = parse_dtype(dtype) if dtype is not None else jnp.dtype(jax.tree.leaves(params)[0].dtype)
-    model = nnx.eval_shape(
-        lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl))
+def model_from_params(cfg: CogVideoXConfig, params: dict, *, dtype=None, attention_impl: str | None = None,
+                      quant: QuantSpec | None = None):
+    """Build a model from a parameter tree in `nnx.to_pure_dict` layout (leaves numpy or jax arrays). `dtype`
+    (default: the patch embedding's) applies to float leaves; quantized leaves keep their formats."""
+    dtype = parse_dtype(dtype) if dtype is not None else jnp.dtype(params["patch_embed"]["proj"]["weight"].dtype)
+    model = nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0),
+                                                          attention_impl=attention_impl, quant=quant))
     graphdef, state = nnx.split(model)
     expected = nnx.to_pure_dict(state)
     _check_tree(expected, params)
     device = jax.devices()[0]  # explicit: converted trees live on the CPU device, the model on the default one
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: jax.device_put(x, device).astype(dtype), params))
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda spec, x: jax.device_put(x, device).astype(spec.dtype),
+                                                 expected, params))
     return nnx.merge(graphdef, state)
 
 
@@ -151,14 +156,15 @@ def _remove_tree(path: Path, attempts: int = 5) -> None:
 
 def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
                      overwrite: bool = False, info: dict | None = None, extra_folders: dict[str, Path] | None = None,
-                     before_commit: Callable[[], None] | None = None) -> Path:
+                     quant: QuantSpec | None = None, before_commit: Callable[[], None] | None = None) -> Path:
     """Write parameter leaves (path, array) as they arrive, then the config; atomic. Every leaf of the model must
-    come exactly once, with its shape and `dtype`. `extra_folders` {name: folder} are copied in as they are (a
-    pipeline's small companions, such as the shapes model's text encoder)."""
+    come exactly once, with its shape and dtype (`dtype` for float leaves; a quantized model's NVFP4 leaves have
+    their own). `extra_folders` {name: folder} are copied in as they are (a pipeline's small companions, such as the
+    shapes model's text encoder)."""
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed for checkpoint I/O
 
     dtype = parse_dtype(dtype)
-    expected = {path: spec for path, spec in flat_leaves(abstract_params(cfg, dtype))}
+    expected = {path: spec for path, spec in flat_leaves(abstract_params(cfg, dtype, quant))}
     with atomic_folder(dst, overwrite=overwrite) as tmp:
         written = set()
         # Synchronous checkpointer: nothing writes into `tmp` once a save returns or raises.
@@ -167,8 +173,8 @@ def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Itera
                 spec = expected.get(path)
                 if spec is None or path in written:
                     raise CheckpointError(f"unexpected or repeated parameter {_name(path)}")
-                if tuple(value.shape) != tuple(spec.shape) or jnp.dtype(value.dtype) != dtype:
-                    raise CheckpointError(f"parameter {_name(path)}: expected {tuple(spec.shape)} {dtype.name}, "
+                if tuple(value.shape) != tuple(spec.shape) or jnp.dtype(value.dtype) != spec.dtype:
+                    raise CheckpointError(f"parameter {_name(path)}: expected {tuple(spec.shape)} {spec.dtype.name}, "
                                           f"found {tuple(value.shape)} {jnp.dtype(value.dtype).name}")
                 checkpointer.save(tmp / "state" / _name(path), args=ocp.args.PyTreeSave({"value": value}))
                 written.add(path)
@@ -179,7 +185,8 @@ def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Itera
             raise CheckpointError(f"parameters never written: {', '.join(missing)}")
         for name, folder in (extra_folders or {}).items():
             shutil.copytree(folder, tmp / name)
-        record = {"format": FORMAT, "dtype": dtype.name, "config": cfg.to_dict(), **(info or {})}
+        record = {"format": FORMAT, "dtype": dtype.name, "config": cfg.to_dict(),
+                  "quant": quant.to_dict() if quant else None, **(info or {})}
         (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n")
         if before_commit is not None:
             before_commit()
@@ -228,10 +235,11 @@ def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None 
     info = read_info(path)
     cfg = CogVideoXConfig.from_dict(info["config"])
     stored = parse_dtype(info["dtype"])
+    quant = QuantSpec.from_dict(info.get("quant"))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     leaves = []
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        for leaf_path, spec in flat_leaves(abstract_params(cfg, stored)):
+        for leaf_path, spec in flat_leaves(abstract_params(cfg, stored, quant)):
             target = {"value": jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)}
             try:
                 value = checkpointer.restore(path / "state" / _name(leaf_path),
@@ -243,4 +251,5 @@ def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None 
                 raise CheckpointError(f"{path}: parameter {_name(leaf_path)} has shape {tuple(value.shape)}, "
                                       f"the config expects {tuple(spec.shape)}")
             leaves.append((leaf_path, value))
-    return model_from_params(cfg, nest_leaves(leaves), dtype=dtype or stored, attention_impl=attention_impl)
+    return model_from_params(cfg, nest_leaves(leaves), dtype=dtype or stored, attention_impl=attention_impl,
+                             quant=quant)

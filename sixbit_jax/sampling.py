@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from sixbit_jax.errors import InputError, SamplingError
 from sixbit_jax.models import CogVideoXTransformer3D, PositionalTables
+from sixbit_jax.models.cogvideox import BlockControl
+from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, step_stats, update_state
 from sixbit_jax.schedulers import Schedule, SchedulerConfig, StepCoefficients, dynamic_guidance, make_schedule, step
 
 
@@ -40,6 +42,8 @@ class SampleResult:
     seconds: float  # wall time of the denoising loop (compilation included on a first call)
     schedule: Schedule
     guidance: np.ndarray  # [num_steps] guidance actually used
+    stats: StepStats | None = None  # 6Bit runtime only: per step and block, route / Γ / r / fallbacks / NVFP4 error
+    summary: RunSummary | None = None
 
 
 # The progress bar the scan ticks through jax.debug.callback; a module-level slot so the compiled program (which
@@ -66,12 +70,17 @@ def latent_shape(model: CogVideoXTransformer3D, batch: int, frames: int, height:
 
 def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *, latents=None,
            settings: SamplerSettings = SamplerSettings(), frames: int | None = None, height: int | None = None,
-           width: int | None = None, step_noise=None, progress: bool = False) -> SampleResult:
+           width: int | None = None, step_noise=None, progress: bool = False,
+           runtime: RuntimeConfig | None = None) -> SampleResult:
     """Denoise from `latents` (or Gaussian noise drawn from `settings.seed`) and return the final latents.
 
     prompt_embeds / negative_embeds: T5 outputs [B, L, text_dim]; negative ones are needed when guidance > 1.
     frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
-    step_noise: optional [num_steps, B, F, C, H, W] noise for the stochastic DPM scheduler (else drawn from seed)."""
+    step_noise: optional [num_steps, B, F, C, H, W] noise for the stochastic DPM scheduler (else drawn from seed).
+    runtime: the 6Bit runtime (mode, delta cache, PDR, calibration); None runs every block in the model's dtype."""
+    if runtime is not None and runtime.quantized and model.quant is None:
+        raise InputError(f"mode {runtime.mode} needs a quantized model: convert with `sixbit convert --quant nvfp4` "
+                         f"or quantize a loaded one with sixbit_jax.quant.model.quantize_model")
     prompt_embeds = jnp.asarray(prompt_embeds)
     text = _text_batch(prompt_embeds, negative_embeds, settings, model.dtype)
     key_latents, key_noise = jax.random.split(jax.random.key(settings.seed))
@@ -100,17 +109,18 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     start = time.perf_counter()
     _progress["bar"] = tqdm(total=schedule.num_steps, desc="sampling", unit="step", disable=not progress)
     try:
-        out, block_finite, latents_finite = _denoise(
+        out, block_finite, latents_finite, stats = _denoise(
             graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.int32),
             schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise,
-            use_cfg=settings.uses_cfg, stochastic=schedule.stochastic)
+            use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, runtime=runtime)
         out.block_until_ready()
     finally:
         _progress["bar"].close()
         _progress["bar"] = None
     seconds = time.perf_counter() - start
     _raise_if_not_finite(np.asarray(block_finite), np.asarray(latents_finite), schedule.timesteps)
-    return SampleResult(out, seconds, schedule, guidance)
+    stats = jax.device_get(stats)
+    return SampleResult(out, seconds, schedule, guidance, stats, RunSummary.from_stats(stats) if stats else None)
 
 
 def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype):
@@ -128,15 +138,25 @@ def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype
 
 
 def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, timesteps, coefficients: StepCoefficients,
-                  guidance, step_noise, key_noise, *, use_cfg: bool, stochastic: bool):
+                  guidance, step_noise, key_noise, *, use_cfg: bool, stochastic: bool, runtime: RuntimeConfig | None):
     model = nnx.merge(graphdef, state)
     batch = latents.shape[0]
+    num_steps = timesteps.shape[0]
 
     def one_step(carry, xs):
-        latents, x0_prev = carry
+        latents, x0_prev, blocks = carry
         index, t, c, g, noise = xs
         model_in = jnp.concatenate([latents, latents]) if use_cfg else latents
-        v, block_finite = model(model_in, text, jnp.full((model_in.shape[0],), t), tables, return_block_finite=True)
+        t_in = jnp.full((model_in.shape[0],), t)
+        if runtime is None:
+            v, block_finite = model(model_in, text, t_in, tables, return_block_finite=True)
+            record = None
+        else:
+            routes = choose_routes(runtime, blocks, index, num_steps)
+            control = BlockControl(routes, blocks.delta_video, blocks.delta_text, runtime.outlier_ratio,
+                                   runtime.backend)
+            v, report = model(model_in, text, t_in, tables, control=control)
+            blocks, block_finite, record = update_state(blocks, routes, report), report.finite, step_stats(routes, report)
         v = v.astype(jnp.float32)
         if use_cfg:
             v_uncond, v_text = v[:batch], v[batch:]
@@ -148,16 +168,22 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
         new_latents, x0 = step(c, latents, v, x0_prev, noise.astype(latents.dtype))
         new_latents = new_latents.astype(latents.dtype)
         jax.debug.callback(_tick, index)
-        return (new_latents, x0), (block_finite, jnp.isfinite(new_latents).all())
+        return (new_latents, x0, blocks), (block_finite, jnp.isfinite(new_latents).all(), record)
 
-    steps = jnp.arange(timesteps.shape[0])
+    blocks = None
+    if runtime is not None:
+        cfg = model.config
+        _, f, _, h, w = latents.shape
+        blocks = init_state(cfg.num_layers, batch * (2 if use_cfg else 1), f * (h // cfg.patch_size) *
+                            (w // cfg.patch_size), text.shape[1], cfg.inner_dim, runtime)
+    steps = jnp.arange(num_steps)
     xs = (steps, timesteps, coefficients, guidance, step_noise)
-    (latents, _), (block_finite, latents_finite) = jax.lax.scan(
-        one_step, (latents, jnp.zeros(latents.shape, jnp.float32)), xs)
-    return latents, block_finite, latents_finite
+    (latents, _, _), (block_finite, latents_finite, stats) = jax.lax.scan(
+        one_step, (latents, jnp.zeros(latents.shape, jnp.float32), blocks), xs)
+    return latents, block_finite, latents_finite, stats
 
 
-_denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic"))
+_denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic", "runtime"))
 
 
 def _raise_if_not_finite(block_finite: np.ndarray, latents_finite: np.ndarray, timesteps: np.ndarray) -> None:

@@ -26,7 +26,9 @@ class Dense(nnx.Module):
         )
         self.bias = nnx.Param(jnp.zeros((out_features,), dtype))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, runtime=None) -> jax.Array:
+        """`runtime` (a quant_dense.LinearRuntime) is accepted and ignored: a float layer has one path."""
+        del runtime
         w, b = self.weight[...], self.bias[...]
         y = jnp.einsum("...k,nk->...n", x.astype(w.dtype), w, precision=full_precision(w.dtype))
         return y + b

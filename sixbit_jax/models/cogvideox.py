@@ -15,6 +15,7 @@ Positional information is precomputed on the host (float64, like diffusers) by `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -24,8 +25,9 @@ import numpy as np
 from flax import nnx
 
 from sixbit_jax.config import CogVideoXConfig
-from sixbit_jax.errors import InputError
-from sixbit_jax.layers import Dense, LayerNorm, dot_product_attention
+from sixbit_jax.errors import ConfigError, InputError
+from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention
+from sixbit_jax.quant.formats import HADAMARD_BLOCK
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,6 +127,71 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Quantization and per-block control
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How a quantized model stores its block linears: NVFP4 weights, with a block Hadamard transform of this size
+    folded into the activation-quantized ones (attention q/k/v/out, FFN). The AdaLN modulation linears are NVFP4
+    weight-only. Embeddings, norms, the output head and attention math stay in the model dtype."""
+
+    hadamard_block: int = HADAMARD_BLOCK
+
+    def to_dict(self) -> dict:
+        return {"weights": "nvfp4", "hadamard_block": self.hadamard_block}
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "QuantSpec | None":
+        if raw is None:
+            return None
+        if raw.get("weights") != "nvfp4":
+            raise ConfigError(f"unsupported quantization {raw!r}: only NVFP4 weights are implemented")
+        return cls(hadamard_block=int(raw.get("hadamard_block", HADAMARD_BLOCK)))
+
+
+# Per-block routes, chosen on the device each step (lax.switch index): reuse the cached delta, or run the block's
+# linears on one path (see layers.quant_dense).
+SKIP, BF16, INT8, NVFP4, PDR, CALIBRATE = range(6)
+ROUTE_NAMES = ("skip", "bf16", "int8", "nvfp4", "pdr", "calibrate")
+
+
+class BlockControl(NamedTuple):
+    """What the sampler tells the blocks for one step: a route per block and the cached deltas (Y - X) that a
+    skipped block adds to its input."""
+
+    routes: jax.Array  # [L] int32
+    delta_video: jax.Array  # [L, B, N_video, D], cache dtype
+    delta_text: jax.Array  # [L, B, N_text, D]
+    outlier_ratio: float = 25.0  # PDR threshold (static)
+    backend: str | None = None  # quantized-linear backend (static); None: kernels on GPU, jnp references on CPU
+
+
+class BlockReport(NamedTuple):
+    """Per block, from one forward with control: Γ = |Y - X|₁ / |X|₁, the delta change r = |Δ_new - Δ_old|₁ / |Δ_old|₁
+    (computed blocks only), the new deltas, PDR's bf16 fallbacks, and the mean NVFP4 error under CALIBRATE."""
+
+    finite: jax.Array  # [L] bool
+    gamma: jax.Array  # [L] float32
+    change: jax.Array  # [L] float32
+    delta_video: jax.Array
+    delta_text: jax.Array
+    fallbacks: jax.Array  # [L] float32, number of linears that ran bf16 under PDR
+    nvfp4_error: jax.Array  # [L] float32
+
+
+def _l1_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+    return jnp.abs(num.astype(jnp.float32)).sum() / jnp.maximum(jnp.abs(den.astype(jnp.float32)).sum(), 1e-30)
+
+
+def _linear(cfg_in: int, cfg_out: int, *, dtype, rngs, quant: "QuantSpec | None", weight_only: bool = False):
+    """A float Dense, or its NVFP4 QuantDense counterpart in a quantized model."""
+    if quant is None:
+        return Dense(cfg_in, cfg_out, dtype=dtype, rngs=rngs)
+    return QuantDense(cfg_in, cfg_out, hadamard_block=0 if weight_only else quant.hadamard_block,
+                      weight_only=weight_only, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
 class TimestepEmbedding(nnx.Module):
@@ -158,12 +225,14 @@ class LayerNormZero(nnx.Module):
     """CogVideoXLayerNormZero: one shared LayerNorm, modulated separately for video and text by 6 chunks of
     linear(silu(temb)): shift, scale, gate, enc_shift, enc_scale, enc_gate."""
 
-    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
-        self.linear = Dense(cfg.time_embed_dim, 6 * cfg.inner_dim, dtype=dtype, rngs=rngs)
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, quant: QuantSpec | None = None):
+        self.linear = _linear(cfg.time_embed_dim, 6 * cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant,
+                              weight_only=True)
         self.norm = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
 
-    def __call__(self, video, text, temb_act):
-        shift, scale, gate, enc_shift, enc_scale, enc_gate = jnp.split(self.linear(temb_act)[:, None, :], 6, axis=-1)
+    def __call__(self, video, text, temb_act, runtime: LinearRuntime | None = None):
+        modulation = self.linear(temb_act, runtime)[:, None, :]
+        shift, scale, gate, enc_shift, enc_scale, enc_gate = jnp.split(modulation, 6, axis=-1)
         video = self.norm(video) * (1 + scale) + shift
         text = self.norm(text) * (1 + enc_scale) + enc_shift
         return video, text, gate, enc_gate
@@ -173,58 +242,61 @@ class JointAttention(nnx.Module):
     """Full attention over [text; video] with per-head qk-LayerNorm (weights shared by all heads) and, for 5B,
     RoPE on the video part of q and k."""
 
-    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, implementation: str | None = None):
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, implementation: str | None = None,
+                 quant: QuantSpec | None = None):
         d = cfg.inner_dim
         self.heads, self.implementation = cfg.num_attention_heads, implementation
-        self.to_q = Dense(d, d, dtype=dtype, rngs=rngs)
-        self.to_k = Dense(d, d, dtype=dtype, rngs=rngs)
-        self.to_v = Dense(d, d, dtype=dtype, rngs=rngs)
+        self.to_q = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_k = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_v = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
         self.norm_q = LayerNorm(cfg.attention_head_dim, eps=1e-6, dtype=dtype)
         self.norm_k = LayerNorm(cfg.attention_head_dim, eps=1e-6, dtype=dtype)
-        self.to_out = Dense(d, d, dtype=dtype, rngs=rngs)
+        self.to_out = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
 
-    def __call__(self, tokens: jax.Array, num_text: int, rope: PositionalTables) -> jax.Array:
+    def __call__(self, tokens: jax.Array, num_text: int, rope: PositionalTables,
+                 runtime: LinearRuntime | None = None) -> jax.Array:
         b, n, d = tokens.shape
         split_heads = lambda x: x.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
-        q = self.norm_q(split_heads(self.to_q(tokens)))
-        k = self.norm_k(split_heads(self.to_k(tokens)))
-        v = split_heads(self.to_v(tokens))
+        q = self.norm_q(split_heads(self.to_q(tokens, runtime)))
+        k = self.norm_k(split_heads(self.to_k(tokens, runtime)))
+        v = split_heads(self.to_v(tokens, runtime))
         if rope.rope_cos is not None:
             q = q.at[:, num_text:].set(apply_rope(q[:, num_text:], rope.rope_cos, rope.rope_sin))
             k = k.at[:, num_text:].set(apply_rope(k[:, num_text:], rope.rope_cos, rope.rope_sin))
         out = dot_product_attention(q, k, v, implementation=self.implementation)
-        return self.to_out(out.reshape(b, n, d))
+        return self.to_out(out.reshape(b, n, d), runtime)
 
 
 class FeedForward(nnx.Module):
     """proj_in (D -> 4D), GELU (tanh approximation), proj_out (4D -> D)."""
 
-    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
-        self.proj_in = Dense(cfg.inner_dim, 4 * cfg.inner_dim, dtype=dtype, rngs=rngs)
-        self.proj_out = Dense(4 * cfg.inner_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, quant: QuantSpec | None = None):
+        self.proj_in = _linear(cfg.inner_dim, 4 * cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
+        self.proj_out = _linear(4 * cfg.inner_dim, cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.proj_out(jax.nn.gelu(self.proj_in(x), approximate=True))
+    def __call__(self, x: jax.Array, runtime: LinearRuntime | None = None) -> jax.Array:
+        return self.proj_out(jax.nn.gelu(self.proj_in(x, runtime), approximate=True), runtime)
 
 
 class CogVideoXBlock(nnx.Module):
     """norm1 -> joint attention -> gated residual; norm2 -> shared FFN over [text; video] -> gated residual."""
 
-    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, attention_impl: str | None = None):
-        self.norm1 = LayerNormZero(cfg, dtype=dtype, rngs=rngs)
-        self.attn1 = JointAttention(cfg, dtype=dtype, rngs=rngs, implementation=attention_impl)
-        self.norm2 = LayerNormZero(cfg, dtype=dtype, rngs=rngs)
-        self.ff = FeedForward(cfg, dtype=dtype, rngs=rngs)
+    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, attention_impl: str | None = None,
+                 quant: QuantSpec | None = None):
+        self.norm1 = LayerNormZero(cfg, dtype=dtype, rngs=rngs, quant=quant)
+        self.attn1 = JointAttention(cfg, dtype=dtype, rngs=rngs, implementation=attention_impl, quant=quant)
+        self.norm2 = LayerNormZero(cfg, dtype=dtype, rngs=rngs, quant=quant)
+        self.ff = FeedForward(cfg, dtype=dtype, rngs=rngs, quant=quant)
 
-    def __call__(self, video, text, temb_act, tables: PositionalTables):
+    def __call__(self, video, text, temb_act, tables: PositionalTables, runtime: LinearRuntime | None = None):
         num_text = text.shape[1]
-        norm_video, norm_text, gate, enc_gate = self.norm1(video, text, temb_act)
-        attn = self.attn1(jnp.concatenate([norm_text, norm_video], axis=1), num_text, tables)
+        norm_video, norm_text, gate, enc_gate = self.norm1(video, text, temb_act, runtime)
+        attn = self.attn1(jnp.concatenate([norm_text, norm_video], axis=1), num_text, tables, runtime)
         video = video + gate * attn[:, num_text:]
         text = text + enc_gate * attn[:, :num_text]
 
-        norm_video, norm_text, gate, enc_gate = self.norm2(video, text, temb_act)
-        ff = self.ff(jnp.concatenate([norm_text, norm_video], axis=1))
+        norm_video, norm_text, gate, enc_gate = self.norm2(video, text, temb_act, runtime)
+        ff = self.ff(jnp.concatenate([norm_text, norm_video], axis=1), runtime)
         video = video + gate * ff[:, num_text:]
         text = text + enc_gate * ff[:, :num_text]
         return video, text
@@ -249,13 +321,13 @@ class CogVideoXTransformer3D(nnx.Module):
     `attention_impl` forces 'cudnn' or 'xla' attention (default: cuDNN on GPU for bf16/fp16, else XLA)."""
 
     def __init__(self, cfg: CogVideoXConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs,
-                 attention_impl: str | None = None):
-        self.config, self.dtype = cfg, jnp.dtype(dtype)
+                 attention_impl: str | None = None, quant: QuantSpec | None = None):
+        self.config, self.dtype, self.quant = cfg, jnp.dtype(dtype), quant
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
         self.time_embedding = TimestepEmbedding(cfg, dtype=dtype, rngs=rngs)
 
         def make_block(block_rngs: nnx.Rngs) -> CogVideoXBlock:
-            return CogVideoXBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl)
+            return CogVideoXBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl, quant=quant)
 
         # One block's structure, and its parameters initialised num_layers times along a leading layer axis.
         block_def, _ = nnx.split(nnx.eval_shape(lambda: make_block(nnx.Rngs(0))))
@@ -286,9 +358,12 @@ class CogVideoXTransformer3D(nnx.Module):
         return positional_tables(self.config, frames, height, width, self.dtype)
 
     def __call__(self, latents, text, timesteps, tables: PositionalTables | None = None, *,
-                 return_block_finite: bool = False):
-        """Returns the prediction [B, F, C_out, H, W] in the model dtype; with `return_block_finite`, also a bool
-        [num_layers] saying whether each block's outputs were all finite (to name the block that produced a NaN)."""
+                 return_block_finite: bool = False, control: BlockControl | None = None):
+        """Returns the prediction [B, F, C_out, H, W] in the model dtype.
+
+        With `return_block_finite`, also a bool [num_layers] saying whether each block's outputs were all finite (to
+        name the block that produced a NaN). With `control` (the 6Bit runtime), each block takes its route from
+        `control.routes` and the call returns (prediction, BlockReport)."""
         cfg, dtype = self.config, self.dtype
         self.check_inputs(latents.shape, text.shape)
         b, f, _, h, w = latents.shape
@@ -303,16 +378,60 @@ class CogVideoXTransformer3D(nnx.Module):
             video = video + tables.sincos.astype(dtype)
 
         block_def, block_state = nnx.split(self.transformer_blocks)
+        if control is None:
+            def run_block(carry, state):
+                video, text = nnx.merge(block_def, state)(*carry, temb_act, tables)
+                finite = jnp.isfinite(video).all() & jnp.isfinite(text).all()
+                return (video, text), finite
 
-        def run_block(carry, state):
-            video, text = nnx.merge(block_def, state)(*carry, temb_act, tables)
-            finite = jnp.isfinite(video).all() & jnp.isfinite(text).all()
-            return (video, text), finite
-
-        (video, _), block_finite = jax.lax.scan(run_block, (video, text), block_state)
+            (video, _), block_finite = jax.lax.scan(run_block, (video, text), block_state)
+            report = None
+        else:
+            (video, _), report = jax.lax.scan(
+                lambda carry, xs: _controlled_block(block_def, carry, xs, temb_act, tables, control),
+                (video, text), (block_state, control.routes, control.delta_video, control.delta_text))
+            block_finite = report.finite
 
         video = self.norm_out(self.norm_final(video), temb_act)
         out = self.proj_out(video)
         p, c_out = cfg.patch_size, cfg.out_channels
         out = out.reshape(b, f, h // p, w // p, c_out, p, p).transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, f, c_out, h, w)
+        if control is not None:
+            return out, report
         return (out, block_finite) if return_block_finite else out
+
+
+def _controlled_block(block_def, carry, xs, temb_act, tables: PositionalTables, control: BlockControl):
+    """One block under the 6Bit runtime: lax.switch on its route, then its statistics and new cached delta."""
+    video, text = carry
+    state, route, delta_video, delta_text = xs
+    block = nnx.merge(block_def, state)
+
+    def skip(video, text):
+        zero = jnp.zeros((), jnp.float32)
+        return video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero
+
+    def compute(path: str):
+        def branch(video, text):
+            runtime = LinearRuntime(path=path, outlier_ratio=control.outlier_ratio, backend=control.backend)
+            new_video, new_text = block(video, text, temb_act, tables, runtime)
+            fallbacks = sum(runtime.fallbacks, jnp.zeros((), jnp.float32))
+            errors = runtime.nvfp4_errors
+            error = sum(errors, jnp.zeros((), jnp.float32)) / max(len(errors), 1)
+            return new_video, new_text, fallbacks, error
+        return branch
+
+    branches = [skip] + [compute(name) for name in ROUTE_NAMES[1:]]
+    new_video, new_text, fallbacks, error = jax.lax.switch(route, branches, video, text)
+    step_video, step_text = new_video - video, new_text - text
+    gamma = _l1_ratio(jnp.concatenate([step_video.ravel(), step_text.ravel()]),
+                      jnp.concatenate([video.ravel(), text.ravel()]))
+    skipped = route == SKIP
+    cached_video = jnp.where(skipped, delta_video, step_video.astype(delta_video.dtype))
+    cached_text = jnp.where(skipped, delta_text, step_text.astype(delta_text.dtype))
+    f32 = lambda x: x.astype(jnp.float32).ravel()  # noqa: E731  (the cache may be stored in fp8)
+    change = _l1_ratio(jnp.concatenate([f32(cached_video) - f32(delta_video), f32(cached_text) - f32(delta_text)]),
+                       jnp.concatenate([f32(delta_video), f32(delta_text)]))
+    finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
+    report = BlockReport(finite, gamma, change, cached_video, cached_text, fallbacks, error)
+    return (new_video, new_text), report

@@ -15,12 +15,32 @@ import numpy as np
 from sixbit_jax.errors import InputError
 from sixbit_jax.media import contact_sheet
 from sixbit_jax.metrics import psnr, ssim
+from sixbit_jax.quant.model import quantize_model
+from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.detect import detect, prompt_accuracy
 from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesPipeline
 
-# mode -> the dtype the checkpoint is loaded in. The quantized modes join this table when they exist.
-MODES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """How to run one evaluated mode: the float dtype, and for quantized modes the 6Bit runtime settings (the model
+    is quantized to NVFP4 weights in memory from the float checkpoint)."""
+
+    dtype: str = "bf16"
+    runtime: dict | None = None  # RuntimeConfig fields; None: the float model, no runtime
+
+
+# The paper's ablation, in order: static W4A4, static W4A8, DMPQ, DMPQ+TDC, DMPQ+TDC+PDR; plus float references and
+# W4A16 (NVFP4 weights, bf16 activations: the weight-quantization floor).
+MODES = {
+    "bf16": Mode("bf16"), "fp16": Mode("fp16"), "fp32": Mode("fp32"),
+    "w4a16": Mode(runtime={"mode": "bf16"}),
+    "nvfp4": Mode(runtime={"mode": "nvfp4"}),
+    "int8": Mode(runtime={"mode": "int8"}),
+    "dmpq": Mode(runtime={"mode": "sixbit"}),
+    "dmpq+tdc": Mode(runtime={"mode": "sixbit", "tdc": True, "pdr": False}),
+    "dmpq+tdc+pdr": Mode(runtime={"mode": "sixbit", "tdc": True, "pdr": True}),
+}
 REFERENCE_MODE = "bf16"
 PROMPT_SEED = 2024  # the fixed prompt set is drawn from the generator with this seed
 DETECTOR_CHECK_CLIPS = 1000
@@ -47,6 +67,7 @@ class ModeResult:
     accuracy: dict[str, float]
     psnr: float | None = None  # vs the reference mode, mean over clips
     ssim: float | None = None
+    summary: dict | None = None  # 6Bit runtime modes: activation bits, skips, fallbacks (over all seeds)
 
 
 @dataclasses.dataclass
@@ -58,22 +79,29 @@ class EvalReport:
     detectors_on_ground_truth: dict[str, float]
     results: list[ModeResult]
     device: str
+    knobs: dict | None = None  # the runtime knobs the quantized modes used
 
     def markdown(self) -> str:
         gt = self.detectors_on_ground_truth
+        knobs = f" Runtime knobs: {self.knobs}." if self.knobs else ""
         lines = [f"Prompt set: {len(self.prompts)} prompts x seeds {self.seeds}, {self.steps} DDIM steps, guidance "
-                 f"{self.guidance}, on {self.device}. Detectors on generator ground truth "
+                 f"{self.guidance}, on {self.device}.{knobs} Detectors on generator ground truth "
                  f"({DETECTOR_CHECK_CLIPS} clips): prompt {gt['prompt']:.1%} (shape {gt['shape']:.1%}, colour "
                  f"{gt['colour']:.1%}, motion {gt['motion']:.1%}, background {gt['background']:.1%}).", "",
                  f"| mode | PSNR vs {REFERENCE_MODE} (dB) | SSIM vs {REFERENCE_MODE} | prompt accuracy | shape | "
-                 "colour | motion | background | sampling s |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "colour | motion | background | act. bits (skips 0 / computed) | skipped | bf16 fallbacks | "
+                 "sampling s |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             reference = r.mode == REFERENCE_MODE
             a = r.accuracy
+            q = r.summary
+            runtime_cells = (f"{q['bits_with_skips']:.2f} / {q['bits_without_skips']:.2f} | {q['skip_fraction']:.0%} | "
+                             f"{q['bf16_fallbacks']}" if q else "- | - | -")
             lines.append(f"| {r.mode} | {'(reference)' if reference else f'{r.psnr:.2f}'} | "
                          f"{'(reference)' if reference else f'{r.ssim:.4f}'} | {a['prompt']:.1%} | {a['shape']:.1%} | "
-                         f"{a['colour']:.1%} | {a['motion']:.1%} | {a['background']:.1%} | {r.seconds:.1f} |")
+                         f"{a['colour']:.1%} | {a['motion']:.1%} | {a['background']:.1%} | {runtime_cells} | "
+                         f"{r.seconds:.1f} |")
         return "\n".join(lines) + "\n"
 
     def write(self, out: str | Path) -> dict[str, Path]:
@@ -91,7 +119,11 @@ class EvalReport:
 
 
 def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], seeds: list[int],
-             steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, progress: bool = False) -> EvalReport:
+             steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, calibration: str | Path | None = None,
+             runtime_overrides: dict | None = None, progress: bool = False) -> EvalReport:
+    """Sample every mode (the reference first) and score it. `calibration` (alpha, beta, tau_q, tau_c) is needed by
+    the DMPQ modes; `runtime_overrides` sets further RuntimeConfig knobs (tau_c, max_skips, ...) for every
+    quantized mode."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise InputError(f"unknown mode(s) {', '.join(unknown)}; available: {', '.join(MODES)}")
@@ -99,17 +131,43 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
         raise InputError("evaluation needs at least one prompt and one seed")
     modes = [REFERENCE_MODE] + [m for m in dict.fromkeys(modes) if m != REFERENCE_MODE]
     wanted = [world.parse_caption(p) for p in prompts] * len(seeds)
-    results = []
-    for mode in modes:
-        pipe = ShapesPipeline.from_checkpoint(checkpoint, dtype=MODES[mode])
+    float_pipes: dict[str, ShapesPipeline] = {}
+    quantized_pipe = None
+    results, knobs = [], None
+    for name in modes:
+        mode = MODES[name]
+        if mode.dtype not in float_pipes:
+            float_pipes[mode.dtype] = ShapesPipeline.from_checkpoint(checkpoint, dtype=mode.dtype)
+        pipe, runtime = float_pipes[mode.dtype], None
+        if mode.runtime is not None:
+            if quantized_pipe is None:
+                quantized_pipe = ShapesPipeline(quantize_model(pipe.model), pipe.text_encoder)
+            fields = {**mode.runtime, **_calibration_fields(mode, calibration), **(runtime_overrides or {})}
+            pipe, runtime = quantized_pipe, RuntimeConfig(**fields)
+            knobs = {k: v for k, v in runtime.knobs().items() if k not in ("mode", "tdc", "pdr")}  # mode: per row
         start = time.perf_counter()
-        clips = np.concatenate([pipe(prompts, seed=s, steps=steps, guidance=guidance, progress=progress).clips
-                                for s in seeds])
+        outputs = [pipe(prompts, seed=s, steps=steps, guidance=guidance, progress=progress, runtime=runtime)
+                   for s in seeds]
         seconds = time.perf_counter() - start
-        results.append(ModeResult(mode, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted)))
+        clips = np.concatenate([o.clips for o in outputs])
+        summary = None
+        if runtime is not None:
+            stats = StepStats(*(np.concatenate([getattr(o.result.stats, f) for o in outputs]) for f in StepStats._fields))
+            summary = dataclasses.asdict(RunSummary.from_stats(stats))
+        results.append(ModeResult(name, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted),
+                                  summary=summary))
     reference = results[0].clips
     for r in results[1:]:
         r.psnr = float(np.mean([psnr(a, b) for a, b in zip(r.clips, reference)]))
         r.ssim = float(np.mean([ssim(a, b) for a, b in zip(r.clips, reference)]))
     return EvalReport(list(prompts), list(seeds), steps, guidance, detector_check(), results,
-                      jax.devices()[0].device_kind)
+                      jax.devices()[0].device_kind, knobs)
+
+
+def _calibration_fields(mode: Mode, calibration: str | Path | None) -> dict:
+    if mode.runtime.get("mode") != "sixbit":
+        return {}
+    if calibration is None:
+        raise InputError("the DMPQ modes need a calibration file (`sixbit calibrate`); pass --calibration")
+    loaded = RuntimeConfig(mode="bf16").with_calibration(calibration)
+    return {"alpha": loaded.alpha, "beta": loaded.beta, "tau_q": loaded.tau_q, "tau_c": loaded.tau_c}

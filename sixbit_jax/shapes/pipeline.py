@@ -18,6 +18,7 @@ import numpy as np
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models import CogVideoXTransformer3D
+from sixbit_jax.runtime import RuntimeConfig
 from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.text import TextEncoder, is_shapes_text_encoder
@@ -26,6 +27,7 @@ DEFAULT_PROMPT = "a red circle moving right"
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 2.0
 PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "cogvideox-shapes"
+PACKAGED_CALIBRATION = PACKAGED_MODEL / "calibration.json"
 
 
 @dataclasses.dataclass
@@ -54,11 +56,22 @@ class ShapesPipeline:
                                                         world.SIZE, world.SIZE), jnp.float32)
 
     def __call__(self, prompts: list[str] | str, *, seed: int = 0, steps: int = DEFAULT_STEPS,
-                 guidance: float = DEFAULT_GUIDANCE, scheduler: str = "ddim", progress: bool = False) -> ShapesOutput:
+                 guidance: float = DEFAULT_GUIDANCE, scheduler: str = "ddim", progress: bool = False,
+                 runtime: RuntimeConfig | None = None) -> ShapesOutput:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         embeds = self.text_encoder(prompts)
         negative = self.text_encoder([""] * len(prompts))
         settings = SamplerSettings(scheduler=scheduler, num_steps=steps, guidance_scale=guidance, seed=seed)
         result = sample(self.model, embeds, negative, latents=self.noise(len(prompts), seed), settings=settings,
-                        progress=progress)
+                        progress=progress, runtime=runtime)
         return ShapesOutput(np.asarray(world.from_latents(result.latents)), result)
+
+
+def calibration_rollouts(pipe: ShapesPipeline, prompts: list[str], *, prompts_per_rollout: int = 4,
+                         seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                         progress: bool = False):
+    """StepStats of calibration rollouts (the "calibrate" path in every block), one per group of prompts."""
+    runtime = RuntimeConfig(mode="calibrate")
+    groups = [prompts[i:i + prompts_per_rollout] for i in range(0, len(prompts), prompts_per_rollout)]
+    return [pipe(group, seed=seed + i, steps=steps, guidance=guidance, runtime=runtime, progress=progress).result.stats
+            for i, group in enumerate(groups) if len(group) == prompts_per_rollout]

@@ -1,0 +1,106 @@
+"""The quantized dense layer: one resident NVFP4 weight, three ways to multiply by it.
+
+`QuantDense` stores its weight once, as NVFP4 with the block Hadamard transform folded in along K (see
+`quant.formats.prepare_weight`); the E4M3 block scales are kept as their raw bytes (uint8) so checkpoints hold only
+plain integer and float arrays. Which path a call takes is decided by the `LinearRuntime` it is given:
+
+- "bf16":  bf16 activations x the weight decoded to bf16 (W4A16): the full-precision path of a quantized model;
+- "int8":  W4A8, per-token INT8 activations (the fast path on Hopper);
+- "nvfp4": W4A4, NVFP4 activations;
+- "pdr":   on a delta-cache refresh, "bf16" when this layer's input outlier ratio max|x| / mean|x| exceeds the
+           threshold, else "int8" (decided on the device per layer, through lax.cond);
+- "calibrate": the "bf16" output, and it records how far the NVFP4-activation output is from it.
+
+Weight-only layers (the AdaLN modulation linears: one row per sample) always run bf16 activations through the
+NVFP4 weight-only path, whatever the runtime says."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sixbit_jax.errors import ConfigError
+from sixbit_jax.quant import formats, linear
+
+LINEAR_PATHS = ("bf16", "int8", "nvfp4", "pdr", "calibrate")
+PDR_OUTLIER_RATIO = 25.0
+
+
+class QuantData(nnx.Variable):
+    """A frozen quantized tensor (NVFP4 codes, scale bytes, second-level scale): state, but not a trainable Param."""
+
+
+@dataclasses.dataclass
+class LinearRuntime:
+    """What every quantized linear in one traced block call does, and what it reports back.
+
+    Created inside the traced function (one per block branch); the layers append traced scalars to the lists,
+    which the block then reduces. `backend` picks kernels ("pallas"), interpreted kernels or the jnp references."""
+
+    path: str = "bf16"
+    outlier_ratio: float = PDR_OUTLIER_RATIO
+    backend: str | None = None
+    fallbacks: list = dataclasses.field(default_factory=list)  # per PDR layer: 1.0 if it ran bf16
+    nvfp4_errors: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": relative L1 error
+
+    def __post_init__(self):
+        if self.path not in LINEAR_PATHS:
+            raise ConfigError(f"unknown linear path {self.path!r}; use one of {', '.join(LINEAR_PATHS)}")
+
+
+class QuantDense(nnx.Module):
+    def __init__(self, in_features: int, out_features: int, *, hadamard_block: int, weight_only: bool = False,
+                 dtype=jnp.bfloat16, rngs: nnx.Rngs | None = None):
+        del rngs  # weights come from quantizing a float weight, never from random init
+        formats.check_quantizable((out_features, in_features), hadamard_block or formats.NVFP4_BLOCK,
+                                  "a quantized linear's weight")
+        self.in_features, self.out_features = in_features, out_features
+        self.hadamard_block, self.weight_only = hadamard_block, weight_only
+        self.packed = QuantData(jnp.zeros((out_features, in_features // 2), jnp.uint8))
+        self.block_scales = QuantData(jnp.zeros((out_features, in_features // formats.NVFP4_BLOCK), jnp.uint8))
+        self.scale = QuantData(jnp.ones((), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype))
+
+    @property
+    def weight(self) -> formats.QuantizedWeight:
+        scales = jax.lax.bitcast_convert_type(self.block_scales[...], jnp.float8_e4m3fn)
+        return formats.QuantizedWeight(formats.NVFP4(self.packed[...], scales, self.scale[...]), self.hadamard_block)
+
+    def __call__(self, x: jax.Array, runtime: LinearRuntime | None = None) -> jax.Array:
+        runtime = runtime or LinearRuntime()
+        weight, bias, out_dtype = self.weight, self.bias[...], self.bias[...].dtype
+        if self.weight_only:
+            return linear.weight_only_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
+        if runtime.path == "int8":
+            return linear.int8_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
+        if runtime.path == "nvfp4":
+            return linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
+        if runtime.path == "pdr":
+            ax = jnp.abs(x.astype(jnp.float32))
+            outliers = ax.max() > runtime.outlier_ratio * ax.mean()
+            runtime.fallbacks.append(outliers.astype(jnp.float32))
+            return jax.lax.cond(outliers, lambda: self._bf16(x, weight, bias),
+                                lambda: linear.int8_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype))
+        y = self._bf16(x, weight, bias)
+        if runtime.path == "calibrate":
+            y4 = linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(jnp.float32)
+            yf = y.astype(jnp.float32)
+            runtime.nvfp4_errors.append(jnp.abs(y4 - yf).sum() / jnp.maximum(jnp.abs(yf).sum(), 1e-30))
+        return y
+
+    def _bf16(self, x, weight: formats.QuantizedWeight, bias) -> jax.Array:
+        """W4A16: x rotated by the folded Hadamard transform, times the NVFP4 weight decoded to bf16."""
+        dtype = bias.dtype
+        w = formats.dequantize_nvfp4(weight.nvfp4).astype(dtype)
+        xr = formats.rotate_activations(x, self.hadamard_block).astype(dtype)
+        return jnp.einsum("...k,nk->...n", xr, w, preferred_element_type=jnp.float32).astype(dtype) + bias
+
+    def load_float_weight(self, weight: jax.Array) -> None:
+        """Quantize a float [out, in] weight into this layer (in place)."""
+        q = formats.prepare_weight(weight, hadamard_block=self.hadamard_block)
+        self.packed[...] = q.nvfp4.packed
+        self.block_scales[...] = jax.lax.bitcast_convert_type(q.nvfp4.block_scales, jnp.uint8)
+        self.scale[...] = q.nvfp4.scale

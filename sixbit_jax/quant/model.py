@@ -1,0 +1,61 @@
+"""Quantizing a CogVideoX model: which linears become NVFP4, and the parameter-tree rewrite that does it.
+
+A float linear's leaves {weight [L, N, K], bias} become a QuantDense's {packed, block_scales, scale, bias}; the
+rewrite works leaf by leaf, so the converter can stream it and a loaded float model can be quantized in memory
+(`quantize_model`) with the same code."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sixbit_jax.quant import formats
+
+# Block-relative module paths of the quantized linears, and whether each is weight-only (AdaLN modulation).
+QUANTIZED_LINEARS = {
+    ("attn1", "to_q"): False, ("attn1", "to_k"): False, ("attn1", "to_v"): False, ("attn1", "to_out"): False,
+    ("ff", "proj_in"): False, ("ff", "proj_out"): False,
+    ("norm1", "linear"): True, ("norm2", "linear"): True,
+}
+
+
+def quantized_module(path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The block-relative module path if `path` (a parameter path) is the weight of a quantized linear."""
+    if len(path) == 4 and path[0] == "transformer_blocks" and path[-1] == "weight" and path[1:3] in QUANTIZED_LINEARS:
+        return path[1:3]
+    return None
+
+
+def quantize_stacked_weight(weight, hadamard_block: int) -> dict[str, np.ndarray]:
+    """[L, N, K] float weights -> QuantDense leaves {packed, block_scales (E4M3 bytes), scale [L]}, per layer."""
+    prepare = jax.jit(jax.vmap(lambda w: formats.prepare_weight(w, hadamard_block=hadamard_block).nvfp4))
+    q = prepare(jnp.asarray(weight, jnp.float32))
+    return {"packed": np.asarray(q.packed), "scale": np.asarray(q.scale, np.float32),
+            "block_scales": np.asarray(jax.lax.bitcast_convert_type(q.block_scales, jnp.uint8))}
+
+
+def quantize_leaves(leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], hadamard_block: int
+                    ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Rewrite a stream of (path, float leaf): quantized linears' weights become their NVFP4 leaves."""
+    for path, leaf in leaves:
+        module = quantized_module(path)
+        if module is None:
+            yield path, leaf
+            continue
+        block = 0 if QUANTIZED_LINEARS[module] else hadamard_block
+        for name, value in quantize_stacked_weight(leaf, block).items():
+            yield path[:-1] + (name,), value
+
+
+def quantize_model(model, hadamard_block: int = formats.HADAMARD_BLOCK):
+    """A quantized copy of a float CogVideoXTransformer3D (same dtype for everything left in float)."""
+    from sixbit_jax.checkpoint import flat_leaves, model_from_params, nest_leaves
+    from sixbit_jax.models.cogvideox import QuantSpec
+
+    params = nnx.to_pure_dict(nnx.state(model))
+    quantized = nest_leaves(quantize_leaves(flat_leaves(params), hadamard_block))
+    return model_from_params(model.config, quantized, dtype=model.dtype, quant=QuantSpec(hadamard_block))

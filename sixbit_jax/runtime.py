@@ -1,0 +1,176 @@
+"""The 6Bit-Diffusion runtime: per-block routing (DMPQ), the temporal delta cache (TDC) and purified delta refresh
+(PDR), as pure functions the sampler's `lax.scan` calls once per step. Everything here runs on the device; the
+state below lives in the scan carry.
+
+Each step, for every block l (`choose_routes`):
+- TDC skip when the block has a cached delta, is not on an always-compute step (the first `first_steps`, the last
+  `last_steps`), has been skipped fewer than `max_skips` times in a row, and E_acc(l) + r(l) <= tau_c;
+- otherwise its linears run on one path: the mode's (bf16 / int8 / nvfp4), or for "sixbit" NVFP4 when the predicted
+  error alpha_l * Γ(l, t-1) + beta_l <= tau_q and INT8 otherwise (INT8 too when Γ(l, t-1) is unknown: first step,
+  or the block was skipped); with PDR, a block recomputed after skips runs "pdr" (per-linear BF16 fallback when
+  the input outlier ratio exceeds `outlier_ratio`, INT8 otherwise).
+After the step (`update_state`): E_acc grows by r on a skip and resets on a compute; Γ, r and the delta are
+refreshed by every compute."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sixbit_jax.errors import ConfigError
+from sixbit_jax.models.cogvideox import BF16, CALIBRATE, INT8, NVFP4, PDR, ROUTE_NAMES, SKIP
+
+MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate")
+ACTIVATION_LINEARS_PER_BLOCK = 6  # q, k, v, out, FFN in, FFN out: the linears whose activations are quantized
+ROUTE_BITS = {SKIP: 0.0, BF16: 16.0, INT8: 8.0, NVFP4: 4.0, CALIBRATE: 16.0}  # PDR: by its fallbacks
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Every knob of the method (sixbit-method.md). alpha/beta/tau_q come from `sixbit calibrate`."""
+
+    mode: str = "sixbit"
+    tdc: bool = False
+    pdr: bool = True  # only acts with tdc (a refresh follows a skip)
+    alpha: tuple[float, ...] | None = None  # per block
+    beta: tuple[float, ...] | None = None
+    tau_q: float | None = None  # route NVFP4 when the predicted error <= tau_q
+    tau_c: float = 0.3  # TDC skip threshold on E_acc + r
+    max_skips: int = 2  # N_max
+    first_steps: int = 2  # always computed
+    last_steps: int = 1
+    outlier_ratio: float = 25.0  # PDR: max|x| / mean|x| above this runs BF16
+    cache_dtype: str = "bfloat16"
+    backend: str | None = None  # quantized linears: None = Pallas kernels on GPU, jnp references on CPU
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mode == "sixbit" and (self.alpha is None or self.beta is None or self.tau_q is None):
+            raise ConfigError("mode sixbit needs a calibration (alpha, beta, tau_q): run `sixbit calibrate` and pass "
+                              "its file with --calibration")
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode in ("int8", "nvfp4", "sixbit", "calibrate")
+
+    def with_calibration(self, path: str | Path) -> "RuntimeConfig":
+        """alpha, beta, tau_q and tau_c from a calibration file written by `sixbit calibrate`."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            return dataclasses.replace(self, alpha=tuple(raw["alpha"]), beta=tuple(raw["beta"]),
+                                       tau_q=float(raw["tau_q"]), tau_c=float(raw.get("tau_c", self.tau_c)))
+        except FileNotFoundError:
+            raise ConfigError(f"calibration file not found: {path}") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"calibration file {path} is not valid ({type(e).__name__}: {e})") from None
+
+    def knobs(self) -> dict:
+        """The values a benchmark row reports."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("alpha", "beta", "backend")}
+
+
+class RuntimeState(NamedTuple):
+    """Per-block state carried from step to step ([L] each, plus the cached deltas)."""
+
+    gamma: jax.Array  # Γ at the block's last compute
+    gamma_valid: jax.Array  # bool: computed at the previous step
+    change: jax.Array  # r at the block's last compute
+    e_acc: jax.Array  # accumulated estimated error since the last compute
+    skips: jax.Array  # int32: consecutive skips so far
+    has_delta: jax.Array  # bool
+    delta_video: jax.Array  # [L, B, N_video, D]
+    delta_text: jax.Array  # [L, B, N_text, D]
+
+
+class StepStats(NamedTuple):
+    """Per-step, per-block record the sampler returns ([steps, L] each after the scan)."""
+
+    route: jax.Array
+    gamma: jax.Array
+    change: jax.Array
+    fallbacks: jax.Array
+    nvfp4_error: jax.Array
+
+
+def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int, dim: int,
+               cfg: RuntimeConfig) -> RuntimeState:
+    zeros = jnp.zeros((num_layers,), jnp.float32)
+    false = jnp.zeros((num_layers,), bool)
+    cache = jnp.dtype(cfg.cache_dtype)
+    return RuntimeState(zeros, false, jnp.full((num_layers,), jnp.inf), zeros, jnp.zeros((num_layers,), jnp.int32),
+                        false, jnp.zeros((num_layers, batch, video_tokens, dim), cache),
+                        jnp.zeros((num_layers, batch, text_tokens, dim), cache))
+
+
+def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_steps: int) -> jax.Array:
+    """[L] int32 routes for this step (see the module docstring)."""
+    num_layers = state.gamma.shape[0]
+    fixed = {"bf16": BF16, "int8": INT8, "nvfp4": NVFP4, "calibrate": CALIBRATE}
+    if cfg.mode in fixed:
+        routes = jnp.full((num_layers,), fixed[cfg.mode], jnp.int32)
+    else:
+        predicted = jnp.asarray(cfg.alpha, jnp.float32) * state.gamma + jnp.asarray(cfg.beta, jnp.float32)
+        routes = jnp.where(state.gamma_valid & (predicted <= cfg.tau_q), NVFP4, INT8).astype(jnp.int32)
+    if not cfg.tdc:
+        return routes
+    if cfg.pdr and cfg.quantized:
+        routes = jnp.where(state.skips > 0, PDR, routes)
+    always = (step < cfg.first_steps) | (step >= num_steps - cfg.last_steps)
+    skip = (~always & state.has_delta & (state.skips < cfg.max_skips)
+            & (state.e_acc + state.change <= cfg.tau_c))
+    return jnp.where(skip, SKIP, routes).astype(jnp.int32)
+
+
+def update_state(state: RuntimeState, routes: jax.Array, report) -> RuntimeState:
+    """Fold one step's BlockReport into the state."""
+    skipped = routes == SKIP
+    return RuntimeState(
+        gamma=jnp.where(skipped, state.gamma, report.gamma),
+        gamma_valid=~skipped,
+        change=jnp.where(skipped, state.change, jnp.where(state.has_delta, report.change, jnp.inf)),
+        e_acc=jnp.where(skipped, state.e_acc + state.change, 0.0),
+        skips=jnp.where(skipped, state.skips + 1, 0),
+        has_delta=state.has_delta | ~skipped,
+        delta_video=report.delta_video,
+        delta_text=report.delta_text,
+    )
+
+
+def step_stats(routes: jax.Array, report) -> StepStats:
+    return StepStats(routes, report.gamma, report.change, report.fallbacks, report.nvfp4_error)
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What the CLI prints: activation bits (skips as 0, and without skips), skip fraction, fallbacks, route mix."""
+
+    bits_with_skips: float
+    bits_without_skips: float
+    skip_fraction: float
+    bf16_fallbacks: int
+    route_fraction: dict[str, float]
+
+    @classmethod
+    def from_stats(cls, stats: StepStats) -> "RunSummary":
+        routes = np.asarray(stats.route)
+        fallbacks = np.asarray(stats.fallbacks)
+        bits = np.vectorize(lambda r: ROUTE_BITS.get(int(r), 0.0))(routes).astype(np.float64)
+        pdr = routes == PDR
+        n = ACTIVATION_LINEARS_PER_BLOCK
+        bits[pdr] = (16.0 * fallbacks[pdr] + 8.0 * (n - fallbacks[pdr])) / n
+        computed = routes != SKIP
+        return cls(float(bits.mean()), float(bits[computed].mean()) if computed.any() else 0.0,
+                   float(1.0 - computed.mean()), int(round(float(fallbacks[pdr].sum()))),
+                   {name: float((routes == i).mean()) for i, name in enumerate(ROUTE_NAMES) if (routes == i).any()})
+
+    def line(self) -> str:
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in self.route_fraction.items())
+        return (f"activation bits {self.bits_with_skips:.2f} (skips as 0; {self.bits_without_skips:.2f} over computed "
+                f"blocks), skipped {self.skip_fraction:.0%}, bf16 fallbacks {self.bf16_fallbacks} | blocks: {mix}")
