@@ -17,8 +17,12 @@ sixbit-jax: CogVideoX video diffusion transformers in JAX.
 
   sixbit demo                    the shipped shapes model (trained here): convert, sample a prompt, write a GIF
   sixbit eval                    quality of each precision mode against BF16 on a fixed prompt set
-  sixbit convert SRC DST         diffusers CogVideoX folder -> sixbit-jax checkpoint
+  sixbit convert SRC DST         diffusers CogVideoX folder -> sixbit-jax checkpoint (--quant nvfp4: 4-bit weights)
+  sixbit calibrate CKPT          fit the DMPQ precision predictor (alpha, beta per block; tau_q for ~6 bits)
   sixbit sample CKPT ...         sample latents from T5 embeddings (real CogVideoX checkpoints)
+
+Precision modes (demo, sample): --mode bf16 | int8 (W4A8) | nvfp4 (W4A4) | sixbit (DMPQ routing per block and step),
+with --tdc (temporal delta cache: skip blocks whose output delta barely changes) and --no-pdr (no purified refresh).
 
 For real CogVideoX models, text encoding (T5) and VAE decoding are not part of sixbit-jax yet: `sample` takes T5
 embeddings computed elsewhere and writes the final latents [B, F, C, H, W]."""
@@ -37,8 +41,28 @@ def cmd_convert(args) -> None:
     from convert import convert_checkpoint
 
     start = time.perf_counter()
-    dst = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.force, progress=not args.quiet)
-    print(f"converted {args.src} -> {dst} ({args.dtype}) in {time.perf_counter() - start:.1f} s | {_peak_memory()}")
+    from sixbit_jax.models.cogvideox import QuantSpec
+
+    quant = QuantSpec(args.hadamard_block) if getattr(args, "quant", None) == "nvfp4" else None
+    dst = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.force, progress=not args.quiet,
+                             quant=quant)
+    weights = f"NVFP4 block linears (Hadamard {quant.hadamard_block}), rest {args.dtype}" if quant else args.dtype
+    print(f"converted {args.src} -> {dst} ({weights}) in {time.perf_counter() - start:.1f} s | {_peak_memory()} | "
+          f"{_weight_bytes(dst)}")
+
+
+def _weight_bytes(ckpt) -> str:
+    """Resident DiT weight bytes of a checkpoint, and the ratio to the same model in bf16."""
+    from sixbit_jax.checkpoint import abstract_params, read_info
+    from sixbit_jax.config import CogVideoXConfig
+    from sixbit_jax.models.cogvideox import QuantSpec
+    import jax
+
+    info = read_info(ckpt)
+    cfg = CogVideoXConfig.from_dict(info["config"])
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    stored = nbytes(abstract_params(cfg, "bf16", QuantSpec.from_dict(info.get("quant"))))
+    return f"weights {stored / 2**20:.1f} MiB at bf16 for float leaves, 1/{nbytes(abstract_params(cfg, 'bf16')) / stored:.2f} of bf16"
 
 
 def _load_embeds(path, what: str, model) -> np.ndarray:
@@ -65,21 +89,55 @@ def cmd_sample(args) -> None:
                                use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
     if Path(args.out).suffix not in (".npy", ".safetensors"):
         raise InputError(f"--out {args.out}: use a .npy or .safetensors file name")
-    model = load_checkpoint(args.checkpoint)
+    model, runtime = _runtime(args, Path(args.checkpoint), load_checkpoint(args.checkpoint))
     embeds = _load_embeds(args.embeds, "prompt", model)
     negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
     latents = load_array(args.latents_in, ("latents",)) if args.latents_in else None
     if latents is not None and latents.ndim == 4:
         latents = latents[None]
     result = sample(model, embeds, negative, latents=latents, settings=settings, frames=args.frames,
-                    height=args.height, width=args.width, progress=not args.quiet)
+                    height=args.height, width=args.width, progress=not args.quiet, runtime=runtime)
     out = np.asarray(jax.device_get(result.latents)).astype(np.float32)
     save_array(args.out, out, "latents")
     batch = out.shape[0] * (2 if settings.uses_cfg else 1)
     print(f"sampled {settings.num_steps} {settings.scheduler} steps (guidance {settings.guidance_scale}"
           f"{', dynamic' if settings.use_dynamic_cfg else ''}, model batch {batch}) in {result.seconds:.1f} s "
-          f"(compile included) | {_peak_memory()} | precision: {model.dtype.name} 100% of linears "
+          f"(compile included) | {_peak_memory()} | {_precision(args, result, model)} "
           f"| wrote {args.out} {list(out.shape)} float32")
+
+
+def _runtime(args, ckpt: Path | None, model):
+    """(model, RuntimeConfig or None) for --mode/--tdc/--no-pdr/--calibration/--tau-c. A float model is quantized
+    in memory when a quantized mode asks for it; on a quantized checkpoint, bf16 means W4A16."""
+    import dataclasses
+
+    from sixbit_jax.calibrate import CALIBRATION_NAME
+    from sixbit_jax.quant.model import quantize_model
+    from sixbit_jax.runtime import RuntimeConfig
+    from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
+
+    if args.mode == "bf16" and not args.tdc and model.quant is None:
+        return model, None
+    if args.mode != "bf16" and model.quant is None:
+        model = quantize_model(model)
+    runtime = RuntimeConfig(mode="bf16" if args.mode == "sixbit" else args.mode, tdc=args.tdc, pdr=not args.no_pdr)
+    if args.mode == "sixbit":
+        calibration = args.calibration or next(
+            (p for p in (ckpt / CALIBRATION_NAME if ckpt else None, PACKAGED_CALIBRATION) if p and p.exists()), None)
+        if calibration is None:
+            raise InputError("--mode sixbit needs a calibration: run `sixbit calibrate CKPT` first (it writes "
+                             f"CKPT/{CALIBRATION_NAME}) or pass --calibration FILE")
+        runtime = dataclasses.replace(runtime.with_calibration(calibration), mode="sixbit")
+    if args.tau_c is not None:
+        runtime = dataclasses.replace(runtime, tau_c=args.tau_c)
+    return model, runtime
+
+
+def _precision(args, result, model) -> str:
+    if result.summary is None:
+        return f"precision: {model.dtype.name} 100% of linears"
+    name = args.mode + (" +TDC" if args.tdc else "") + (" +PDR" if args.tdc and not args.no_pdr else "")
+    return f"precision: {name}, {result.summary.line()}"
 
 
 def _packaged_checkpoint(out: Path, quiet: bool) -> Path:
@@ -98,13 +156,14 @@ def cmd_demo(args) -> None:
     from sixbit_jax.media import write_gif, write_mp4
     from sixbit_jax.shapes import world
     from sixbit_jax.shapes.detect import NOTHING, detect
-    from sixbit_jax.shapes.evaluate import MODES
     from sixbit_jax.shapes.pipeline import ShapesPipeline
 
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else _packaged_checkpoint(out, args.quiet)
-    pipe = ShapesPipeline.from_checkpoint(ckpt, dtype=MODES[args.mode])
-    output = pipe(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, progress=not args.quiet)
+    pipe = ShapesPipeline.from_checkpoint(ckpt, dtype="bf16")
+    pipe.model, runtime = _runtime(args, Path(args.checkpoint) if args.checkpoint else None, pipe.model)
+    output = pipe(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, progress=not args.quiet,
+                  runtime=runtime)
     written = [write_gif(out / "demo.gif", output.clips[0], scale=args.scale)]
     mp4 = write_mp4(out / "demo.mp4", output.clips[0], scale=args.scale)
     written += [mp4] if mp4 else []
@@ -112,7 +171,7 @@ def cmd_demo(args) -> None:
     reads = "no object" if seen.shape == NOTHING else world.caption(seen)
     print(f"{args.prompt!r}: {args.steps} DDIM steps, guidance {args.guidance}, seed {args.seed} in "
           f"{output.result.seconds:.1f} s (compile included) on {jax.devices()[0].platform} | {_peak_memory()} | "
-          f"precision: {args.mode} 100% of linears | detectors read: {reads!r} "
+          f"{_precision(args, output.result, pipe.model)} | detectors read: {reads!r} "
           f"| wrote {', '.join(map(str, written))}"
           + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
 
@@ -122,11 +181,68 @@ def cmd_eval(args) -> None:
 
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else _packaged_checkpoint(out, args.quiet)
+    from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
+
+    calibration = args.calibration or (PACKAGED_CALIBRATION if PACKAGED_CALIBRATION.exists() else None)
+    overrides = {"tau_c": args.tau_c} if args.tau_c is not None else None
     report = evaluate(ckpt, args.modes, prompts=eval_prompts(args.prompts), seeds=args.seeds, steps=args.steps,
-                      guidance=args.guidance, progress=not args.quiet)
+                      guidance=args.guidance, calibration=calibration, runtime_overrides=overrides,
+                      progress=not args.quiet)
     files = report.write(out)
     print(report.markdown())
     print(f"wrote {files['table']}, {files['json']}, {files['sheet']}")
+
+
+def cmd_calibrate(args) -> None:
+    """Calibration rollouts on the quantized model, the predictor fit, and the calibration file."""
+    from sixbit_jax.calibrate import CALIBRATION_NAME, fit
+    from sixbit_jax.checkpoint import load_checkpoint
+    from sixbit_jax.quant.model import quantize_model
+    from sixbit_jax.runtime import RuntimeConfig
+    from sixbit_jax.sampling import SamplerSettings, sample
+    from sixbit_jax.shapes.evaluate import eval_prompts
+    from sixbit_jax.shapes.pipeline import ShapesPipeline, calibration_rollouts
+    from sixbit_jax.shapes.text import is_shapes_text_encoder
+
+    ckpt = Path(args.checkpoint)
+    model = load_checkpoint(ckpt, dtype="bf16")
+    if model.quant is None:
+        model = quantize_model(model)
+    start = time.perf_counter()
+    if args.embeds is None:
+        if not is_shapes_text_encoder(ckpt / "text_encoder"):
+            raise InputError("--embeds is required: this checkpoint has no shapes text encoder to draw prompts with")
+        pipe = ShapesPipeline.from_checkpoint(ckpt, dtype="bf16")
+        pipe.model = model
+        stats = calibration_rollouts(pipe, eval_prompts(args.prompts, seed=args.prompt_seed), steps=args.steps,
+                                     guidance=args.guidance, progress=not args.quiet)
+        source = f"{args.prompts} shapes prompts (generator seed {args.prompt_seed}), 4 per rollout"
+    else:
+        embeds = _load_embeds(args.embeds, "prompt", model)
+        negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
+        runtime = RuntimeConfig(mode="calibrate")
+        stats = [sample(model, embeds, negative, runtime=runtime, progress=not args.quiet,
+                        settings=SamplerSettings(num_steps=args.steps, guidance_scale=args.guidance, seed=seed)).stats
+                 for seed in args.seeds]
+        source = f"{args.embeds} ({embeds.shape[0]} prompts) x seeds {args.seeds}"
+    calibration = fit(stats, target_bits=args.target_bits,
+                      info={"checkpoint": str(ckpt.absolute()), "source": source, "steps": args.steps,
+                            "guidance": args.guidance})
+    out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
+    print(calibration.report())
+    print(f"calibrated on {len(stats)} rollouts in {time.perf_counter() - start:.1f} s | {_peak_memory()} | "
+          f"wrote {out}")
+
+
+def _add_runtime_flags(p) -> None:
+    p.add_argument("--mode", choices=["bf16", "int8", "nvfp4", "sixbit"], default="bf16",
+                   help="linear precision: bf16; int8 (W4A8); nvfp4 (W4A4); sixbit (DMPQ: NVFP4 or INT8 per block and "
+                        "step from the calibrated predictor). Quantized modes quantize a float checkpoint in memory")
+    p.add_argument("--tdc", action="store_true", help="temporal delta cache: skip blocks whose delta barely changes")
+    p.add_argument("--no-pdr", action="store_true", help="with --tdc: no purified delta refresh (no per-layer BF16 "
+                                                          "fallback on outlier inputs when a block is recomputed)")
+    p.add_argument("--calibration", help="calibration file for --mode sixbit (default: CKPT/calibration.json)")
+    p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,9 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="diffusers transformer/ folder")
     p.add_argument("dst", help="checkpoint folder to create")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="stored weight dtype (bf16)")
+    p.add_argument("--quant", choices=["none", "nvfp4"], default="none",
+                   help="nvfp4: store the block linears once in NVFP4 (Hadamard folded in; AdaLN weight-only)")
+    p.add_argument("--hadamard-block", type=int, default=128, help="Hadamard block along K for --quant (128)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("calibrate", help="fit the DMPQ precision predictor on calibration rollouts",
+                       description="Runs calibration rollouts on the quantized model (a float checkpoint is quantized "
+                                   "in memory), records per block and step the sensitivity Γ and the relative error "
+                                   "of the block's linear outputs under NVFP4 activations, fits E = alpha Γ(t-1) + "
+                                   "beta per block, reports the Pearson r, solves tau_q for the target activation "
+                                   "width and writes CKPT/calibration.json (or --out).")
+    p.add_argument("checkpoint", help="converted checkpoint (float or --quant nvfp4)")
+    p.add_argument("--embeds", help="T5 prompt embeddings [B, L, D] (real CogVideoX); shapes checkpoints draw "
+                                    "prompts from the generator instead")
+    p.add_argument("--negative-embeds", help="negative-prompt embeddings (needed when guidance > 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="rollout seeds with --embeds (0 1)")
+    p.add_argument("--prompts", type=int, default=32, help="shapes prompts (32; 4 per rollout)")
+    p.add_argument("--prompt-seed", type=int, default=7, help="generator seed of the shapes prompts (7; the eval "
+                                                              "set uses another)")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps per rollout (30)")
+    p.add_argument("--guidance", type=float, default=2.0, help="CFG scale (2)")
+    p.add_argument("--target-bits", type=float, default=6.0, help="average activation bits to solve tau_q for (6)")
+    p.add_argument("--out", help="calibration file to write (default CKPT/calibration.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("sample", help="denoise latents from text embeddings",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -167,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ddim (deterministic; recommended for 2B) or dpm (stochastic SDE-DPM-Solver++ 2M; 5B)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial latents and DPM noise (0)")
     p.add_argument("--out", required=True, help="output latents file (.npy or .safetensors)")
+    _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
@@ -183,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"what to draw ({DEFAULT_PROMPT!r})")
     p.add_argument("--out", default="out", help="output folder (out)")
     p.add_argument("--checkpoint", help="a converted shapes checkpoint instead of the shipped model")
-    p.add_argument("--mode", choices=list(MODES), default="bf16", help="precision (bf16)")
+    _add_runtime_flags(p)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
     p.add_argument("--seed", type=int, default=0, help="noise seed (0)")
@@ -197,8 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt accuracy from analytic detectors (checked on generator ground truth "
                                    "first). Writes OUT/results.md, results.json and contact_sheet.png.")
     p.add_argument("checkpoint", nargs="?", help="converted shapes checkpoint (default: the shipped model)")
-    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
-                   help=f"modes to compare; bf16 is always included as the reference ({' '.join(MODES)})")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=["bf16", "fp32"],
+                   help=f"modes to compare; bf16 is always included as the reference (bf16 fp32). The paper's "
+                        f"ablation: nvfp4 int8 dmpq dmpq+tdc dmpq+tdc+pdr; w4a16 is NVFP4 weights with bf16 "
+                        f"activations. All: {' '.join(MODES)}")
+    p.add_argument("--calibration", help="calibration file for the dmpq modes (default: the shipped model's)")
+    p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's)")
     p.add_argument("--prompts", type=int, default=16, help="prompts in the set (16)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (0)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")

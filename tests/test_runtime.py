@@ -1,0 +1,229 @@
+"""The 6Bit runtime: quantized checkpoints, per-block routing, the delta cache, PDR, calibration, one compilation."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from convert import convert_checkpoint
+from convert.export import diffusers_tensors, write_diffusers_folder
+from sixbit_jax.calibrate import fit
+from sixbit_jax.checkpoint import abstract_params, load_checkpoint
+from sixbit_jax.config import CogVideoXConfig
+from sixbit_jax.errors import ConfigError, InputError
+from sixbit_jax.layers import LinearRuntime, QuantDense
+from sixbit_jax.models import CogVideoXTransformer3D
+from sixbit_jax.models.cogvideox import BF16, INT8, NVFP4, PDR, SKIP, BlockReport, QuantSpec
+from sixbit_jax.quant.model import quantize_model
+from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, update_state
+from sixbit_jax.sampling import SamplerSettings, _denoise, sample
+
+SMALL = dict(num_layers=3, num_attention_heads=2, attention_head_dim=64, time_embed_dim=128, text_embed_dim=32,
+             max_text_seq_length=8, in_channels=4, out_channels=4, patch_size=2, sample_frames=2, sample_height=8,
+             sample_width=8, temporal_compression_ratio=1)
+
+
+def small_config(**overrides) -> CogVideoXConfig:
+    return CogVideoXConfig(**{**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    return CogVideoXTransformer3D(small_config(), dtype=jnp.float32, rngs=nnx.Rngs(3))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    return (jnp.asarray(rng.standard_normal((1, 2, 4, 8, 8)), jnp.float32),
+            jnp.asarray(rng.standard_normal((1, 8, 32)), jnp.float32),
+            jnp.asarray(rng.standard_normal((1, 8, 32)), jnp.float32))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("name", ["cogvideox-2b", "cogvideox-5b"])
+def test_quantized_weights_are_at_most_a_3_32th_of_bf16(name):
+    cfg = CogVideoXConfig.named(name)
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    ratio = nbytes(abstract_params(cfg, "bf16")) / nbytes(abstract_params(cfg, "bf16", QuantSpec()))
+    assert ratio >= 3.32, f"{name}: quantized weights are 1/{ratio:.3f} of bf16"
+
+
+def test_quantized_checkpoint_round_trips_and_matches_in_memory_quantization(float_model, inputs, tmp_path):
+    cfg = float_model.config
+    params = nnx.to_pure_dict(nnx.state(float_model))
+    folder = write_diffusers_folder(tmp_path / "transformer", cfg, diffusers_tensors(cfg, params, np.float32))
+    ckpt = convert_checkpoint(folder, tmp_path / "q", dtype="fp32", quant=QuantSpec(), progress=False)
+    loaded = load_checkpoint(ckpt)
+    assert loaded.quant == QuantSpec() and isinstance(loaded.transformer_blocks.attn1.to_q, QuantDense)
+    assert loaded.transformer_blocks.norm1.linear.weight_only
+    in_memory = quantize_model(float_model)
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(loaded)),
+                 nnx.to_pure_dict(nnx.state(in_memory)))
+    latents, text, _ = inputs
+    t = jnp.array([500])
+    np.testing.assert_array_equal(loaded(latents, text, t), in_memory(latents, text, t))
+
+
+# ------------------------------------------------------------------------------------------------ linear paths
+def test_pdr_falls_back_to_bf16_only_on_outlier_inputs(float_model):
+    layer = quantize_model(float_model).transformer_blocks.attn1.to_q  # stacked over blocks: take block 0
+    state = jax.tree.map(lambda x: x[0], nnx.state(layer))
+    single = nnx.merge(nnx.graphdef(layer), state)
+    rng = np.random.default_rng()
+    calm = jnp.asarray(rng.standard_normal((16, 128)), jnp.float32)
+    spiky = calm.at[3, 7].set(500.0)  # max|x| / mean|x| far above 25
+    for x, expected_path, fallback in ((calm, "int8", 0.0), (spiky, "bf16", 1.0)):
+        runtime = LinearRuntime(path="pdr")
+        y = single(x, runtime)
+        np.testing.assert_array_equal(y, single(x, LinearRuntime(path=expected_path)))
+        assert [float(f) for f in runtime.fallbacks] == [fallback]
+
+
+def test_quantized_paths_stay_close_to_float(float_model, inputs):
+    """One forward: each quantized path within a stated relative L1 error of the float model."""
+    quantized = quantize_model(float_model)
+    latents, text, _ = inputs
+    t = jnp.array([400])
+    reference = np.asarray(float_model(latents, text, t), np.float64)
+    bounds = {BF16: 0.08, INT8: 0.08, NVFP4: 0.15}  # W4A16 / W4A8 / W4A4 on random weights
+    layers = float_model.config.num_layers
+    state = init_state(layers, 1, 2 * 16, 8, float_model.config.inner_dim, RuntimeConfig(mode="int8"))
+    for route, bound in bounds.items():
+        from sixbit_jax.models.cogvideox import BlockControl
+
+        control = BlockControl(jnp.full((layers,), route, jnp.int32), state.delta_video, state.delta_text)
+        out, report = quantized(latents, text, t, control=control)
+        err = np.abs(np.asarray(out, np.float64) - reference).sum() / np.abs(reference).sum()
+        assert err < bound, f"route {route}: relative L1 error {err:.3f}"
+        assert np.asarray(report.gamma).min() > 0
+
+
+# ------------------------------------------------------------------------------------------------ routing
+def _fake_report(state, *, change: float, gamma: float = 0.2) -> BlockReport:
+    layers = state.gamma.shape[0]
+    full = lambda v: jnp.full((layers,), v, jnp.float32)  # noqa: E731
+    return BlockReport(jnp.ones((layers,), bool), full(gamma), full(change), state.delta_video + 1,
+                       state.delta_text + 1, full(0.0), full(0.0))
+
+
+def _simulate(cfg: RuntimeConfig, num_steps: int, *, change: float, layers: int = 2):
+    state = init_state(layers, 1, 4, 2, 8, cfg)
+    routes = []
+    for step in range(num_steps):
+        r = choose_routes(cfg, state, jnp.int32(step), num_steps)
+        routes.append(np.asarray(r))
+        state = update_state(state, r, _fake_report(state, change=change))
+    return np.stack(routes)
+
+
+def test_constant_delta_skips_at_most_max_skips_in_a_row_and_never_on_always_compute_steps():
+    cfg = RuntimeConfig(mode="int8", tdc=True, tau_c=0.1, max_skips=2)
+    routes = _simulate(cfg, 12, change=0.0)  # the delta never changes: every allowed skip is taken
+    column = routes[:, 0]
+    assert list(column) == [INT8, INT8, SKIP, SKIP, PDR, SKIP, SKIP, PDR, SKIP, SKIP, PDR, INT8][:11] + [column[-1]]
+    assert column[-1] != SKIP and (routes[:2] != SKIP).all()
+    assert (routes == routes[:, :1]).all()
+    runs = max(len(s) for s in "".join("s" if r == SKIP else "." for r in column).split("."))
+    assert runs == 2
+
+
+def test_changing_delta_accumulates_error_and_stops_skipping():
+    cfg = RuntimeConfig(mode="int8", tdc=True, tau_c=0.25, max_skips=5, pdr=False)
+    column = _simulate(cfg, 10, change=0.1)[:, 0]
+    # r = 0.1: skip while E_acc + r <= 0.25 -> two skips (0.1, then 0.2), then a compute resets E_acc.
+    assert list(column[2:8]) == [SKIP, SKIP, INT8, SKIP, SKIP, INT8]
+    assert not (_simulate(cfg, 10, change=0.3) == SKIP).any()
+
+
+def test_routing_flips_when_the_predicted_error_crosses_tau_q():
+    cfg = RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=0.5)
+    state = init_state(2, 1, 4, 2, 8, cfg)
+    assert list(choose_routes(cfg, state, jnp.int32(0), 10)) == [INT8, INT8], "no Γ yet: INT8"
+    state = state._replace(gamma=jnp.array([0.4, 0.6]), gamma_valid=jnp.array([True, True]))
+    assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [NVFP4, INT8]
+    state = state._replace(gamma=jnp.array([0.6, 0.4]))
+    assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [INT8, NVFP4]
+    state = state._replace(gamma_valid=jnp.array([False, True]))
+    assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [INT8, NVFP4], "skipped at t-1: INT8"
+
+
+def test_sixbit_mode_needs_a_calibration():
+    with pytest.raises(ConfigError, match="sixbit calibrate"):
+        RuntimeConfig(mode="sixbit")
+
+
+def test_summary_counts_skips_as_zero_bits():
+    routes = np.array([[INT8, NVFP4], [SKIP, PDR]])
+    fallbacks = np.array([[0, 0], [0, 3]], np.float32)
+    zeros = np.zeros((2, 2), np.float32)
+    summary = RunSummary.from_stats(StepStats(routes, zeros, zeros, fallbacks, zeros))
+    pdr_bits = (16 * 3 + 8 * 3) / 6
+    assert summary.bits_with_skips == pytest.approx((8 + 4 + 0 + pdr_bits) / 4)
+    assert summary.bits_without_skips == pytest.approx((8 + 4 + pdr_bits) / 3)
+    assert summary.skip_fraction == 0.25 and summary.bf16_fallbacks == 3
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_model, inputs):
+    quantized = quantize_model(float_model)
+    latents, text, negative = inputs
+    cfg = RuntimeConfig(mode="int8", tdc=True, tau_c=1e9, max_skips=2)  # skip whenever the rules allow
+    settings = SamplerSettings(num_steps=9, guidance_scale=3.0, seed=0)
+    before = _denoise._cache_size()
+    first = sample(quantized, text, negative, latents=latents, settings=settings, runtime=cfg)
+    second = sample(quantized, text, negative, latents=latents + 1, settings=dataclasses.replace(settings, seed=5),
+                    runtime=cfg)
+    assert _denoise._cache_size() == before + 1, "the whole run must be one compiled program, reused"
+    routes = np.asarray(first.stats.route)
+    assert routes.shape == (9, float_model.config.num_layers)
+    assert (routes[:2] != SKIP).all() and (routes[-1] != SKIP).all()
+    for column in routes.T:
+        runs = "".join("s" if r == SKIP else "." for r in column).split(".")
+        assert max(map(len, runs)) <= 2
+    assert first.summary.skip_fraction > 0.3 and np.isfinite(np.asarray(second.latents, np.float32)).all()
+
+
+def test_quantized_sampler_stays_close_to_bf16(float_model, inputs):
+    """A stated bound: 6 DDIM steps on the small random model, INT8 and DMPQ final latents within 10% relative L1
+    of the float run."""
+    quantized = quantize_model(float_model)
+    latents, text, negative = inputs
+    settings = SamplerSettings(num_steps=6, guidance_scale=3.0)
+    reference = np.asarray(sample(float_model, text, negative, latents=latents, settings=settings).latents, np.float64)
+    layers = float_model.config.num_layers
+    dmpq = RuntimeConfig(mode="sixbit", alpha=(1.0,) * layers, beta=(0.0,) * layers, tau_q=0.3)
+    for runtime in (RuntimeConfig(mode="int8"), dmpq):
+        out = np.asarray(sample(quantized, text, negative, latents=latents, settings=settings,
+                                runtime=runtime).latents, np.float64)
+        err = np.abs(out - reference).sum() / np.abs(reference).sum()
+        assert err < 0.10, f"{runtime.mode}: relative L1 error {err:.3f}"
+
+
+def test_quantized_mode_on_a_float_model_names_the_fix(float_model, inputs):
+    latents, text, negative = inputs
+    with pytest.raises(InputError, match="quant nvfp4"):
+        sample(float_model, text, negative, latents=latents, runtime=RuntimeConfig(mode="int8"))
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
+    rng = np.random.default_rng()
+    steps, layers = 30, 3
+    rollouts = []
+    for _ in range(4):
+        gamma = rng.uniform(0.1, 1.0, (steps, layers))
+        error = np.zeros((steps, layers))
+        error[1:] = 0.5 * gamma[:-1] + 0.02 * np.arange(layers)  # exact: E(t) = 0.5 Γ(t-1) + 0.02 l
+        change = rng.uniform(0, 1, (steps, layers))
+        rollouts.append(StepStats(np.zeros((steps, layers)), gamma, change, np.zeros((steps, layers)), error))
+    cal = fit(rollouts, target_bits=6.0)
+    np.testing.assert_allclose(cal.alpha, 0.5, atol=1e-9)
+    np.testing.assert_allclose(cal.beta, 0.02 * np.arange(layers), atol=1e-9)
+    assert min(cal.pearson_r) > 0.999
+    assert cal.expected_bits == pytest.approx(6.0, abs=0.05)
+    with pytest.raises(ConfigError, match="4..8"):
+        fit(rollouts, target_bits=3.0)
