@@ -1,0 +1,107 @@
+"""6Bit runtime: whole-run time, bit mix, skips, resident weights and peak memory per mode, at full CogVideoX shape.
+
+    python3 bench/bench_sixbit.py --model cogvideox-2b --steps 50 --modes bf16 int8 nvfp4 full --out results.json
+
+Random weights (none can be downloaded): each mode runs in its own process (so peak memory is its own), samples
+once to compile and once timed, with CFG (batch 2) at 49 frames 480x720. Modes: bf16 (the float model), int8
+(static W4A8), nvfp4 (static W4A4), dmpq (routing only) and full (DMPQ + TDC + PDR). Random weights give no
+meaningful predictor: the DMPQ modes use alpha=1, beta=0 and --tau-q on Γ, and every row reports the bit mix and
+skip fraction it actually took."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+MODES = ("bf16", "int8", "nvfp4", "dmpq", "full")
+
+
+def run_mode(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from sixbit_jax.config import CogVideoXConfig
+    from sixbit_jax.models import CogVideoXTransformer3D
+    from sixbit_jax.quant.model import quantize_model
+    from sixbit_jax.runtime import RuntimeConfig
+    from sixbit_jax.sampling import SamplerSettings, sample
+
+    cfg = CogVideoXConfig.named(args.model)
+    model = CogVideoXTransformer3D(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    runtime = None
+    if args.mode != "bf16":
+        model = quantize_model(model)  # the float copy is dropped: only NVFP4 block weights stay resident
+        layers = (1.0,) * cfg.num_layers
+        runtime = {
+            "int8": RuntimeConfig(mode="int8"),
+            "nvfp4": RuntimeConfig(mode="nvfp4"),
+            "dmpq": RuntimeConfig(mode="sixbit", alpha=layers, beta=(0.0,) * cfg.num_layers, tau_q=args.tau_q),
+            "full": RuntimeConfig(mode="sixbit", alpha=layers, beta=(0.0,) * cfg.num_layers, tau_q=args.tau_q,
+                                  tdc=True, pdr=True, tau_c=args.tau_c),
+        }[args.mode]
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
+    rng = np.random.default_rng(0)
+    text = jnp.asarray(rng.standard_normal((1, cfg.max_text_seq_length, cfg.text_embed_dim)), jnp.bfloat16)
+    settings = SamplerSettings(num_steps=args.steps, guidance_scale=6.0)
+    first = sample(model, text, text * 0, settings=settings, runtime=runtime)
+    start = time.perf_counter()
+    result = sample(model, text, text * 0, settings=settings, runtime=runtime)
+    seconds = time.perf_counter() - start
+    stats = jax.devices()[0].memory_stats() or {}
+    summary = result.summary
+    return {"mode": args.mode, "model": args.model, "steps": args.steps, "seconds": seconds,
+            "seconds_per_step": seconds / args.steps, "first_call_seconds": first.seconds,
+            "weight_bytes": weight_bytes, "peak_bytes": stats.get("peak_bytes_in_use"),
+            "bits_with_skips": summary.bits_with_skips if summary else 16.0,
+            "bits_without_skips": summary.bits_without_skips if summary else 16.0,
+            "skip_fraction": summary.skip_fraction if summary else 0.0,
+            "bf16_fallbacks": summary.bf16_fallbacks if summary else 0,
+            "route_fraction": summary.route_fraction if summary else {"bf16": 1.0},
+            "knobs": runtime.knobs() if runtime else None, "device": jax.devices()[0].device_kind}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cogvideox-2b")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--mode", choices=MODES, help="(internal) run one mode in this process")
+    parser.add_argument("--tau-q", type=float, default=0.5, help="DMPQ threshold on Γ (alpha=1, beta=0)")
+    parser.add_argument("--tau-c", type=float, default=0.3, help="TDC threshold")
+    parser.add_argument("--out", help="JSON results file")
+    args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(run_mode(args)))
+        return
+    rows = []
+    for mode in args.modes:
+        command = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--steps", str(args.steps),
+                   "--tau-q", str(args.tau_q), "--tau-c", str(args.tau_c)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{mode}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{mode:6s} {r['seconds']:7.2f} s ({r['seconds_per_step'] * 1e3:.0f} ms/step) | bits "
+              f"{r['bits_with_skips']:.2f}/{r['bits_without_skips']:.2f} | skipped {r['skip_fraction']:.0%} | "
+              f"weights {r['weight_bytes'] / 2**30:.2f} GiB | peak {(r['peak_bytes'] or 0) / 2**30:.2f} GiB | "
+              f"{r['route_fraction']}", flush=True)
+    base = next((r for r in rows if r["mode"] == "bf16"), None)
+    if base:
+        for r in rows:
+            r["speedup_vs_bf16"] = base["seconds"] / r["seconds"]
+            r["weights_vs_bf16"] = base["weight_bytes"] / r["weight_bytes"]
+            print(f"{r['mode']:6s} speed-up vs bf16 {r['speedup_vs_bf16']:.2f}x, weights 1/{r['weights_vs_bf16']:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
