@@ -87,6 +87,9 @@ def main() -> None:
             print(f"{mode}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if args.out:  # after every mode, so a run cut short keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=2)
         r = rows[-1]
         print(f"{mode:6s} {r['seconds']:7.2f} s ({r['seconds_per_step'] * 1e3:.0f} ms/step) | bits "
               f"{r['bits_with_skips']:.2f}/{r['bits_without_skips']:.2f} | skipped {r['skip_fraction']:.0%} | "

@@ -135,7 +135,8 @@ def _runtime(args, ckpt: Path | None, model):
 
 def _precision(args, result, model) -> str:
     if result.summary is None:
-        return f"precision: {model.dtype.name} 100% of linears"
+        short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(model.dtype.name, model.dtype.name)
+        return f"precision: {short} 100% of linears"
     name = args.mode + (" +TDC" if args.tdc else "") + (" +PDR" if args.tdc and not args.no_pdr else "")
     return f"precision: {name}, {result.summary.line()}"
 
