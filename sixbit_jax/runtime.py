@@ -104,9 +104,11 @@ def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int,
     zeros = jnp.zeros((num_layers,), jnp.float32)
     false = jnp.zeros((num_layers,), bool)
     cache = jnp.dtype(cfg.cache_dtype)
+    # Without TDC nothing is ever skipped: the deltas are [L, 1, 1, 1] placeholders, not a second copy of the
+    # activations (4 GiB at CogVideoX-2B shape).
+    video_shape, text_shape = ((batch, video_tokens, dim), (batch, text_tokens, dim)) if cfg.tdc else ((1, 1, 1),) * 2
     return RuntimeState(zeros, false, jnp.full((num_layers,), jnp.inf), zeros, jnp.zeros((num_layers,), jnp.int32),
-                        false, jnp.zeros((num_layers, batch, video_tokens, dim), cache),
-                        jnp.zeros((num_layers, batch, text_tokens, dim), cache))
+                        false, jnp.zeros((num_layers, *video_shape), cache), jnp.zeros((num_layers, *text_shape), cache))
 
 
 def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_steps: int) -> jax.Array:

@@ -160,7 +160,7 @@ class BlockControl(NamedTuple):
     skipped block adds to its input."""
 
     routes: jax.Array  # [L] int32
-    delta_video: jax.Array  # [L, B, N_video, D], cache dtype
+    delta_video: jax.Array  # [L, B, N_video, D], cache dtype; [L, 1, 1, 1] placeholders when nothing is cached
     delta_text: jax.Array  # [L, B, N_text, D]
     outlier_ratio: float = 25.0  # PDR threshold (static)
     backend: str | None = None  # quantized-linear backend (static); None: kernels on GPU, jnp references on CPU
@@ -427,6 +427,10 @@ def _controlled_block(block_def, carry, xs, temb_act, tables: PositionalTables, 
     gamma = _l1_ratio(jnp.concatenate([step_video.ravel(), step_text.ravel()]),
                       jnp.concatenate([video.ravel(), text.ravel()]))
     skipped = route == SKIP
+    if delta_video.shape[1:] != video.shape:  # no delta cache (routing without TDC): keep the placeholders
+        finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
+        zero = jnp.zeros((), jnp.float32)
+        return (new_video, new_text), BlockReport(finite, gamma, zero, delta_video, delta_text, fallbacks, error)
     cached_video = jnp.where(skipped, delta_video, step_video.astype(delta_video.dtype))
     cached_text = jnp.where(skipped, delta_text, step_text.astype(delta_text.dtype))
     f32 = lambda x: x.astype(jnp.float32).ravel()  # noqa: E731  (the cache may be stored in fp8)
