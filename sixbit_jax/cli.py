@@ -109,28 +109,26 @@ def cmd_sample(args) -> None:
 def _runtime(args, ckpt: Path | None, model):
     """(model, RuntimeConfig or None) for --mode/--tdc/--no-pdr/--calibration/--tau-c. A float model is quantized
     in memory when a quantized mode asks for it; on a quantized checkpoint, bf16 means W4A16."""
-    import dataclasses
-
     from sixbit_jax.calibrate import CALIBRATION_NAME
     from sixbit_jax.quant.model import quantize_model
-    from sixbit_jax.runtime import RuntimeConfig
+    from sixbit_jax.runtime import RuntimeConfig, calibration_fields
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
 
     if args.mode == "bf16" and not args.tdc and model.quant is None:
         return model, None
     if args.mode != "bf16" and model.quant is None:
         model = quantize_model(model)
-    runtime = RuntimeConfig(mode="bf16" if args.mode == "sixbit" else args.mode, tdc=args.tdc, pdr=not args.no_pdr)
+    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr}
     if args.mode == "sixbit":
         calibration = args.calibration or next(
             (p for p in (ckpt / CALIBRATION_NAME if ckpt else None, PACKAGED_CALIBRATION) if p and p.exists()), None)
         if calibration is None:
             raise InputError("--mode sixbit needs a calibration: run `sixbit calibrate CKPT` first (it writes "
                              f"CKPT/{CALIBRATION_NAME}) or pass --calibration FILE")
-        runtime = dataclasses.replace(runtime.with_calibration(calibration), mode="sixbit")
+        fields.update(calibration_fields(calibration))
     if args.tau_c is not None:
-        runtime = dataclasses.replace(runtime, tau_c=args.tau_c)
-    return model, runtime
+        fields["tau_c"] = args.tau_c
+    return model, RuntimeConfig(**fields)
 
 
 def _precision(args, result, model) -> str:
@@ -203,7 +201,7 @@ def cmd_calibrate(args) -> None:
     from sixbit_jax.sampling import SamplerSettings, sample
     from sixbit_jax.shapes.evaluate import eval_prompts
     from sixbit_jax.shapes.pipeline import ShapesPipeline, calibration_rollouts
-    from sixbit_jax.shapes.text import is_shapes_text_encoder
+    from sixbit_jax.shapes.text import TextEncoder, is_shapes_text_encoder
 
     ckpt = Path(args.checkpoint)
     model = load_checkpoint(ckpt, dtype="bf16")
@@ -213,8 +211,7 @@ def cmd_calibrate(args) -> None:
     if args.embeds is None:
         if not is_shapes_text_encoder(ckpt / "text_encoder"):
             raise InputError("--embeds is required: this checkpoint has no shapes text encoder to draw prompts with")
-        pipe = ShapesPipeline.from_checkpoint(ckpt, dtype="bf16")
-        pipe.model = model
+        pipe = ShapesPipeline(model, TextEncoder.load(ckpt / "text_encoder"))
         stats = calibration_rollouts(pipe, eval_prompts(args.prompts, seed=args.prompt_seed), steps=args.steps,
                                      guidance=args.guidance, progress=not args.quiet)
         source = f"{args.prompts} shapes prompts (generator seed {args.prompt_seed}), 4 per rollout"

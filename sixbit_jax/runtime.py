@@ -62,18 +62,23 @@ class RuntimeConfig:
 
     def with_calibration(self, path: str | Path) -> "RuntimeConfig":
         """alpha, beta, tau_q and tau_c from a calibration file written by `sixbit calibrate`."""
-        try:
-            raw = json.loads(Path(path).read_text())
-            return dataclasses.replace(self, alpha=tuple(raw["alpha"]), beta=tuple(raw["beta"]),
-                                       tau_q=float(raw["tau_q"]), tau_c=float(raw.get("tau_c", self.tau_c)))
-        except FileNotFoundError:
-            raise ConfigError(f"calibration file not found: {path}") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"calibration file {path} is not valid ({type(e).__name__}: {e})") from None
+        return dataclasses.replace(self, **calibration_fields(path))
 
     def knobs(self) -> dict:
         """The values a benchmark row reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("alpha", "beta", "backend")}
+
+
+def calibration_fields(path: str | Path) -> dict:
+    """The RuntimeConfig fields a calibration file sets: alpha, beta, tau_q and tau_c."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {"alpha": tuple(map(float, raw["alpha"])), "beta": tuple(map(float, raw["beta"])),
+                "tau_q": float(raw["tau_q"]), "tau_c": float(raw["tau_c"])}
+    except FileNotFoundError:
+        raise ConfigError(f"calibration file not found: {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"calibration file {path} is not valid ({type(e).__name__}: {e})") from None
 
 
 class RuntimeState(NamedTuple):

@@ -179,8 +179,10 @@ class BlockReport(NamedTuple):
     nvfp4_error: jax.Array  # [L] float32
 
 
-def _l1_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
-    return jnp.abs(num.astype(jnp.float32)).sum() / jnp.maximum(jnp.abs(den.astype(jnp.float32)).sum(), 1e-30)
+def _l1_ratio(nums: list[jax.Array], dens: list[jax.Array]) -> jax.Array:
+    """sum |nums|₁ / sum |dens|₁, part by part (no concatenated copy of activation-sized arrays)."""
+    l1 = lambda parts: sum(jnp.abs(p.astype(jnp.float32)).sum() for p in parts)  # noqa: E731
+    return l1(nums) / jnp.maximum(l1(dens), 1e-30)
 
 
 def _linear(cfg_in: int, cfg_out: int, *, dtype, rngs, quant: "QuantSpec | None", weight_only: bool = False):
@@ -424,8 +426,7 @@ def _controlled_block(block_def, carry, xs, temb_act, tables: PositionalTables, 
     branches = [skip] + [compute(name) for name in ROUTE_NAMES[1:]]
     new_video, new_text, fallbacks, error = jax.lax.switch(route, branches, video, text)
     step_video, step_text = new_video - video, new_text - text
-    gamma = _l1_ratio(jnp.concatenate([step_video.ravel(), step_text.ravel()]),
-                      jnp.concatenate([video.ravel(), text.ravel()]))
+    gamma = _l1_ratio([step_video, step_text], [video, text])
     skipped = route == SKIP
     if delta_video.shape[1:] != video.shape:  # no delta cache (routing without TDC): keep the placeholders
         finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
@@ -433,9 +434,9 @@ def _controlled_block(block_def, carry, xs, temb_act, tables: PositionalTables, 
         return (new_video, new_text), BlockReport(finite, gamma, zero, delta_video, delta_text, fallbacks, error)
     cached_video = jnp.where(skipped, delta_video, step_video.astype(delta_video.dtype))
     cached_text = jnp.where(skipped, delta_text, step_text.astype(delta_text.dtype))
-    f32 = lambda x: x.astype(jnp.float32).ravel()  # noqa: E731  (the cache may be stored in fp8)
-    change = _l1_ratio(jnp.concatenate([f32(cached_video) - f32(delta_video), f32(cached_text) - f32(delta_text)]),
-                       jnp.concatenate([f32(delta_video), f32(delta_text)]))
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731  (the cache may be stored in fp8)
+    change = _l1_ratio([f32(cached_video) - f32(delta_video), f32(cached_text) - f32(delta_text)],
+                       [delta_video, delta_text])
     finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
     report = BlockReport(finite, gamma, change, cached_video, cached_text, fallbacks, error)
     return (new_video, new_text), report

@@ -6,6 +6,7 @@ rewrite works leaf by leaf, so the converter can stream it and a loaded float mo
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Iterator
 
 import jax
@@ -30,10 +31,14 @@ def quantized_module(path: tuple[str, ...]) -> tuple[str, ...] | None:
     return None
 
 
+@functools.partial(jax.jit, static_argnames="hadamard_block")
+def _prepare_stacked(weight: jax.Array, hadamard_block: int) -> formats.NVFP4:
+    return jax.vmap(lambda w: formats.prepare_weight(w, hadamard_block=hadamard_block).nvfp4)(weight)
+
+
 def quantize_stacked_weight(weight, hadamard_block: int) -> dict[str, np.ndarray]:
     """[L, N, K] float weights -> QuantDense leaves {packed, block_scales (E4M3 bytes), scale [L]}, per layer."""
-    prepare = jax.jit(jax.vmap(lambda w: formats.prepare_weight(w, hadamard_block=hadamard_block).nvfp4))
-    q = prepare(jnp.asarray(weight, jnp.float32))
+    q = _prepare_stacked(jnp.asarray(weight, jnp.float32), hadamard_block=hadamard_block)
     return {"packed": np.asarray(q.packed), "scale": np.asarray(q.scale, np.float32),
             "block_scales": np.asarray(jax.lax.bitcast_convert_type(q.block_scales, jnp.uint8))}
 

@@ -16,7 +16,7 @@ from sixbit_jax.errors import InputError
 from sixbit_jax.media import contact_sheet
 from sixbit_jax.metrics import psnr, ssim
 from sixbit_jax.quant.model import quantize_model
-from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats
+from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, calibration_fields
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.detect import detect, prompt_accuracy
 from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesPipeline
@@ -169,5 +169,4 @@ def _calibration_fields(mode: Mode, calibration: str | Path | None) -> dict:
         return {}
     if calibration is None:
         raise InputError("the DMPQ modes need a calibration file (`sixbit calibrate`); pass --calibration")
-    loaded = RuntimeConfig(mode="bf16").with_calibration(calibration)
-    return {"alpha": loaded.alpha, "beta": loaded.beta, "tau_q": loaded.tau_q, "tau_c": loaded.tau_c}
+    return calibration_fields(calibration)
