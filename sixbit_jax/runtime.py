@@ -57,6 +57,11 @@ class RuntimeConfig:
                               "its file with --calibration")
 
     @property
+    def caches_deltas(self) -> bool:
+        """TDC skips need the cached deltas; calibration needs them for r (and tau_c)."""
+        return self.tdc or self.mode == "calibrate"
+
+    @property
     def quantized(self) -> bool:
         return self.mode in ("int8", "nvfp4", "sixbit", "calibrate")
 
@@ -98,8 +103,8 @@ class StepStats(NamedTuple):
     """Per-step, per-block record the sampler returns ([steps, L] each after the scan)."""
 
     route: jax.Array
-    gamma: jax.Array
-    change: jax.Array
+    gamma: jax.Array  # NaN where not measured
+    change: jax.Array  # NaN where not measured
     fallbacks: jax.Array
     nvfp4_error: jax.Array
 
@@ -109,9 +114,10 @@ def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int,
     zeros = jnp.zeros((num_layers,), jnp.float32)
     false = jnp.zeros((num_layers,), bool)
     cache = jnp.dtype(cfg.cache_dtype)
-    # Without TDC nothing is ever skipped: the deltas are [L, 1, 1, 1] placeholders, not a second copy of the
-    # activations (4 GiB at CogVideoX-2B shape).
-    video_shape, text_shape = ((batch, video_tokens, dim), (batch, text_tokens, dim)) if cfg.tdc else ((1, 1, 1),) * 2
+    # Without cached deltas the arrays are [L, 1, 1, 1] placeholders, not a second copy of the activations (4 GiB at
+    # CogVideoX-2B shape); the block then reports r = 0.
+    video_shape, text_shape = (((batch, video_tokens, dim), (batch, text_tokens, dim)) if cfg.caches_deltas
+                               else ((1, 1, 1),) * 2)
     return RuntimeState(zeros, false, jnp.full((num_layers,), jnp.inf), zeros, jnp.zeros((num_layers,), jnp.int32),
                         false, jnp.zeros((num_layers, *video_shape), cache), jnp.zeros((num_layers, *text_shape), cache))
 
@@ -150,8 +156,12 @@ def update_state(state: RuntimeState, routes: jax.Array, report) -> RuntimeState
     )
 
 
-def step_stats(routes: jax.Array, report) -> StepStats:
-    return StepStats(routes, report.gamma, report.change, report.fallbacks, report.nvfp4_error)
+def step_stats(state: RuntimeState, routes: jax.Array, report) -> StepStats:
+    """This step's record; Γ and r are NaN where they were not measured (a skip; r also before the first delta)."""
+    computed = routes != SKIP
+    return StepStats(routes, jnp.where(computed, report.gamma, jnp.nan),
+                     jnp.where(computed & state.has_delta, report.change, jnp.nan), report.fallbacks,
+                     report.nvfp4_error)
 
 
 @dataclasses.dataclass

@@ -156,7 +156,8 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
             control = BlockControl(routes, blocks.delta_video, blocks.delta_text, runtime.outlier_ratio,
                                    runtime.backend)
             v, report = model(model_in, text, t_in, tables, control=control)
-            blocks, block_finite, record = update_state(blocks, routes, report), report.finite, step_stats(routes, report)
+            record = step_stats(blocks, routes, report)
+            blocks, block_finite = update_state(blocks, routes, report), report.finite
         v = v.astype(jnp.float32)
         if use_cfg:
             v_uncond, v_text = v[:batch], v[batch:]

@@ -16,7 +16,7 @@ from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers import LinearRuntime, QuantDense
 from sixbit_jax.models import CogVideoXTransformer3D
-from sixbit_jax.models.cogvideox import BF16, INT8, NVFP4, PDR, SKIP, BlockReport, QuantSpec
+from sixbit_jax.models.cogvideox import BF16, INT8, NVFP4, PDR, SKIP, BlockControl, BlockReport, QuantSpec
 from sixbit_jax.quant.model import quantize_model
 from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, update_state
 from sixbit_jax.sampling import SamplerSettings, _denoise, sample
@@ -167,6 +167,29 @@ def test_summary_counts_skips_as_zero_bits():
     assert summary.skip_fraction == 0.25 and summary.bf16_fallbacks == 3
 
 
+def test_a_skipped_block_adds_the_delta_its_last_compute_cached(float_model, inputs):
+    """Model level, float32 cache: a compute reports Δ = Y - X and r against the old Δ; skipping with that Δ from the
+    same input reproduces the computed output."""
+    model = quantize_model(float_model)
+    latents, text, _ = inputs
+    layers, t = model.config.num_layers, jnp.array([500])
+    n_video = 2 * (8 // 2) * (8 // 2)
+    zeros = (jnp.zeros((layers, 1, n_video, 64 * 2), jnp.float32), jnp.zeros((layers, 1, 8, 128), jnp.float32))
+    control = lambda routes, deltas: BlockControl(jnp.asarray(routes, jnp.int32), *deltas)  # noqa: E731
+    computed, first = model(latents, text, t, control=control([BF16] * layers, zeros))
+    deltas = (first.delta_video, first.delta_text)
+    assert float(first.gamma.min()) > 0
+    assert all(float(jnp.abs(d).sum()) > 0 for d in first.delta_video), "every computed block caches its delta"
+    for skipped_block in range(layers):
+        routes = [BF16] * layers
+        routes[skipped_block] = SKIP
+        out, report = model(latents, text, t, control=control(routes, deltas))
+        np.testing.assert_allclose(np.asarray(out), np.asarray(computed), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(report.delta_video[skipped_block], first.delta_video[skipped_block])
+    _, again = model(latents, text, t, control=control([BF16] * layers, (deltas[0] * 0.5, deltas[1] * 0.5)))
+    np.testing.assert_allclose(np.asarray(again.change), 1.0, rtol=1e-5)  # |Δ - Δ/2| / |Δ/2|
+
+
 # ------------------------------------------------------------------------------------------------ sampler
 def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_model, inputs):
     quantized = quantize_model(float_model)
@@ -185,6 +208,31 @@ def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_
         runs = "".join("s" if r == SKIP else "." for r in column).split(".")
         assert max(map(len, runs)) <= 2
     assert first.summary.skip_fraction > 0.3 and np.isfinite(np.asarray(second.latents, np.float32)).all()
+    change = np.asarray(first.stats.change)
+    assert np.isnan(change[0]).all() and np.isnan(change[routes == SKIP]).all(), "r not measured"
+    assert (change[1:][routes[1:] != SKIP] > 0).all(), "r measured on every compute after the first"
+
+
+def test_delta_cache_without_skips_changes_nothing(float_model, inputs):
+    quantized = quantize_model(float_model)
+    latents, text, negative = inputs
+    settings = SamplerSettings(num_steps=5, guidance_scale=3.0)
+    plain = sample(quantized, text, negative, latents=latents, settings=settings, runtime=RuntimeConfig(mode="int8"))
+    cached = sample(quantized, text, negative, latents=latents, settings=settings,
+                    runtime=RuntimeConfig(mode="int8", tdc=True, tau_c=-1.0))
+    assert cached.summary.skip_fraction == 0
+    np.testing.assert_array_equal(np.asarray(cached.latents), np.asarray(plain.latents))
+
+
+def test_calibration_rollouts_measure_the_delta_change(float_model, inputs):
+    """tau_c is a quantile of r over calibration rollouts, so the calibrate mode caches deltas although it never
+    skips."""
+    latents, text, negative = inputs
+    result = sample(quantize_model(float_model), text, negative, latents=latents,
+                    settings=SamplerSettings(num_steps=4, guidance_scale=3.0), runtime=RuntimeConfig(mode="calibrate"))
+    change = np.asarray(result.stats.change)
+    assert result.summary.skip_fraction == 0 and np.isnan(change[0]).all()
+    assert (change[1:] > 0).all() and np.isfinite(change[1:]).all()
 
 
 def test_quantized_sampler_stays_close_to_bf16(float_model, inputs):

@@ -428,7 +428,9 @@ def _controlled_block(block_def, carry, xs, temb_act, tables: PositionalTables, 
     step_video, step_text = new_video - video, new_text - text
     gamma = _l1_ratio([step_video, step_text], [video, text])
     skipped = route == SKIP
-    if delta_video.shape[1:] != video.shape:  # no delta cache (routing without TDC): keep the placeholders
+    # Inside the layer scan `delta_video` is this block's slice: [B, N, D] when deltas are cached, a [1, 1, 1]
+    # placeholder otherwise (routing without TDC).
+    if delta_video.shape != video.shape:
         finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
         zero = jnp.zeros((), jnp.float32)
         return (new_video, new_text), BlockReport(finite, gamma, zero, delta_video, delta_text, fallbacks, error)
