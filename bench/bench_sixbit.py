@@ -6,7 +6,11 @@ Random weights (none can be downloaded): each mode runs in its own process (so p
 once to compile and once timed, with CFG (batch 2) at 49 frames 480x720. Modes: bf16 (the float model), int8
 (static W4A8), nvfp4 (static W4A4), dmpq (routing only) and full (DMPQ + TDC + PDR). Random weights give no
 meaningful predictor: the DMPQ modes use alpha=1, beta=0 and --tau-q on Γ, and every row reports the bit mix and
-skip fraction it actually took."""
+skip fraction it actually took.
+
+Mode replay runs the route mix of the trained embedded model instead: it samples the shipped shapes model with
+its calibration (DMPQ + TDC + PDR, --replay-tau-c, 16 prompts), stretches that run's route table to this model's
+steps and blocks (`runtime.resample_schedule`) and replays it."""
 
 from __future__ import annotations
 
@@ -16,7 +20,26 @@ import subprocess
 import sys
 import time
 
-MODES = ("bf16", "int8", "nvfp4", "dmpq", "full")
+MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay")
+
+
+def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_dtype: str):
+    """(route schedule for [steps, layers], RunSummary of the embedded model's own run)."""
+    import tempfile
+    from pathlib import Path
+
+    from convert import convert_checkpoint
+    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.runtime import RuntimeConfig, calibration_fields, resample_schedule
+    from sixbit_jax.shapes.evaluate import eval_prompts
+    from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION, PACKAGED_MODEL, ShapesPipeline
+
+    fields = calibration_fields(PACKAGED_CALIBRATION) | ({"tau_c": tau_c} if tau_c is not None else {})
+    runtime = RuntimeConfig(mode="sixbit", tdc=True, cache_dtype=cache_dtype, **fields)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = convert_checkpoint(PACKAGED_MODEL, Path(tmp) / "ckpt", dtype="fp32", quant=QuantSpec(), progress=False)
+        result = ShapesPipeline.from_checkpoint(ckpt, dtype="bf16")(eval_prompts(16), runtime=runtime).result
+    return resample_schedule(result.stats.route, steps, layers), result.summary, runtime.knobs()
 
 
 def run_mode(args) -> dict:
@@ -32,17 +55,29 @@ def run_mode(args) -> dict:
     from sixbit_jax.sampling import SamplerSettings, sample
 
     cfg = CogVideoXConfig.named(args.model)
-    model = CogVideoXTransformer3D(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    runtime = None
-    if args.mode != "bf16":
-        model = quantize_model(model)  # the float copy is dropped: only NVFP4 block weights stay resident
+    # Built (and quantized) on the host, then moved: the device's peak then measures the sampling run, as it does
+    # for a user who loads a converted checkpoint, not a float model that was quantized in place.
+    with jax.default_device(jax.devices("cpu")[0]):
+        model = CogVideoXTransformer3D(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        if args.mode != "bf16":
+            model = quantize_model(model)  # only the NVFP4 block weights stay resident
+    nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
+    runtime, embedded = None, None
+    if args.mode == "replay":
+        schedule, summary, knobs = embedded_model_schedule(args.steps, cfg.num_layers, args.replay_tau_c,
+                                                           args.cache_dtype)
+        embedded = {"knobs": knobs, "bits_with_skips": summary.bits_with_skips,
+                    "bits_without_skips": summary.bits_without_skips, "skip_fraction": summary.skip_fraction,
+                    "route_fraction": summary.route_fraction}
+        runtime = RuntimeConfig(mode="replay", schedule=schedule, cache_dtype=args.cache_dtype)
+    elif args.mode != "bf16":
         layers = (1.0,) * cfg.num_layers
         runtime = {
             "int8": RuntimeConfig(mode="int8"),
             "nvfp4": RuntimeConfig(mode="nvfp4"),
             "dmpq": RuntimeConfig(mode="sixbit", alpha=layers, beta=(0.0,) * cfg.num_layers, tau_q=args.tau_q),
             "full": RuntimeConfig(mode="sixbit", alpha=layers, beta=(0.0,) * cfg.num_layers, tau_q=args.tau_q,
-                                  tdc=True, pdr=True, tau_c=args.tau_c),
+                                  tdc=True, pdr=True, tau_c=args.tau_c, cache_dtype=args.cache_dtype),
         }[args.mode]
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
     rng = np.random.default_rng(0)
@@ -62,7 +97,8 @@ def run_mode(args) -> dict:
             "skip_fraction": summary.skip_fraction if summary else 0.0,
             "bf16_fallbacks": summary.bf16_fallbacks if summary else 0,
             "route_fraction": summary.route_fraction if summary else {"bf16": 1.0},
-            "knobs": runtime.knobs() if runtime else None, "device": jax.devices()[0].device_kind}
+            "knobs": runtime.knobs() if runtime else None, "embedded_model_run": embedded,
+            "device": jax.devices()[0].device_kind}
 
 
 def main() -> None:
@@ -72,7 +108,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--mode", choices=MODES, help="(internal) run one mode in this process")
     parser.add_argument("--tau-q", type=float, default=0.5, help="DMPQ threshold on Γ (alpha=1, beta=0)")
-    parser.add_argument("--tau-c", type=float, default=0.3, help="TDC threshold")
+    parser.add_argument("--tau-c", type=float, default=0.3, help="TDC threshold (full)")
+    parser.add_argument("--replay-tau-c", type=float, help="TDC threshold of the embedded model's run (replay; "
+                                                           "default: its calibration's)")
+    parser.add_argument("--cache-dtype", default="bfloat16", help="delta cache dtype (full, replay)")
     parser.add_argument("--out", help="JSON results file")
     args = parser.parse_args()
     if args.mode:
@@ -81,7 +120,9 @@ def main() -> None:
     rows = []
     for mode in args.modes:
         command = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--steps", str(args.steps),
-                   "--tau-q", str(args.tau_q), "--tau-c", str(args.tau_c)]
+                   "--tau-q", str(args.tau_q), "--tau-c", str(args.tau_c), "--cache-dtype", args.cache_dtype]
+        if args.replay_tau_c is not None:
+            command += ["--replay-tau-c", str(args.replay_tau_c)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{mode}: failed\n{done.stderr[-3000:]}", file=sys.stderr)

@@ -118,7 +118,7 @@ def _runtime(args, ckpt: Path | None, model):
         return model, None
     if args.mode != "bf16" and model.quant is None:
         model = quantize_model(model)
-    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr}
+    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr, "cache_dtype": args.cache_dtype}
     if args.mode == "sixbit":
         calibration = args.calibration or next(
             (p for p in (ckpt / CALIBRATION_NAME if ckpt else None, PACKAGED_CALIBRATION) if p and p.exists()), None)
@@ -183,10 +183,9 @@ def cmd_eval(args) -> None:
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
 
     calibration = args.calibration or (PACKAGED_CALIBRATION if PACKAGED_CALIBRATION.exists() else None)
-    overrides = {"tau_c": args.tau_c} if args.tau_c is not None else None
     report = evaluate(ckpt, args.modes, prompts=eval_prompts(args.prompts), seeds=args.seeds, steps=args.steps,
-                      guidance=args.guidance, calibration=calibration, runtime_overrides=overrides,
-                      progress=not args.quiet)
+                      guidance=args.guidance, calibration=calibration, runtime_overrides={"cache_dtype": args.cache_dtype},
+                      tau_c_sweep=args.tau_c, progress=not args.quiet)
     files = report.write(out)
     print(report.markdown())
     print(f"wrote {files['table']}, {files['json']}, {files['sheet']}")
@@ -233,6 +232,8 @@ def cmd_calibrate(args) -> None:
 
 
 def _add_runtime_flags(p) -> None:
+    from sixbit_jax.runtime import CACHE_DTYPES
+
     p.add_argument("--mode", choices=["bf16", "int8", "nvfp4", "sixbit"], default="bf16",
                    help="linear precision: bf16; int8 (W4A8); nvfp4 (W4A4); sixbit (DMPQ: NVFP4 or INT8 per block and "
                         "step from the calibrated predictor). Quantized modes quantize a float checkpoint in memory")
@@ -241,6 +242,8 @@ def _add_runtime_flags(p) -> None:
                                                           "fallback on outlier inputs when a block is recomputed)")
     p.add_argument("--calibration", help="calibration file for --mode sixbit (default: CKPT/calibration.json)")
     p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's)")
+    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bfloat16",
+                   help="with --tdc: how the block deltas are stored (bfloat16; float8_e4m3fn halves the cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
+    from sixbit_jax.runtime import CACHE_DTYPES
     from sixbit_jax.shapes.evaluate import MODES
     from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_PROMPT, DEFAULT_STEPS
 
@@ -341,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"ablation: nvfp4 int8 dmpq dmpq+tdc dmpq+tdc+pdr; w4a16 is NVFP4 weights with bf16 "
                         f"activations. All: {' '.join(MODES)}")
     p.add_argument("--calibration", help="calibration file for the dmpq modes (default: the shipped model's)")
-    p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's)")
+    p.add_argument("--tau-c", type=float, nargs="+", help="TDC skip threshold (default: the calibration's); several "
+                                                         "values run each TDC mode once per value")
+    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bfloat16",
+                   help="TDC modes: how the block deltas are stored (bfloat16; float8_e4m3fn halves the cache)")
     p.add_argument("--prompts", type=int, default=16, help="prompts in the set (16)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (0)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")

@@ -10,7 +10,11 @@ Each step, for every block l (`choose_routes`):
   or the block was skipped); with PDR, a block recomputed after skips runs "pdr" (per-linear BF16 fallback when
   the input outlier ratio exceeds `outlier_ratio`, INT8 otherwise).
 After the step (`update_state`): E_acc grows by r on a skip and resets on a compute; Γ, r and the delta are
-refreshed by every compute."""
+refreshed by every compute.
+
+Mode "replay" takes its routes from a recorded schedule instead (`resample_schedule` stretches one recorded on a
+small model to a large one): it measures the speed of a route mix that the large model's random weights would not
+produce."""
 
 from __future__ import annotations
 
@@ -24,10 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from sixbit_jax.errors import ConfigError
-from sixbit_jax.models.cogvideox import BF16, CALIBRATE, INT8, NVFP4, PDR, ROUTE_NAMES, SKIP
+from sixbit_jax.models.block_control import BF16, CALIBRATE, INT8, NVFP4, PDR, ROUTE_NAMES, SKIP, DeltaCache
 
-MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate")
+MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate", "replay")
+CACHE_DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
 ACTIVATION_LINEARS_PER_BLOCK = 6  # q, k, v, out, FFN in, FFN out: the linears whose activations are quantized
+FIXED_MODE_ROUTES = {"bf16": BF16, "int8": INT8, "nvfp4": NVFP4, "calibrate": CALIBRATE}  # every computed block
 ROUTE_BITS = {SKIP: 0.0, BF16: 16.0, INT8: 8.0, NVFP4: 4.0, CALIBRATE: 16.0}  # PDR: by its fallbacks
 
 
@@ -46,24 +52,39 @@ class RuntimeConfig:
     first_steps: int = 2  # always computed
     last_steps: int = 1
     outlier_ratio: float = 25.0  # PDR: max|x| / mean|x| above this runs BF16
-    cache_dtype: str = "bfloat16"
+    cache_dtype: str = "bfloat16"  # or float8_e4m3fn (scaled per layer; half the memory)
     backend: str | None = None  # quantized linears: None = Pallas kernels on GPU, jnp references on CPU
+    schedule: tuple[tuple[int, ...], ...] | None = None  # mode replay: a recorded route per step and block
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ConfigError(f"unsupported delta cache dtype {self.cache_dtype!r}; use one of {', '.join(CACHE_DTYPES)}")
         if self.mode == "sixbit" and (self.alpha is None or self.beta is None or self.tau_q is None):
             raise ConfigError("mode sixbit needs a calibration (alpha, beta, tau_q): run `sixbit calibrate` and pass "
                               "its file with --calibration")
+        if (self.mode == "replay") != (self.schedule is not None):
+            raise ConfigError("mode replay takes a route schedule, and only replay does")
 
     @property
     def caches_deltas(self) -> bool:
         """TDC skips need the cached deltas; calibration needs them for r (and tau_c)."""
-        return self.tdc or self.mode == "calibrate"
+        return self.tdc or self.mode == "calibrate" or SKIP in self.possible_routes
+
+    @property
+    def possible_routes(self) -> tuple[int, ...]:
+        """The block routes `choose_routes` can return under this config (the sampler compiles only these)."""
+        if self.schedule is not None:
+            return tuple(sorted({r for row in self.schedule for r in row}))
+        routes = {FIXED_MODE_ROUTES[self.mode]} if self.mode in FIXED_MODE_ROUTES else {INT8, NVFP4}
+        if self.tdc:
+            routes |= {SKIP} | ({PDR} if self.pdr and self.quantized else set())
+        return tuple(sorted(routes))
 
     @property
     def quantized(self) -> bool:
-        return self.mode in ("int8", "nvfp4", "sixbit", "calibrate")
+        return self.mode != "bf16"
 
     def with_calibration(self, path: str | Path) -> "RuntimeConfig":
         """alpha, beta, tau_q and tau_c from a calibration file written by `sixbit calibrate`."""
@@ -71,7 +92,7 @@ class RuntimeConfig:
 
     def knobs(self) -> dict:
         """The values a benchmark row reports."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("alpha", "beta", "backend")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("alpha", "beta", "backend", "schedule")}
 
 
 def calibration_fields(path: str | Path) -> dict:
@@ -95,8 +116,7 @@ class RuntimeState(NamedTuple):
     e_acc: jax.Array  # accumulated estimated error since the last compute
     skips: jax.Array  # int32: consecutive skips so far
     has_delta: jax.Array  # bool
-    delta_video: jax.Array  # [L, B, N_video, D]
-    delta_text: jax.Array  # [L, B, N_text, D]
+    cache: DeltaCache  # the deltas (placeholders unless `caches_deltas`)
 
 
 class StepStats(NamedTuple):
@@ -113,21 +133,22 @@ def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int,
                cfg: RuntimeConfig) -> RuntimeState:
     zeros = jnp.zeros((num_layers,), jnp.float32)
     false = jnp.zeros((num_layers,), bool)
-    cache = jnp.dtype(cfg.cache_dtype)
-    # Without cached deltas the arrays are [L, 1, 1, 1] placeholders, not a second copy of the activations (4 GiB at
-    # CogVideoX-2B shape); the block then reports r = 0.
-    video_shape, text_shape = (((batch, video_tokens, dim), (batch, text_tokens, dim)) if cfg.caches_deltas
-                               else ((1, 1, 1),) * 2)
+    # Without cached deltas the cache is [L, 1, 1, 1] placeholders, not a copy of the activations (4 GiB in bf16
+    # at CogVideoX-2B shape); the blocks then report r = 0.
+    shapes = ((batch, video_tokens, dim), (batch, text_tokens, dim)) if cfg.caches_deltas else (None, None)
     return RuntimeState(zeros, false, jnp.full((num_layers,), jnp.inf), zeros, jnp.zeros((num_layers,), jnp.int32),
-                        false, jnp.zeros((num_layers, *video_shape), cache), jnp.zeros((num_layers, *text_shape), cache))
+                        false, DeltaCache.create(num_layers, *shapes, jnp.dtype(cfg.cache_dtype)))
 
 
 def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_steps: int) -> jax.Array:
     """[L] int32 routes for this step (see the module docstring)."""
     num_layers = state.gamma.shape[0]
-    fixed = {"bf16": BF16, "int8": INT8, "nvfp4": NVFP4, "calibrate": CALIBRATE}
-    if cfg.mode in fixed:
-        routes = jnp.full((num_layers,), fixed[cfg.mode], jnp.int32)
+    if cfg.schedule is not None:
+        if np.shape(cfg.schedule) != (num_steps, num_layers):
+            raise ConfigError(f"route schedule is {np.shape(cfg.schedule)}; this run needs ({num_steps}, {num_layers})")
+        return jnp.asarray(cfg.schedule, jnp.int32)[step]
+    if cfg.mode in FIXED_MODE_ROUTES:
+        routes = jnp.full((num_layers,), FIXED_MODE_ROUTES[cfg.mode], jnp.int32)
     else:
         predicted = jnp.asarray(cfg.alpha, jnp.float32) * state.gamma + jnp.asarray(cfg.beta, jnp.float32)
         routes = jnp.where(state.gamma_valid & (predicted <= cfg.tau_q), NVFP4, INT8).astype(jnp.int32)
@@ -141,6 +162,15 @@ def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_
     return jnp.where(skip, SKIP, routes).astype(jnp.int32)
 
 
+def resample_schedule(routes: np.ndarray, steps: int, layers: int) -> tuple[tuple[int, ...], ...]:
+    """A recorded [steps', layers'] route table stretched to [steps, layers] by nearest step (in relative time) and
+    block (in relative depth): the bit and skip mix of one model replayed at another's size (for benchmarks)."""
+    routes = np.asarray(routes)
+    rows = np.rint(np.linspace(0, routes.shape[0] - 1, steps)).astype(int)
+    cols = (np.arange(layers) * routes.shape[1]) // layers
+    return tuple(map(tuple, routes[np.ix_(rows, cols)].astype(int).tolist()))
+
+
 def update_state(state: RuntimeState, routes: jax.Array, report) -> RuntimeState:
     """Fold one step's BlockReport into the state."""
     skipped = routes == SKIP
@@ -151,8 +181,7 @@ def update_state(state: RuntimeState, routes: jax.Array, report) -> RuntimeState
         e_acc=jnp.where(skipped, state.e_acc + state.change, 0.0),
         skips=jnp.where(skipped, state.skips + 1, 0),
         has_delta=state.has_delta | ~skipped,
-        delta_video=report.delta_video,
-        delta_text=report.delta_text,
+        cache=report.cache,
     )
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from sixbit_jax.errors import InputError, SamplingError
 from sixbit_jax.models import CogVideoXTransformer3D, PositionalTables
-from sixbit_jax.models.cogvideox import BlockControl
+from sixbit_jax.models.block_control import BlockControl
 from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, step_stats, update_state
 from sixbit_jax.schedulers import Schedule, SchedulerConfig, StepCoefficients, dynamic_guidance, make_schedule, step
 
@@ -153,8 +153,8 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
             record = None
         else:
             routes = choose_routes(runtime, blocks, index, num_steps)
-            control = BlockControl(routes, blocks.delta_video, blocks.delta_text, runtime.outlier_ratio,
-                                   runtime.backend)
+            control = BlockControl(routes, blocks.cache, runtime.outlier_ratio, runtime.backend,
+                                   runtime.possible_routes)
             v, report = model(model_in, text, t_in, tables, control=control)
             record = step_stats(blocks, routes, report)
             blocks, block_finite = update_state(blocks, routes, report), report.finite

@@ -16,9 +16,11 @@ from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers import LinearRuntime, QuantDense
 from sixbit_jax.models import CogVideoXTransformer3D
-from sixbit_jax.models.cogvideox import BF16, INT8, NVFP4, PDR, SKIP, BlockControl, BlockReport, QuantSpec
+from sixbit_jax.models.block_control import BF16, INT8, NVFP4, PDR, SKIP, BlockControl, BlockReport, DeltaCache
+from sixbit_jax.models.cogvideox import QuantSpec
 from sixbit_jax.quant.model import quantize_model
-from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, update_state
+from sixbit_jax.runtime import (RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, resample_schedule,
+                                update_state)
 from sixbit_jax.sampling import SamplerSettings, _denoise, sample
 
 SMALL = dict(num_layers=3, num_attention_heads=2, attention_head_dim=64, time_embed_dim=128, text_embed_dim=32,
@@ -93,9 +95,7 @@ def test_quantized_paths_stay_close_to_float(float_model, inputs):
     layers = float_model.config.num_layers
     state = init_state(layers, 1, 2 * 16, 8, float_model.config.inner_dim, RuntimeConfig(mode="int8"))
     for route, bound in bounds.items():
-        from sixbit_jax.models.cogvideox import BlockControl
-
-        control = BlockControl(jnp.full((layers,), route, jnp.int32), state.delta_video, state.delta_text)
+        control = BlockControl(jnp.full((layers,), route, jnp.int32), state.cache)
         out, report = quantized(latents, text, t, control=control)
         err = np.abs(np.asarray(out, np.float64) - reference).sum() / np.abs(reference).sum()
         assert err < bound, f"route {route}: relative L1 error {err:.3f}"
@@ -106,8 +106,7 @@ def test_quantized_paths_stay_close_to_float(float_model, inputs):
 def _fake_report(state, *, change: float, gamma: float = 0.2) -> BlockReport:
     layers = state.gamma.shape[0]
     full = lambda v: jnp.full((layers,), v, jnp.float32)  # noqa: E731
-    return BlockReport(jnp.ones((layers,), bool), full(gamma), full(change), state.delta_video + 1,
-                       state.delta_text + 1, full(0.0), full(0.0))
+    return BlockReport(jnp.ones((layers,), bool), full(gamma), full(change), full(0.0), full(0.0), state.cache)
 
 
 def _simulate(cfg: RuntimeConfig, num_steps: int, *, change: float, layers: int = 2):
@@ -115,6 +114,7 @@ def _simulate(cfg: RuntimeConfig, num_steps: int, *, change: float, layers: int 
     routes = []
     for step in range(num_steps):
         r = choose_routes(cfg, state, jnp.int32(step), num_steps)
+        assert set(np.asarray(r).tolist()) <= set(cfg.possible_routes), "a route the sampler did not compile"
         routes.append(np.asarray(r))
         state = update_state(state, r, _fake_report(state, change=change))
     return np.stack(routes)
@@ -167,27 +167,43 @@ def test_summary_counts_skips_as_zero_bits():
     assert summary.skip_fraction == 0.25 and summary.bf16_fallbacks == 3
 
 
-def test_a_skipped_block_adds_the_delta_its_last_compute_cached(float_model, inputs):
-    """Model level, float32 cache: a compute reports Δ = Y - X and r against the old Δ; skipping with that Δ from the
-    same input reproduces the computed output."""
+@pytest.mark.parametrize("cache_dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2), ("float8_e4m3fn", 8e-2)])
+def test_a_skipped_block_adds_the_delta_its_last_compute_cached(float_model, inputs, cache_dtype, tolerance):
+    """Model level: a compute caches Δ = Y - X (and reports r against the old Δ); skipping from the same input with
+    that cache reproduces the computed output, to the cache dtype's precision."""
     model = quantize_model(float_model)
     latents, text, _ = inputs
-    layers, t = model.config.num_layers, jnp.array([500])
-    n_video = 2 * (8 // 2) * (8 // 2)
-    zeros = (jnp.zeros((layers, 1, n_video, 64 * 2), jnp.float32), jnp.zeros((layers, 1, 8, 128), jnp.float32))
-    control = lambda routes, deltas: BlockControl(jnp.asarray(routes, jnp.int32), *deltas)  # noqa: E731
-    computed, first = model(latents, text, t, control=control([BF16] * layers, zeros))
-    deltas = (first.delta_video, first.delta_text)
+    cfg, t = model.config, jnp.array([500])
+    layers = cfg.num_layers
+    empty = init_state(layers, 1, 2 * 4 * 4, 8, cfg.inner_dim, RuntimeConfig(mode="calibrate", cache_dtype=cache_dtype))
+    control = lambda routes, cache: BlockControl(jnp.asarray(routes, jnp.int32), cache)  # noqa: E731
+    computed, first = model(latents, text, t, control=control([BF16] * layers, empty.cache))
     assert float(first.gamma.min()) > 0
-    assert all(float(jnp.abs(d).sum()) > 0 for d in first.delta_video), "every computed block caches its delta"
+    assert all(float(jnp.abs(first.cache.read(i)[0]).sum()) > 0 for i in range(layers)), "every block caches Δ"
+    expected = np.asarray(computed, np.float64)
     for skipped_block in range(layers):
         routes = [BF16] * layers
         routes[skipped_block] = SKIP
-        out, report = model(latents, text, t, control=control(routes, deltas))
-        np.testing.assert_allclose(np.asarray(out), np.asarray(computed), rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(report.delta_video[skipped_block], first.delta_video[skipped_block])
-    _, again = model(latents, text, t, control=control([BF16] * layers, (deltas[0] * 0.5, deltas[1] * 0.5)))
-    np.testing.assert_allclose(np.asarray(again.change), 1.0, rtol=1e-5)  # |Δ - Δ/2| / |Δ/2|
+        out, report = model(latents, text, t, control=control(routes, first.cache))
+        err = np.abs(np.asarray(out, np.float64) - expected).sum() / np.abs(expected).sum()
+        assert err < tolerance, f"skipping block {skipped_block}: relative L1 error {err:.2e}"
+        for new, old in zip(report.cache, first.cache):  # a skip leaves its cache entry as it was
+            np.testing.assert_array_equal(np.asarray(new[skipped_block]), np.asarray(old[skipped_block]))
+    halved = first.cache._replace(scale=first.cache.scale * 0.5)
+    _, again = model(latents, text, t, control=control([BF16] * layers, halved))
+    np.testing.assert_allclose(np.asarray(again.change), 1.0, rtol=tolerance)  # |Δ - Δ/2| / |Δ/2|
+
+
+def test_fp8_delta_cache_scales_large_deltas_instead_of_overflowing():
+    cache = DeltaCache.create(2, (1, 4, 8), (1, 2, 8), jnp.float8_e4m3fn)
+    rng = np.random.default_rng()
+    video = jnp.asarray(rng.standard_normal((1, 4, 8)) * 1e4, jnp.float32)  # far beyond E4M3's 448
+    text = jnp.asarray(rng.standard_normal((1, 2, 8)) * 1e-3, jnp.float32)
+    cache = cache.write(jnp.int32(1), video, text, keep=jnp.bool_(False))
+    got_video, got_text = cache.read(jnp.int32(1))
+    for got, want in ((got_video, video), (got_text, text)):  # E4M3: 3 mantissa bits; subnormals below amax / 2^15
+        np.testing.assert_allclose(got, want, rtol=2**-4, atol=float(jnp.abs(want).max()) * 2**-15)
+    assert float(jnp.abs(cache.read(jnp.int32(0))[0]).max()) == 0, "other layers untouched"
 
 
 # ------------------------------------------------------------------------------------------------ sampler
@@ -222,6 +238,32 @@ def test_delta_cache_without_skips_changes_nothing(float_model, inputs):
                     runtime=RuntimeConfig(mode="int8", tdc=True, tau_c=-1.0))
     assert cached.summary.skip_fraction == 0
     np.testing.assert_array_equal(np.asarray(cached.latents), np.asarray(plain.latents))
+
+
+def test_replaying_a_recorded_schedule_reproduces_the_run(float_model, inputs):
+    quantized = quantize_model(float_model)
+    latents, text, negative = inputs
+    settings = SamplerSettings(num_steps=7, guidance_scale=3.0)
+    layers = float_model.config.num_layers
+    live = RuntimeConfig(mode="sixbit", alpha=(1.0,) * layers, beta=(0.0,) * layers, tau_q=0.3, tdc=True, tau_c=1e9)
+    recorded = sample(quantized, text, negative, latents=latents, settings=settings, runtime=live)
+    routes = np.asarray(recorded.stats.route)
+    assert {SKIP, PDR} <= set(routes.ravel().tolist()), "the recording should exercise skips and refreshes"
+    replay = RuntimeConfig(mode="replay", schedule=resample_schedule(routes, 7, layers))
+    replayed = sample(quantized, text, negative, latents=latents, settings=settings, runtime=replay)
+    np.testing.assert_array_equal(np.asarray(replayed.stats.route), routes)
+    np.testing.assert_array_equal(np.asarray(replayed.latents), np.asarray(recorded.latents))
+    with pytest.raises(ConfigError, match="schedule"):
+        sample(quantized, text, negative, latents=latents, runtime=replay,
+               settings=dataclasses.replace(settings, num_steps=8))
+
+
+def test_resampled_schedule_keeps_the_mix():
+    routes = np.array([[INT8, NVFP4, SKIP], [PDR, SKIP, NVFP4]])
+    stretched = np.array(resample_schedule(routes, 4, 6))
+    assert stretched.shape == (4, 6)
+    np.testing.assert_array_equal(stretched[0], [INT8, INT8, NVFP4, NVFP4, SKIP, SKIP])
+    np.testing.assert_array_equal(stretched[-1], [PDR, PDR, SKIP, SKIP, NVFP4, NVFP4])
 
 
 def test_calibration_rollouts_measure_the_delta_change(float_model, inputs):

@@ -157,3 +157,20 @@ def test_eval_command_writes_table_and_sheet(shipped, tmp_path, capsys):
     assert (tmp_path / "contact_sheet.png").exists()
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["mode"] for r in results["results"]] == ["bf16", "fp32"]
+
+
+def test_eval_sweeps_tau_c_for_the_delta_cache_modes(shipped, tmp_path):
+    assert main(["eval", str(shipped), "--modes", "int8", "dmpq+tdc", "--tau-c", "0", "1e9", "--prompts", "2",
+                 "--steps", "6", "--out", str(tmp_path), "--quiet"]) == 0
+    rows = {r["mode"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    assert list(rows) == ["bf16", "int8", "dmpq+tdc tau_c=0", "dmpq+tdc tau_c=1e+09"]
+    assert rows["dmpq+tdc tau_c=0"]["summary"]["skip_fraction"] == 0
+    assert rows["dmpq+tdc tau_c=1e+09"]["summary"]["skip_fraction"] > 0.2
+
+
+def test_the_full_method_on_the_shipped_model_draws_the_prompt(tmp_path, capsys):
+    """DMPQ + TDC + PDR with the shipped calibration, one prompt (CFG batch 2), the demo's 30 steps."""
+    prompt = "a red circle moving right"
+    assert main(["demo", "--out", str(tmp_path), "--mode", "sixbit", "--tdc", "--prompt", prompt, "--quiet"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "precision: sixbit +TDC +PDR" in summary and f"detectors read: {prompt!r}" in summary, summary

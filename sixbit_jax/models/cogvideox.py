@@ -27,6 +27,7 @@ from flax import nnx
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention
+from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
 from sixbit_jax.quant.formats import HADAMARD_BLOCK
 
 
@@ -147,42 +148,6 @@ class QuantSpec:
         if raw.get("weights") != "nvfp4":
             raise ConfigError(f"unsupported quantization {raw!r}: only NVFP4 weights are implemented")
         return cls(hadamard_block=int(raw.get("hadamard_block", HADAMARD_BLOCK)))
-
-
-# Per-block routes, chosen on the device each step (lax.switch index): reuse the cached delta, or run the block's
-# linears on one path (see layers.quant_dense).
-SKIP, BF16, INT8, NVFP4, PDR, CALIBRATE = range(6)
-ROUTE_NAMES = ("skip", "bf16", "int8", "nvfp4", "pdr", "calibrate")
-
-
-class BlockControl(NamedTuple):
-    """What the sampler tells the blocks for one step: a route per block and the cached deltas (Y - X) that a
-    skipped block adds to its input."""
-
-    routes: jax.Array  # [L] int32
-    delta_video: jax.Array  # [L, B, N_video, D], cache dtype; [L, 1, 1, 1] placeholders when nothing is cached
-    delta_text: jax.Array  # [L, B, N_text, D]
-    outlier_ratio: float = 25.0  # PDR threshold (static)
-    backend: str | None = None  # quantized-linear backend (static); None: kernels on GPU, jnp references on CPU
-
-
-class BlockReport(NamedTuple):
-    """Per block, from one forward with control: Γ = |Y - X|₁ / |X|₁, the delta change r = |Δ_new - Δ_old|₁ / |Δ_old|₁
-    (computed blocks only), the new deltas, PDR's bf16 fallbacks, and the mean NVFP4 error under CALIBRATE."""
-
-    finite: jax.Array  # [L] bool
-    gamma: jax.Array  # [L] float32
-    change: jax.Array  # [L] float32
-    delta_video: jax.Array
-    delta_text: jax.Array
-    fallbacks: jax.Array  # [L] float32, number of linears that ran bf16 under PDR
-    nvfp4_error: jax.Array  # [L] float32
-
-
-def _l1_ratio(nums: list[jax.Array], dens: list[jax.Array]) -> jax.Array:
-    """sum |nums|₁ / sum |dens|₁, part by part (no concatenated copy of activation-sized arrays)."""
-    l1 = lambda parts: sum(jnp.abs(p.astype(jnp.float32)).sum() for p in parts)  # noqa: E731
-    return l1(nums) / jnp.maximum(l1(dens), 1e-30)
 
 
 def _linear(cfg_in: int, cfg_out: int, *, dtype, rngs, quant: "QuantSpec | None", weight_only: bool = False):
@@ -389,9 +354,9 @@ class CogVideoXTransformer3D(nnx.Module):
             (video, _), block_finite = jax.lax.scan(run_block, (video, text), block_state)
             report = None
         else:
-            (video, _), report = jax.lax.scan(
-                lambda carry, xs: _controlled_block(block_def, carry, xs, temb_act, tables, control),
-                (video, text), (block_state, control.routes, control.delta_video, control.delta_text))
+            video, _, report = run_controlled_blocks(
+                block_def, block_state, video, text,
+                lambda block, video, text, runtime: block(video, text, temb_act, tables, runtime), control)
             block_finite = report.finite
 
         video = self.norm_out(self.norm_final(video), temb_act)
@@ -401,44 +366,3 @@ class CogVideoXTransformer3D(nnx.Module):
         if control is not None:
             return out, report
         return (out, block_finite) if return_block_finite else out
-
-
-def _controlled_block(block_def, carry, xs, temb_act, tables: PositionalTables, control: BlockControl):
-    """One block under the 6Bit runtime: lax.switch on its route, then its statistics and new cached delta."""
-    video, text = carry
-    state, route, delta_video, delta_text = xs
-    block = nnx.merge(block_def, state)
-
-    def skip(video, text):
-        zero = jnp.zeros((), jnp.float32)
-        return video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero
-
-    def compute(path: str):
-        def branch(video, text):
-            runtime = LinearRuntime(path=path, outlier_ratio=control.outlier_ratio, backend=control.backend)
-            new_video, new_text = block(video, text, temb_act, tables, runtime)
-            fallbacks = sum(runtime.fallbacks, jnp.zeros((), jnp.float32))
-            errors = runtime.nvfp4_errors
-            error = sum(errors, jnp.zeros((), jnp.float32)) / max(len(errors), 1)
-            return new_video, new_text, fallbacks, error
-        return branch
-
-    branches = [skip] + [compute(name) for name in ROUTE_NAMES[1:]]
-    new_video, new_text, fallbacks, error = jax.lax.switch(route, branches, video, text)
-    step_video, step_text = new_video - video, new_text - text
-    gamma = _l1_ratio([step_video, step_text], [video, text])
-    skipped = route == SKIP
-    # Inside the layer scan `delta_video` is this block's slice: [B, N, D] when deltas are cached, a [1, 1, 1]
-    # placeholder otherwise (routing without TDC).
-    if delta_video.shape != video.shape:
-        finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
-        zero = jnp.zeros((), jnp.float32)
-        return (new_video, new_text), BlockReport(finite, gamma, zero, delta_video, delta_text, fallbacks, error)
-    cached_video = jnp.where(skipped, delta_video, step_video.astype(delta_video.dtype))
-    cached_text = jnp.where(skipped, delta_text, step_text.astype(delta_text.dtype))
-    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731  (the cache may be stored in fp8)
-    change = _l1_ratio([f32(cached_video) - f32(delta_video), f32(cached_text) - f32(delta_text)],
-                       [delta_video, delta_text])
-    finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
-    report = BlockReport(finite, gamma, change, cached_video, cached_text, fallbacks, error)
-    return (new_video, new_text), report

@@ -120,10 +120,11 @@ class EvalReport:
 
 def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], seeds: list[int],
              steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, calibration: str | Path | None = None,
-             runtime_overrides: dict | None = None, progress: bool = False) -> EvalReport:
+             runtime_overrides: dict | None = None, tau_c_sweep: list[float] | None = None,
+             progress: bool = False) -> EvalReport:
     """Sample every mode (the reference first) and score it. `calibration` (alpha, beta, tau_q, tau_c) is needed by
     the DMPQ modes; `runtime_overrides` sets further RuntimeConfig knobs (tau_c, max_skips, ...) for every
-    quantized mode."""
+    quantized mode; `tau_c_sweep` runs each TDC mode once per value, as rows named "MODE tau_c=V"."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise InputError(f"unknown mode(s) {', '.join(unknown)}; available: {', '.join(MODES)}")
@@ -133,18 +134,23 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
     wanted = [world.parse_caption(p) for p in prompts] * len(seeds)
     float_pipes: dict[str, ShapesPipeline] = {}
     quantized_pipe = None
+    runs = [(name, {}) for name in modes if not (tau_c_sweep and _uses_tdc(name))]
+    runs += [(f"{name} tau_c={v:g}", {"tau_c": v}) for name in modes if tau_c_sweep and _uses_tdc(name)
+             for v in tau_c_sweep]
     results, knobs = [], None
-    for name in modes:
-        mode = MODES[name]
+    for name, sweep_fields in runs:
+        mode = MODES[name.split()[0]]
         if mode.dtype not in float_pipes:
             float_pipes[mode.dtype] = ShapesPipeline.from_checkpoint(checkpoint, dtype=mode.dtype)
         pipe, runtime = float_pipes[mode.dtype], None
         if mode.runtime is not None:
             if quantized_pipe is None:
                 quantized_pipe = ShapesPipeline(quantize_model(pipe.model), pipe.text_encoder)
-            fields = {**mode.runtime, **_calibration_fields(mode, calibration), **(runtime_overrides or {})}
+            fields = {**mode.runtime, **_calibration_fields(mode, calibration), **(runtime_overrides or {}),
+                      **sweep_fields}
             pipe, runtime = quantized_pipe, RuntimeConfig(**fields)
-            knobs = {k: v for k, v in runtime.knobs().items() if k not in ("mode", "tdc", "pdr")}  # mode: per row
+            per_row = ("mode", "tdc", "pdr") + (("tau_c",) if tau_c_sweep else ())  # named in the rows instead
+            knobs = {k: v for k, v in runtime.knobs().items() if k not in per_row}
         start = time.perf_counter()
         outputs = [pipe(prompts, seed=s, steps=steps, guidance=guidance, progress=progress, runtime=runtime)
                    for s in seeds]
@@ -162,6 +168,10 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
         r.ssim = float(np.mean([ssim(a, b) for a, b in zip(r.clips, reference)]))
     return EvalReport(list(prompts), list(seeds), steps, guidance, detector_check(), results,
                       jax.devices()[0].device_kind, knobs)
+
+
+def _uses_tdc(name: str) -> bool:
+    return bool((MODES[name].runtime or {}).get("tdc"))
 
 
 def _calibration_fields(mode: Mode, calibration: str | Path | None) -> dict:
