@@ -5,8 +5,13 @@ NVFP4-activation output of each linear is from that). For each block l the pairs
 mean relative L1 error of the block's linear outputs under NVFP4 activations, give by least squares
     E_rel(l, t) = alpha_l * Γ(l, t-1) + beta_l,
 with the Pearson r of each block's fit and of all pairs pooled. tau_q is then solved so that routing (NVFP4 when
-E_rel <= tau_q, INT8 otherwise; INT8 on the first step) averages `target_bits` of activation width, and tau_c is the
-`tau_c_quantile` of the delta change r the rollouts saw after the always-computed steps."""
+E_rel <= tau_q, INT8 otherwise; INT8 on the first step) averages `target_bits` of activation width.
+
+tau_c is solved the same way for a target skip fraction: the TDC skip rule (runtime.choose_routes) is replayed on the
+rollouts' measured delta changes r, and tau_c is the smallest threshold whose replay skips `target_skip` of the
+block-steps. The rollouts compute every step, so the change a refresh would see after k skips is estimated as the
+sum of the k + 1 one-step changes (the triangle inequality's bound); the skip fraction of real runs is reported by
+the sampler and by `sixbit eval`."""
 
 from __future__ import annotations
 
@@ -18,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from sixbit_jax.errors import ConfigError
-from sixbit_jax.runtime import StepStats
+from sixbit_jax.runtime import RuntimeConfig, StepStats
 
 CALIBRATION_NAME = "calibration.json"
 DEFAULT_TARGET_BITS = 6.0
-DEFAULT_TAU_C_QUANTILE = 0.35
+DEFAULT_TARGET_SKIP = 0.3  # the paper's 1.92x over its 1.36x from routing implies ~30% of block time skipped
 
 
 @dataclasses.dataclass
@@ -35,6 +40,8 @@ class Calibration:
     tau_c: float
     target_bits: float
     expected_bits: float  # what routing with tau_q gives on the calibration rollouts
+    target_skip: float
+    expected_skip: float  # what the skip rule with tau_c gives when replayed on the calibration rollouts
     rollouts: int
     info: dict
 
@@ -50,7 +57,8 @@ class Calibration:
         per_block = " ".join(f"{r:+.2f}" for r in self.pearson_r)
         return (f"predictor fit over {self.rollouts} rollouts: Pearson r pooled {self.pearson_r_pooled:+.3f}; per block "
                 f"{per_block}\ntau_q {self.tau_q:.4g} -> {self.expected_bits:.2f} activation bits on the calibration "
-                f"rollouts (target {self.target_bits}); tau_c {self.tau_c:.4g}")
+                f"rollouts (target {self.target_bits}); tau_c {self.tau_c:.4g} -> {self.expected_skip:.0%} of block-steps "
+                f"skipped in a replay of the rollouts (target {self.target_skip:.0%})")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -60,8 +68,10 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
-        tau_c_quantile: float = DEFAULT_TAU_C_QUANTILE, first_steps: int = 2, info: dict | None = None) -> Calibration:
-    """Fit the predictor from calibration rollouts (each a StepStats with [steps, L] arrays)."""
+        target_skip: float = DEFAULT_TARGET_SKIP, skip_rule: RuntimeConfig = RuntimeConfig(mode="bf16"),
+        info: dict | None = None) -> Calibration:
+    """Fit the predictor and solve tau_q and tau_c from calibration rollouts (each a StepStats with [steps, L]
+    arrays). `skip_rule` supplies max_skips and the always-computed steps that tau_c is solved under."""
     if not stats:
         raise ConfigError("calibration needs at least one rollout")
     gamma = np.concatenate([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # Γ(t-1) ...
@@ -76,12 +86,46 @@ def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
         pearson.append(_pearson(x, y))
     predicted = gamma * np.array(alpha) + np.array(beta)
     tau_q, expected = _solve_tau_q(predicted, target_bits, steps=np.asarray(stats[0].gamma).shape[0])
-    changes = np.concatenate([np.asarray(s.change, np.float64)[first_steps:].ravel() for s in stats])
-    changes = changes[np.isfinite(changes)]
-    tau_c = float(np.quantile(changes, tau_c_quantile)) if changes.size else 0.0
+    changes = np.stack([np.asarray(s.change, np.float64) for s in stats])  # [rollouts, steps, L]
+    tau_c, expected_skip = _solve_tau_c(changes, target_skip, skip_rule)
     return Calibration(alpha, beta, pearson, _pearson(gamma.ravel(), error.ravel()), tau_q, tau_c, target_bits,
-                       expected, len(stats), {"date": datetime.date.today().isoformat(),
-                                              "tau_c_quantile": tau_c_quantile, **(info or {})})
+                       expected, target_skip, expected_skip, len(stats),
+                       {"date": datetime.date.today().isoformat(), **(info or {})})
+
+
+def replay_skip_rule(changes: np.ndarray, tau_c: float, rule: RuntimeConfig) -> np.ndarray:
+    """[rollouts, steps, L] bool: where the TDC rule would skip, given the one-step changes of all-compute rollouts."""
+    _, steps, _ = changes.shape
+    changes = np.nan_to_num(changes, nan=np.inf)  # no change measured (first step): never skip on it
+    change = np.full(changes[:, 0].shape, np.inf)  # r at the block's last compute
+    e_acc, pending = np.zeros_like(change), np.zeros_like(change)  # pending: one-step changes since that compute
+    skips = np.zeros(change.shape, int)
+    skipped = np.zeros(changes.shape, bool)
+    for t in range(steps):
+        always = t < rule.first_steps or t >= steps - rule.last_steps
+        skip = ~always & (skips < rule.max_skips) & (e_acc + change <= tau_c)
+        skipped[:, t] = skip
+        pending += changes[:, t]
+        change = np.where(skip, change, pending)  # a refresh after k skips sees about k + 1 one-step changes
+        pending = np.where(skip, pending, 0.0)
+        e_acc = np.where(skip, e_acc + change, 0.0)
+        skips = np.where(skip, skips + 1, 0)
+    return skipped
+
+
+def _solve_tau_c(changes: np.ndarray, target_skip: float, rule: RuntimeConfig) -> tuple[float, float]:
+    """The smallest tau_c (among the measured changes) whose replay skips at least target_skip; else the largest."""
+    if not 0.0 <= target_skip < 1.0:
+        raise ConfigError(f"target skip fraction must be within [0, 1); got {target_skip}")
+    candidates = np.unique(changes[np.isfinite(changes)])
+    if target_skip == 0 or candidates.size == 0:
+        return 0.0, 0.0
+    fraction = lambda tau: float(replay_skip_rule(changes, tau, rule).mean())  # noqa: E731
+    lo, hi = 0, candidates.size - 1  # the skip fraction grows with tau_c: bisect on the sorted candidates
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fraction(candidates[mid]) >= target_skip else (mid + 1, hi)
+    return float(candidates[lo]), fraction(candidates[lo])
 
 
 def _solve_tau_q(predicted: np.ndarray, target_bits: float, steps: int) -> tuple[float, float]:

@@ -222,7 +222,7 @@ def cmd_calibrate(args) -> None:
                         settings=SamplerSettings(num_steps=args.steps, guidance_scale=args.guidance, seed=seed)).stats
                  for seed in args.seeds]
         source = f"{args.embeds} ({embeds.shape[0]} prompts) x seeds {args.seeds}"
-    calibration = fit(stats, target_bits=args.target_bits,
+    calibration = fit(stats, target_bits=args.target_bits, target_skip=args.target_skip,
                       info={"checkpoint": str(ckpt.absolute()), "source": source, "steps": args.steps,
                             "guidance": args.guidance})
     out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in memory), records per block and step the sensitivity Γ and the relative error "
                                    "of the block's linear outputs under NVFP4 activations, fits E = alpha Γ(t-1) + "
                                    "beta per block, reports the Pearson r, solves tau_q for the target activation "
-                                   "width and writes CKPT/calibration.json (or --out).")
+                                   "width and tau_c (the delta-cache threshold) for the target skip fraction, and "
+                                   "writes CKPT/calibration.json (or --out).")
     p.add_argument("checkpoint", help="converted checkpoint (float or --quant nvfp4)")
     p.add_argument("--embeds", help="T5 prompt embeddings [B, L, D] (real CogVideoX); shapes checkpoints draw "
                                     "prompts from the generator instead")
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="sampling steps per rollout (30)")
     p.add_argument("--guidance", type=float, default=2.0, help="CFG scale (2)")
     p.add_argument("--target-bits", type=float, default=6.0, help="average activation bits to solve tau_q for (6)")
+    p.add_argument("--target-skip", type=float, default=0.3,
+                   help="fraction of block-steps the delta cache should skip, to solve tau_c for (0.3)")
     p.add_argument("--out", help="calibration file to write (default CKPT/calibration.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)

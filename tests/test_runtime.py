@@ -10,7 +10,7 @@ from flax import nnx
 
 from convert import convert_checkpoint
 from convert.export import diffusers_tensors, write_diffusers_folder
-from sixbit_jax.calibrate import fit
+from sixbit_jax.calibrate import fit, replay_skip_rule
 from sixbit_jax.checkpoint import abstract_params, load_checkpoint
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
@@ -267,8 +267,7 @@ def test_resampled_schedule_keeps_the_mix():
 
 
 def test_calibration_rollouts_measure_the_delta_change(float_model, inputs):
-    """tau_c is a quantile of r over calibration rollouts, so the calibrate mode caches deltas although it never
-    skips."""
+    """tau_c is solved from r on calibration rollouts, so the calibrate mode caches deltas although it never skips."""
     latents, text, negative = inputs
     result = sample(quantize_model(float_model), text, negative, latents=latents,
                     settings=SamplerSettings(num_steps=4, guidance_scale=3.0), runtime=RuntimeConfig(mode="calibrate"))
@@ -317,3 +316,24 @@ def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
     assert cal.expected_bits == pytest.approx(6.0, abs=0.05)
     with pytest.raises(ConfigError, match="4..8"):
         fit(rollouts, target_bits=3.0)
+
+
+def test_calibration_replays_the_runtime_skip_rule_and_solves_tau_c_for_the_skip_target():
+    rule = RuntimeConfig(mode="int8", tdc=True, tau_c=0.1, max_skips=2, pdr=False)
+    live = _simulate(rule, 12, change=0.0) == SKIP  # [steps, L] from choose_routes itself
+    replayed = replay_skip_rule(np.zeros((1, 12, 2)), 0.1, rule)[0]
+    np.testing.assert_array_equal(replayed, live)
+
+    rng = np.random.default_rng()
+    steps, layers = 30, 4
+    rollouts = [StepStats(np.zeros((steps, layers)), rng.uniform(0.1, 1, (steps, layers)),
+                          rng.uniform(0.02, 0.4, (steps, layers)), np.zeros((steps, layers)),
+                          rng.uniform(0, 0.1, (steps, layers))) for _ in range(3)]
+    for target in (0.1, 0.3):
+        cal = fit(rollouts, target_skip=target)
+        assert target <= cal.expected_skip < target + 0.05
+        changes = np.stack([s.change for s in rollouts])
+        assert replay_skip_rule(changes, cal.tau_c * 0.999, RuntimeConfig(mode="bf16")).mean() < target
+    assert fit(rollouts, target_skip=0.0).tau_c == 0.0
+    with pytest.raises(ConfigError, match="skip fraction"):
+        fit(rollouts, target_skip=1.0)

@@ -112,9 +112,9 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         video, text, cache = carry
         state, route, layer = xs
         block = nnx.merge(block_def, state)
-        delta_video, delta_text = cache.read(layer)
 
-        def skip(video, text):
+        def skip(video, text):  # decodes inside the branch: no float32 copy of the delta outside it
+            delta_video, delta_text = cache.read(layer)
             zero = jnp.zeros((), jnp.float32)
             return video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero
 
@@ -139,6 +139,7 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
         change = jnp.zeros((), jnp.float32)
         if cache.holds(video):  # static: TDC or calibration
+            delta_video, delta_text = cache.read(layer)  # elementwise into the reductions below (fused by XLA)
             f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
             change = l1_ratio([f32(step_video) - delta_video, f32(step_text) - delta_text], [delta_video, delta_text])
             cache = cache.write(layer, step_video, step_text, keep=route == SKIP)
