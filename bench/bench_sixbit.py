@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--tau-c", type=float, default=0.3, help="TDC threshold (full)")
     parser.add_argument("--replay-tau-c", type=float, help="TDC threshold of the embedded model's run (replay; "
                                                            "default: its calibration's)")
-    parser.add_argument("--cache-dtype", default="bfloat16", help="delta cache dtype (full, replay)")
+    parser.add_argument("--cache-dtype", default="float8_e4m3fn", help="delta cache dtype (full, replay)")
     parser.add_argument("--out", help="JSON results file")
     args = parser.parse_args()
     if args.mode:

@@ -114,14 +114,17 @@ def replay_skip_rule(changes: np.ndarray, tau_c: float, rule: RuntimeConfig) -> 
 
 
 def _solve_tau_c(changes: np.ndarray, target_skip: float, rule: RuntimeConfig) -> tuple[float, float]:
-    """The smallest tau_c (among the measured changes) whose replay skips at least target_skip; else the largest."""
+    """A tau_c (among the measured changes) whose replay skips at least target_skip, else the largest; and what
+    its replay skips."""
     if not 0.0 <= target_skip < 1.0:
         raise ConfigError(f"target skip fraction must be within [0, 1); got {target_skip}")
     candidates = np.unique(changes[np.isfinite(changes)])
     if target_skip == 0 or candidates.size == 0:
         return 0.0, 0.0
     fraction = lambda tau: float(replay_skip_rule(changes, tau, rule).mean())  # noqa: E731
-    lo, hi = 0, candidates.size - 1  # the skip fraction grows with tau_c: bisect on the sorted candidates
+    # The skip fraction grows with tau_c (not strictly: an earlier skip moves later refreshes), so bisecting on the
+    # sorted candidates finds a threshold that reaches the target, near the smallest that does.
+    lo, hi = 0, candidates.size - 1
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fraction(candidates[mid]) >= target_skip else (mid + 1, hi)

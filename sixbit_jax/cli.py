@@ -118,7 +118,9 @@ def _runtime(args, ckpt: Path | None, model):
         return model, None
     if args.mode != "bf16" and model.quant is None:
         model = quantize_model(model)
-    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr, "cache_dtype": args.cache_dtype}
+    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr}
+    if args.cache_dtype:
+        fields["cache_dtype"] = args.cache_dtype
     if args.mode == "sixbit":
         calibration = args.calibration or next(
             (p for p in (ckpt / CALIBRATION_NAME if ckpt else None, PACKAGED_CALIBRATION) if p and p.exists()), None)
@@ -183,8 +185,9 @@ def cmd_eval(args) -> None:
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
 
     calibration = args.calibration or (PACKAGED_CALIBRATION if PACKAGED_CALIBRATION.exists() else None)
+    overrides = {"cache_dtype": args.cache_dtype} if args.cache_dtype else None
     report = evaluate(ckpt, args.modes, prompts=eval_prompts(args.prompts), seeds=args.seeds, steps=args.steps,
-                      guidance=args.guidance, calibration=calibration, runtime_overrides={"cache_dtype": args.cache_dtype},
+                      guidance=args.guidance, calibration=calibration, runtime_overrides=overrides,
                       tau_c_sweep=args.tau_c, progress=not args.quiet)
     files = report.write(out)
     print(report.markdown())
@@ -242,8 +245,9 @@ def _add_runtime_flags(p) -> None:
                                                           "fallback on outlier inputs when a block is recomputed)")
     p.add_argument("--calibration", help="calibration file for --mode sixbit (default: CKPT/calibration.json)")
     p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's)")
-    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bfloat16",
-                   help="with --tdc: how the block deltas are stored (bfloat16; float8_e4m3fn halves the cache)")
+    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),
+                   help="with --tdc: how the block deltas are stored (float8_e4m3fn, scaled per block; bfloat16 "
+                        "doubles the cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="calibration file for the dmpq modes (default: the shipped model's)")
     p.add_argument("--tau-c", type=float, nargs="+", help="TDC skip threshold (default: the calibration's); several "
                                                          "values run each TDC mode once per value")
-    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bfloat16",
-                   help="TDC modes: how the block deltas are stored (bfloat16; float8_e4m3fn halves the cache)")
+    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),
+                   help="TDC modes: how the block deltas are stored (float8_e4m3fn, scaled per block; bfloat16 "
+                        "doubles the cache)")
     p.add_argument("--prompts", type=int, default=16, help="prompts in the set (16)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (0)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
