@@ -10,7 +10,8 @@ skip fraction it actually took.
 
 Mode replay runs the route mix of the trained embedded model instead: it samples the shipped shapes model with
 its calibration (DMPQ + TDC + PDR, --replay-tau-c, 16 prompts), stretches that run's route table to this model's
-steps and blocks (`runtime.resample_schedule`) and replays it."""
+steps and blocks (`runtime.resample_schedule`) and replays it. Mode replay-int8 replays the same skips with every
+NVFP4 block on INT8 instead: Hopper has no FP4 tensor cores, so there INT8 is the fast path for those blocks."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay")
+MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay", "replay-int8")
 
 
 def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_dtype: str):
@@ -50,6 +51,7 @@ def run_mode(args) -> dict:
 
     from sixbit_jax.config import CogVideoXConfig
     from sixbit_jax.models import CogVideoXTransformer3D
+    from sixbit_jax.models.block_control import INT8, NVFP4
     from sixbit_jax.quant.model import quantize_model
     from sixbit_jax.runtime import RuntimeConfig
     from sixbit_jax.sampling import SamplerSettings, sample
@@ -63,9 +65,11 @@ def run_mode(args) -> dict:
             model = quantize_model(model)  # only the NVFP4 block weights stay resident
     nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
     runtime, embedded = None, None
-    if args.mode == "replay":
+    if args.mode.startswith("replay"):
         schedule, summary, knobs = embedded_model_schedule(args.steps, cfg.num_layers, args.replay_tau_c,
                                                            args.cache_dtype)
+        if args.mode == "replay-int8":
+            schedule = tuple(tuple(INT8 if r == NVFP4 else r for r in row) for row in schedule)
         embedded = {"knobs": knobs, "bits_with_skips": summary.bits_with_skips,
                     "bits_without_skips": summary.bits_without_skips, "skip_fraction": summary.skip_fraction,
                     "route_fraction": summary.route_fraction}
