@@ -103,7 +103,7 @@ def replay_skip_rule(changes: np.ndarray, tau_c: float, rule: RuntimeConfig) -> 
     skipped = np.zeros(changes.shape, bool)
     for t in range(steps):
         always = t < rule.first_steps or t >= steps - rule.last_steps
-        skip = ~always & (skips < rule.max_skips) & (e_acc + change <= tau_c)
+        skip = (not always) & (skips < rule.max_skips) & (e_acc + change <= tau_c)
         skipped[:, t] = skip
         pending += changes[:, t]
         change = np.where(skip, change, pending)  # a refresh after k skips sees about k + 1 one-step changes
