@@ -25,7 +25,7 @@ MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay", "replay-int8")
 
 
 def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_dtype: str):
-    """(route schedule for [steps, layers], RunSummary of the embedded model's own run)."""
+    """(route schedule for [steps, layers], RunSummary and knobs of the embedded model's own run)."""
     import tempfile
     from pathlib import Path
 

@@ -55,9 +55,10 @@ class Calibration:
 
     def report(self) -> str:
         per_block = " ".join(f"{r:+.2f}" for r in self.pearson_r)
-        return (f"predictor fit over {self.rollouts} rollouts: Pearson r pooled {self.pearson_r_pooled:+.3f}; per block "
-                f"{per_block}\ntau_q {self.tau_q:.4g} -> {self.expected_bits:.2f} activation bits on the calibration "
-                f"rollouts (target {self.target_bits}); tau_c {self.tau_c:.4g} -> {self.expected_skip:.0%} of block-steps "
+        return (f"predictor fit over {self.rollouts} rollouts: Pearson r pooled {self.pearson_r_pooled:+.3f}; "
+                f"per block {per_block}\n"
+                f"tau_q {self.tau_q:.4g} -> {self.expected_bits:.2f} activation bits on the calibration rollouts "
+                f"(target {self.target_bits}); tau_c {self.tau_c:.4g} -> {self.expected_skip:.0%} of block-steps "
                 f"skipped in a replay of the rollouts (target {self.target_skip:.0%})")
 
 

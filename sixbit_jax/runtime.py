@@ -61,7 +61,8 @@ class RuntimeConfig:
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.cache_dtype not in CACHE_DTYPES:
-            raise ConfigError(f"unsupported delta cache dtype {self.cache_dtype!r}; use one of {', '.join(CACHE_DTYPES)}")
+            raise ConfigError(f"unsupported delta cache dtype {self.cache_dtype!r}; use one of "
+                              f"{', '.join(CACHE_DTYPES)}")
         if self.mode == "sixbit" and (self.alpha is None or self.beta is None or self.tau_q is None):
             raise ConfigError("mode sixbit needs a calibration (alpha, beta, tau_q): run `sixbit calibrate` and pass "
                               "its file with --calibration")

@@ -82,9 +82,9 @@ class BlockControl(NamedTuple):
 
 
 class BlockReport(NamedTuple):
-    """Per block, from one forward with control: Γ = |Y - X|₁ / |X|₁, the delta change r = |Δ_new - Δ_old|₁ / |Δ_old|₁
-    (computed blocks with a cache; 0 otherwise), PDR's bf16 fallbacks, the mean NVFP4 error under CALIBRATE, and the
-    updated delta cache."""
+    """Per block, from one forward with control: Γ = |Y - X|₁ / |X|₁; the delta change
+    r = |Δ_new - Δ_old|₁ / |Δ_old|₁ (with a cache; 0 without); PDR's bf16 fallbacks; the mean NVFP4 error under
+    CALIBRATE; and the updated delta cache."""
 
     finite: jax.Array  # [L] bool
     gamma: jax.Array  # [L] float32

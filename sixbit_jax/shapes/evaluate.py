@@ -134,12 +134,12 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
     wanted = [world.parse_caption(p) for p in prompts] * len(seeds)
     float_pipes: dict[str, ShapesPipeline] = {}
     quantized_pipe = None
-    runs = [(name, {}) for name in modes if not (tau_c_sweep and _uses_tdc(name))]
-    runs += [(f"{name} tau_c={v:g}", {"tau_c": v}) for name in modes if tau_c_sweep and _uses_tdc(name)
+    runs = [(name, name, {}) for name in modes if not (tau_c_sweep and _uses_tdc(name))]  # (row, mode, fields)
+    runs += [(f"{name} tau_c={v:g}", name, {"tau_c": v}) for name in modes if tau_c_sweep and _uses_tdc(name)
              for v in tau_c_sweep]
     results, knobs = [], None
-    for name, sweep_fields in runs:
-        mode = MODES[name.split()[0]]
+    for row, name, sweep_fields in runs:
+        mode = MODES[name]
         if mode.dtype not in float_pipes:
             float_pipes[mode.dtype] = ShapesPipeline.from_checkpoint(checkpoint, dtype=mode.dtype)
         pipe, runtime = float_pipes[mode.dtype], None
@@ -160,7 +160,7 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
         if runtime is not None:
             stats = StepStats(*(np.concatenate([getattr(o.result.stats, f) for o in outputs]) for f in StepStats._fields))
             summary = dataclasses.asdict(RunSummary.from_stats(stats))
-        results.append(ModeResult(name, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted),
+        results.append(ModeResult(row, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted),
                                   summary=summary))
     reference = results[0].clips
     for r in results[1:]:
