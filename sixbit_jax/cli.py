@@ -121,13 +121,16 @@ def _runtime(args, ckpt: Path | None, model):
     fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr}
     if args.cache_dtype:
         fields["cache_dtype"] = args.cache_dtype
-    if args.mode == "sixbit":
-        calibration = args.calibration or next(
-            (p for p in (ckpt / CALIBRATION_NAME if ckpt else None, PACKAGED_CALIBRATION) if p and p.exists()), None)
-        if calibration is None:
+    if args.mode == "sixbit" or args.tdc:
+        # The shipped calibration belongs to the shipped model only (the demo without --checkpoint).
+        default = ckpt / CALIBRATION_NAME if ckpt else PACKAGED_CALIBRATION
+        calibration = args.calibration or (default if default.exists() else None)
+        if calibration is None and args.mode == "sixbit":
             raise InputError("--mode sixbit needs a calibration: run `sixbit calibrate CKPT` first (it writes "
                              f"CKPT/{CALIBRATION_NAME}) or pass --calibration FILE")
-        fields.update(calibration_fields(calibration))
+        if calibration is not None:  # sixbit takes the predictor and both thresholds; other modes only tau_c
+            calibrated = calibration_fields(calibration)
+            fields.update(calibrated if args.mode == "sixbit" else {"tau_c": calibrated["tau_c"]})
     if args.tau_c is not None:
         fields["tau_c"] = args.tau_c
     return model, RuntimeConfig(**fields)
@@ -243,8 +246,9 @@ def _add_runtime_flags(p) -> None:
     p.add_argument("--tdc", action="store_true", help="temporal delta cache: skip blocks whose delta barely changes")
     p.add_argument("--no-pdr", action="store_true", help="with --tdc: no purified delta refresh (no per-layer BF16 "
                                                           "fallback on outlier inputs when a block is recomputed)")
-    p.add_argument("--calibration", help="calibration file for --mode sixbit (default: CKPT/calibration.json)")
-    p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's)")
+    p.add_argument("--calibration", help="calibration file for --mode sixbit and for --tdc's tau_c (default: "
+                                         "CKPT/calibration.json)")
+    p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's, else 0.3)")
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),
                    help="with --tdc: how the block deltas are stored (float8_e4m3fn, scaled per block; bfloat16 "
                         "doubles the cache)")

@@ -81,6 +81,9 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     if runtime is not None and runtime.quantized and model.quant is None:
         raise InputError(f"mode {runtime.mode} needs a quantized model: convert with `sixbit convert --quant nvfp4` "
                          f"or quantize a loaded one with sixbit_jax.quant.model.quantize_model")
+    if runtime is not None and runtime.alpha is not None and len(runtime.alpha) != model.config.num_layers:
+        raise InputError(f"the calibration has {len(runtime.alpha)} blocks but this model has "
+                         f"{model.config.num_layers}: calibrate this checkpoint with `sixbit calibrate`")
     prompt_embeds = jnp.asarray(prompt_embeds)
     text = _text_batch(prompt_embeds, negative_embeds, settings, model.dtype)
     key_latents, key_noise = jax.random.split(jax.random.key(settings.seed))

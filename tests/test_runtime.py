@@ -298,6 +298,13 @@ def test_quantized_mode_on_a_float_model_names_the_fix(float_model, inputs):
         sample(float_model, text, negative, latents=latents, runtime=RuntimeConfig(mode="int8"))
 
 
+def test_a_calibration_for_another_model_is_refused(float_model, inputs):
+    latents, text, negative = inputs
+    other = RuntimeConfig(mode="sixbit", alpha=(1.0,) * 6, beta=(0.0,) * 6, tau_q=0.1)
+    with pytest.raises(InputError, match="calibration has 6 blocks but this model has 3"):
+        sample(quantize_model(float_model), text, negative, latents=latents, runtime=other)
+
+
 # ------------------------------------------------------------------------------------------------ calibration
 def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
     rng = np.random.default_rng()
@@ -339,3 +346,24 @@ def test_calibration_replays_the_runtime_skip_rule_and_solves_tau_c_for_the_skip
     assert fit(rollouts, target_skip=0.0).tau_c == 0.0
     with pytest.raises(ConfigError, match="skip fraction"):
         fit(rollouts, target_skip=1.0)
+
+
+def test_the_cli_takes_tau_c_from_the_calibration_that_belongs_to_the_model(float_model, tmp_path):
+    """--tdc reads tau_c from the checkpoint's calibration (or the shipped model's, for the shipped model only);
+    --mode sixbit without a calibration names the fix."""
+    import argparse
+    import json
+
+    from sixbit_jax.cli import _runtime
+    from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
+
+    defaults = {"mode": "int8", "tdc": True, "no_pdr": False, "cache_dtype": None, "calibration": None, "tau_c": None}
+    args = lambda **kw: argparse.Namespace(**{**defaults, **kw})  # noqa: E731
+    shipped_tau_c = json.loads(PACKAGED_CALIBRATION.read_text())["tau_c"]
+    assert _runtime(args(), None, float_model)[1].tau_c == shipped_tau_c
+    assert _runtime(args(), tmp_path, float_model)[1].tau_c == RuntimeConfig(mode="int8").tau_c, "not another model's"
+    (tmp_path / "calibration.json").write_text(PACKAGED_CALIBRATION.read_text().replace(str(shipped_tau_c), "0.25"))
+    assert _runtime(args(), tmp_path, float_model)[1].tau_c == 0.25
+    assert _runtime(args(tau_c=0.5), tmp_path, float_model)[1].tau_c == 0.5
+    with pytest.raises(InputError, match="sixbit calibrate"):
+        _runtime(args(mode="sixbit"), tmp_path / "elsewhere", float_model)
