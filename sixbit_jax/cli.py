@@ -102,7 +102,7 @@ def cmd_sample(args) -> None:
     batch = out.shape[0] * (2 if settings.uses_cfg else 1)
     print(f"sampled {settings.num_steps} {settings.scheduler} steps (guidance {settings.guidance_scale}"
           f"{', dynamic' if settings.use_dynamic_cfg else ''}, model batch {batch}) in {result.seconds:.1f} s "
-          f"(compile included) | {_peak_memory()} | {_precision(args, result, model)} "
+          f"(compile included) | {_peak_memory()} | {_precision(args, result, model, runtime)} "
           f"| wrote {args.out} {list(out.shape)} float32")
 
 
@@ -136,11 +136,13 @@ def _runtime(args, ckpt: Path | None, model):
     return model, RuntimeConfig(**fields)
 
 
-def _precision(args, result, model) -> str:
+def _precision(args, result, model, runtime) -> str:
     if result.summary is None:
         short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(model.dtype.name, model.dtype.name)
         return f"precision: {short} 100% of linears"
     name = args.mode + (" +TDC" if args.tdc else "") + (" +PDR" if args.tdc and not args.no_pdr else "")
+    if runtime.tdc:
+        name += f" (tau_c {runtime.tau_c:.3g}, {runtime.cache_dtype} cache)"
     return f"precision: {name}, {result.summary.line()}"
 
 
@@ -175,7 +177,7 @@ def cmd_demo(args) -> None:
     reads = "no object" if seen.shape == NOTHING else world.caption(seen)
     print(f"{args.prompt!r}: {args.steps} DDIM steps, guidance {args.guidance}, seed {args.seed} in "
           f"{output.result.seconds:.1f} s (compile included) on {jax.devices()[0].platform} | {_peak_memory()} | "
-          f"{_precision(args, output.result, pipe.model)} | detectors read: {reads!r} "
+          f"{_precision(args, output.result, pipe.model, runtime)} | detectors read: {reads!r} "
           f"| wrote {', '.join(map(str, written))}"
           + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
 
