@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from pallas_kernels import act_quant, int8_gemm, nvfp4_gemm, nvfp4_weight_only, tuning  # noqa: E402
+from pallas_kernels import act_quant, int8_gemm, nvfp4_gemm, tuning  # noqa: E402
 from pallas_kernels.tuning import BlockConfig  # noqa: E402
 from sixbit_jax.quant import formats, linear  # noqa: E402
 
@@ -143,7 +143,6 @@ def device_peaks(iters) -> dict:
 
 # --------------------------------------------------------------------------------------------------------- our paths
 def ours(x, w, b, iters) -> dict:
-    k, n = x.shape[1], w.shape[0]
     prepared = formats.prepare_weight(w)
     row = {}
     int8_path = jax.jit(lambda x, p, b: linear.int8_linear(x, p, b, backend="pallas"))

@@ -128,22 +128,21 @@ def bench_torch(cfg, args) -> dict:
                 x = scheduler.step(v_uncond + 6.0 * (v_text - v_uncond), t, x, return_dict=False)[0].to(x.dtype)
         return x
 
-    if args.steps:
-        forward = sampling_loop  # noqa: F811
+    run = sampling_loop if args.steps else forward
 
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    out = forward()
+    out = run()
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - start
     for _ in range(args.warmup):
-        forward()
+        run()
     torch.cuda.synchronize()
     times = []
     for _ in range(args.iters):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
-        forward()
+        run()
         end.record()
         torch.cuda.synchronize()
         times.append(begin.elapsed_time(end) / 1e3)

@@ -111,7 +111,7 @@ def _runtime(args, ckpt: Path | None, model):
     in memory when a quantized mode asks for it; on a quantized checkpoint, bf16 means W4A16."""
     from sixbit_jax.calibrate import CALIBRATION_NAME
     from sixbit_jax.quant.model import quantize_model
-    from sixbit_jax.runtime import RuntimeConfig, calibration_fields
+    from sixbit_jax.runtime import RuntimeConfig, fields_for_run
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
 
     if args.mode == "bf16" and not args.tdc and model.quant is None:
@@ -128,9 +128,8 @@ def _runtime(args, ckpt: Path | None, model):
         if calibration is None and args.mode == "sixbit":
             raise InputError("--mode sixbit needs a calibration: run `sixbit calibrate CKPT` first (it writes "
                              f"CKPT/{CALIBRATION_NAME}) or pass --calibration FILE")
-        if calibration is not None:  # sixbit takes the predictor and both thresholds; other modes only tau_c
-            calibrated = calibration_fields(calibration)
-            fields.update(calibrated if args.mode == "sixbit" else {"tau_c": calibrated["tau_c"]})
+        if calibration is not None:
+            fields.update(fields_for_run(calibration, args.mode, args.tdc))
     if args.tau_c is not None:
         fields["tau_c"] = args.tau_c
     return model, RuntimeConfig(**fields)

@@ -88,10 +88,6 @@ class RuntimeConfig:
     def quantized(self) -> bool:
         return self.mode != "bf16"
 
-    def with_calibration(self, path: str | Path) -> "RuntimeConfig":
-        """alpha, beta, tau_q and tau_c from a calibration file written by `sixbit calibrate`."""
-        return dataclasses.replace(self, **calibration_fields(path))
-
     def knobs(self) -> dict:
         """The values a benchmark row reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("alpha", "beta", "backend", "schedule")}
@@ -107,6 +103,14 @@ def calibration_fields(path: str | Path) -> dict:
         raise ConfigError(f"calibration file not found: {path}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"calibration file {path} is not valid ({type(e).__name__}: {e})") from None
+
+
+def fields_for_run(path: str | Path, mode: str, tdc: bool) -> dict:
+    """What a calibration file sets for one run: DMPQ ("sixbit") takes the predictor and both thresholds, another
+    mode with the delta cache only tau_c, anything else nothing."""
+    if mode == "sixbit":
+        return calibration_fields(path)
+    return {"tau_c": calibration_fields(path)["tau_c"]} if tdc else {}
 
 
 class RuntimeState(NamedTuple):

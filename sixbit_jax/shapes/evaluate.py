@@ -16,7 +16,7 @@ from sixbit_jax.errors import InputError
 from sixbit_jax.media import contact_sheet
 from sixbit_jax.metrics import psnr, ssim
 from sixbit_jax.quant.model import quantize_model
-from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, calibration_fields
+from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, fields_for_run
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.detect import detect, prompt_accuracy
 from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesPipeline
@@ -177,11 +177,8 @@ def _uses_tdc(name: str) -> bool:
 
 
 def _calibration_fields(mode: Mode, calibration: str | Path | None) -> dict:
-    """DMPQ modes take the predictor and both thresholds from the calibration; other TDC modes only tau_c."""
-    if mode.runtime.get("mode") == "sixbit":
-        if calibration is None:
+    if calibration is None:
+        if mode.runtime.get("mode") == "sixbit":
             raise InputError("the DMPQ modes need a calibration file (`sixbit calibrate`); pass --calibration")
-        return calibration_fields(calibration)
-    if mode.runtime.get("tdc") and calibration is not None:
-        return {"tau_c": calibration_fields(calibration)["tau_c"]}
-    return {}
+        return {}
+    return fields_for_run(calibration, mode.runtime["mode"], mode.runtime.get("tdc", False))
