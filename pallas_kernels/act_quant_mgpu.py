@@ -1,0 +1,99 @@
+"""Per-token INT8 activation quantization with the 128-wide block Hadamard transform, on Hopper through Pallas
+Mosaic GPU: bf16 [M, K] -> INT8 of x H (values [rows, K], scales [rows]), rows padded to `common.ROW_ALIGN`.
+
+Each CTA walks row tiles of 64 (one warpgroup, the wgmma height) over a persistent grid. A row tile makes two
+pipelined passes over K in 128-wide tiles: the first rotates each tile on the tensor cores (bf16 x the +-1 Hadamard
+matrix held in shared memory, fp32 accumulators; exact products) and keeps the running row amax; the second rotates
+again and writes the int8 codes through shared memory and TMA. The rotation is recomputed rather than stored because
+a 64-row tile of rotated values is 0.5-3 MB, far over shared memory; the second read of x mostly hits L2 at K <= 3072.
+Rows past M are read as zeros by TMA and quantize to zeros, as the Triton kernel's padding does.
+
+Same function as `act_quant.int8_reference` (per-row scales, round half away from zero); the `gpu` tests compare them.
+Triton's version of this kernel (`act_quant.quantize_int8`) moved only 0.28-0.61 TB/s (BENCHMARKS.md, issue 3).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels.common import K_TILE, check_k, padded_rows, require
+from pallas_kernels import mosaic
+from pallas_kernels.mosaic import plgpu, smem_transforms
+from sixbit_jax.quant import formats
+from sixbit_jax.quant.formats import INT8
+
+ROW_TILE = 64  # one warpgroup's wgmma height
+
+
+def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, stages: int):
+    x_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.bfloat16))
+    q_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.int8))
+    norm = 1.0 / math.sqrt(K_TILE)
+    row_layout = plgpu.Layout.WGMMA.reduce(1)
+
+    @functools.partial(
+        pl.run_scoped,
+        h_smem=plgpu.SMEM((K_TILE, K_TILE), jnp.bfloat16, transforms=smem_transforms(K_TILE, jnp.bfloat16)),
+        h_barrier=plgpu.Barrier(num_arrivals=1),
+    )
+    def _scope(h_smem, h_barrier):
+        plgpu.copy_gmem_to_smem(h_gmem, h_smem, h_barrier)
+        plgpu.barrier_wait(h_barrier)
+
+        def rotate(x_smem):
+            def product(acc_ref):
+                plgpu.wgmma(acc_ref, x_smem, h_smem)
+                plgpu.wgmma_wait(0)
+                return acc_ref[...]
+
+            return pl.run_scoped(product, plgpu.ACC((ROW_TILE, K_TILE), jnp.float32)) * norm
+
+        @plgpu.nd_loop((row_tiles,), collective_axes="sm")
+        def _rows(loop_info):
+            (tile,) = loop_info.index
+            rows = pl.ds(tile * ROW_TILE, ROW_TILE)
+
+            def amax_step(_, x_smem, amax):
+                return jnp.maximum(amax, jnp.max(jnp.abs(rotate(x_smem)), axis=1))
+
+            amax = plgpu.emit_pipeline(
+                amax_step, grid=(k_tiles,), in_specs=[x_spec], max_concurrent_steps=stages,
+                init_carry=plgpu.layout_cast(jnp.zeros((ROW_TILE,), jnp.float32), row_layout),
+            )(x_gmem.at[rows, :])
+            inverse = jnp.where(amax > 0, formats.INT8_MAX / jnp.where(amax > 0, amax, 1.0), 0.0)
+
+            def quantize_step(_, x_smem, q_smem):
+                y = rotate(x_smem) * lax.broadcast_in_dim(inverse, (ROW_TILE, K_TILE), [0])
+                q_smem[...] = jnp.clip(formats.round_half_away(y), -formats.INT8_MAX, formats.INT8_MAX).astype(jnp.int8)
+
+            plgpu.emit_pipeline(
+                quantize_step, grid=(k_tiles,), in_specs=[x_spec], out_specs=[q_spec], max_concurrent_steps=stages,
+            )(x_gmem.at[rows, :], q_gmem.at[rows, :])
+            s_gmem[rows] = amax / formats.INT8_MAX
+
+
+def quantize_int8(x: jax.Array, *, stages: int = 4, pad_input: bool = False) -> INT8:
+    """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there).
+    TMA reads rows past M as zeros; `pad_input` pads x in memory instead (a copy)."""
+    what = "INT8 activation quantization (Mosaic GPU)"
+    require(x.ndim == 2, f"{what}: expected activations [M, K], got shape {tuple(x.shape)}")
+    m, k = x.shape
+    check_k(k, what)
+    rows = padded_rows(m)
+    if pad_input and rows != m:
+        x = jnp.pad(x, ((0, rows - m), (0, 0)))
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, row_tiles=rows // ROW_TILE, k_tiles=k // K_TILE, stages=stages),
+        out_type=(jax.ShapeDtypeStruct((rows, k), jnp.int8), jax.ShapeDtypeStruct((rows,), jnp.float32)),
+        grid=(mosaic.num_sms(),),
+        grid_names=("sm",),
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+    )
+    values, scale = kernel(x.astype(jnp.bfloat16), jnp.asarray(formats.hadamard_matrix(K_TILE), jnp.bfloat16))
+    return INT8(values, scale)

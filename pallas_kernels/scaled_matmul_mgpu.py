@@ -1,0 +1,171 @@
+"""Scaled GEMM on Hopper through Pallas Mosaic GPU: a [rows, K] x b [N, K] (both K-major) -> [m, N], with the
+epilogue y = acc * row_scale[:, None] * col_scale[None, :] + bias fused.
+
+Operands are int8 (wgmma s8.s8 -> int32 accumulators, exact) or bf16 (fp32 accumulators). The INT8 path calls it
+with per-token activation scales and per-output-channel weight scales; the W4A4 path with NVFP4 operands decoded to
+bf16 and their second-level scales.
+
+Why Mosaic GPU and not Triton: Pallas Triton's int8 GEMM measured 446-889 TOP/s on an H200 (BENCHMARKS.md, issue 3),
+half the 8-bit tensor-core rate; this kernel is JAX's own Hopper matmul design (`ops/gpu/hopper_matmul_mgpu.py`:
+persistent grid, a TMA memory warpgroup feeding two wgmma compute warpgroups through a multi-stage shared-memory
+pipeline) with 8-bit K-major operands and our epilogue. Hopper's 8-bit wgmma takes both operands K-major only, which
+is the layout our quantized weights already have ([N, K], PyTorch's Linear layout).
+
+The two compute warpgroups split the CTA's tile along M (`tile_m` rows each, the same `tile_n` columns), so N needs
+only be a multiple of `tile_n` (1920 = 15 x 128). Rows: `a` and `row_scale` carry `rows` >= m rows (the activation
+kernels pad to `common.ROW_ALIGN`); the output has exactly m rows, and the TMA store drops the rows past m.
+
+Mosaic GPU kernels cannot run in Pallas' CPU interpret mode on jax 0.10; on CPU the INT8 path runs
+`int8_gemm.int8_matmul_reference`, and the `gpu` tests compare this kernel with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import mosaic
+from pallas_kernels.common import require
+from pallas_kernels.mosaic import plgpu, smem_transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulConfig:
+    tile_m: int = 128  # rows per compute warpgroup (the CTA has two: 2 * tile_m rows)
+    tile_n: int = 128
+    tile_k: int = 128  # 128 bytes of int8 = one 128-byte swizzle row; bf16 uses 64
+    stages: int = 4  # shared-memory pipeline depth
+    epi_tile_m: int = 64
+    epi_tile_n: int = 64
+    grid_minor_m: bool = True  # walk M fastest, so a weight tile is reused across consecutive output tiles
+    grid_tile_width: int = 8
+
+
+def default_config(dtype) -> MatmulConfig:
+    return MatmulConfig(tile_k=128 if jnp.dtype(dtype).itemsize == 1 else 64)
+
+
+def _kernel(a_gmem, b_gmem, rs_gmem, cs_gmem, bias_gmem, out_gmem, *, config: MatmulConfig, m_iters: int,
+            n_iters: int, k_iters: int):
+    tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
+    cta_tile_m = 2 * tile_m
+    operand_dtype, out_dtype = a_gmem.dtype, out_gmem.dtype
+    acc_dtype = jnp.int32 if jnp.issubdtype(operand_dtype, jnp.integer) else jnp.float32
+    in_transforms = smem_transforms(tile_k, operand_dtype)
+    epi_m, epi_n = config.epi_tile_m, config.epi_tile_n
+    out_slots = min(2, (tile_m * tile_n) // (epi_m * epi_n))
+
+    def pipeline(body, compute_context):
+        return plgpu.emit_pipeline_warp_specialized(
+            body,
+            grid=(k_iters,),
+            memory_registers=40,
+            in_specs=[
+                plgpu.BlockSpec((cta_tile_m, tile_k), lambda k: (0, k), transforms=in_transforms,
+                                memory_space=plgpu.SMEM),
+                plgpu.BlockSpec((tile_n, tile_k), lambda k: (0, k), transforms=in_transforms,
+                                memory_space=plgpu.SMEM),
+            ],
+            wg_axis="wg",
+            num_compute_wgs=2,
+            max_concurrent_steps=config.stages,
+            compute_context=compute_context,
+        )
+
+    ignore = lambda *_, **__: None  # noqa: E731 (allocations do not depend on the bodies)
+
+    @functools.partial(
+        pl.run_scoped,
+        allocations=pipeline(ignore, ignore).get_allocations(a_gmem, b_gmem),
+        out_smem=plgpu.SMEM((2, out_slots, epi_m, epi_n), out_dtype, transforms=smem_transforms(epi_n, out_dtype)),
+        collective_axes="wg",
+    )
+    def _scope(allocations, out_smem):
+        wg = lax.axis_index("wg")
+
+        @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+        def _tiles(loop_info):
+            (linear,) = loop_info.index
+            m_idx, n_idx = plgpu.planar_snake(linear, (m_iters, n_iters), 0 if config.grid_minor_m else 1,
+                                              config.grid_tile_width)
+            cta_rows = pl.ds(m_idx * cta_tile_m, cta_tile_m)
+            wg_row0 = m_idx * cta_tile_m + wg * tile_m
+            cols = pl.ds(n_idx * tile_n, tile_n)
+
+            def mma(_, a_smem, b_smem, acc_ref):
+                plgpu.wgmma(acc_ref, a_smem.at[pl.ds(wg * tile_m, tile_m)], plgpu.transpose_ref(b_smem, (1, 0)))
+                plgpu.wgmma_wait(0)
+                return acc_ref
+
+            def epilogue(run_pipeline):
+                @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tile_m, tile_n), acc_dtype))
+                def _acc(acc_ref):
+                    run_pipeline(acc_ref)
+                    shape = (tile_m, tile_n)
+                    row_scale = mosaic.load(rs_gmem.at[pl.ds(wg_row0, tile_m)], plgpu.Layout.WGMMA.reduce(1))
+                    col_scale = mosaic.load(cs_gmem.at[cols], plgpu.Layout.WGMMA.reduce(0))
+                    bias = mosaic.load(bias_gmem.at[cols], plgpu.Layout.WGMMA.reduce(0))
+                    y = acc_ref[...].astype(jnp.float32)
+                    y = y * lax.broadcast_in_dim(row_scale, shape, [0]) * lax.broadcast_in_dim(col_scale, shape, [1])
+                    y = (y + lax.broadcast_in_dim(bias, shape, [1])).astype(out_dtype)
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                    for i in range(tile_m // epi_m):
+                        for j in range(tile_n // epi_n):
+                            slot = (i * (tile_n // epi_n) + j) % 2
+                            plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                            out_smem[wg, slot] = y[i * epi_m:(i + 1) * epi_m, j * epi_n:(j + 1) * epi_n]
+                            plgpu.commit_smem()
+                            plgpu.copy_smem_to_gmem(
+                                out_smem.at[wg, slot],
+                                out_gmem.at[pl.ds(wg_row0 + i * epi_m, epi_m), pl.ds(n_idx * tile_n + j * epi_n, epi_n)],
+                            )
+
+            pipeline(mma, epilogue)(a_gmem.at[cta_rows, :], b_gmem.at[cols, :], allocations=allocations)
+
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+def scaled_matmul(
+    a: jax.Array,
+    b: jax.Array,
+    row_scale: jax.Array,
+    col_scale: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    m: int | None = None,
+    out_dtype=jnp.bfloat16,
+    config: MatmulConfig | None = None,
+) -> jax.Array:
+    """a [rows, K] and b [N, K] of one dtype (int8 or bf16); row_scale float32 [rows]; col_scale, bias [N].
+    Returns out_dtype [m, N] = (a b^T) * row_scale * col_scale + bias, for the first m rows (default: all)."""
+    what = "Mosaic GPU scaled GEMM"
+    rows, k = a.shape
+    n = b.shape[0]
+    m = rows if m is None else m
+    config = config or default_config(a.dtype)
+    require(a.dtype == b.dtype and a.dtype in (jnp.int8, jnp.bfloat16),
+            f"{what}: operands must both be int8 or both bf16, got {a.dtype} and {b.dtype}")
+    require(b.shape[1] == k, f"{what}: a has K = {k} but b has K = {b.shape[1]}")
+    require(row_scale.shape == (rows,), f"{what}: row_scale must be [{rows}], got {tuple(row_scale.shape)}")
+    require(col_scale.shape == (n,), f"{what}: col_scale must be [{n}], got {tuple(col_scale.shape)}")
+    require(rows % (2 * config.tile_m) == 0, f"{what}: {rows} rows are not a multiple of {2 * config.tile_m}")
+    require(n % config.tile_n == 0, f"{what}: N = {n} is not a multiple of tile_n = {config.tile_n}")
+    require(k % config.tile_k == 0, f"{what}: K = {k} is not a multiple of tile_k = {config.tile_k}")
+    require(0 < m <= rows, f"{what}: m = {m} must be in 1..{rows}")
+    bias = jnp.zeros((n,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, config=config, m_iters=rows // (2 * config.tile_m), n_iters=n // config.tile_n,
+                          k_iters=k // config.tile_k),
+        out_type=jax.ShapeDtypeStruct((m, n), out_dtype),
+        grid=(mosaic.num_sms(),),
+        grid_names=("sm",),
+        num_threads=3,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+    )
+    return kernel(a, b, row_scale.astype(jnp.float32), col_scale.astype(jnp.float32), bias)
