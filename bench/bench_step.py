@@ -1,14 +1,15 @@
 """Full-size CogVideoX denoising steps (the transformer forward on the CFG batch) or a whole sampling loop, ours vs
 diffusers, same GPU.
 
-    python bench/bench_step.py --model cogvideox-2b             # both implementations, one subprocess each
+    python bench/bench_step.py --model cogvideox-2b             # all implementations, one subprocess each
     python bench/bench_step.py --model cogvideox-2b --impl jax  # one implementation, prints a JSON line
     python bench/bench_step.py --model cogvideox-2b --steps 50  # the whole 50-step CFG loop instead of one step
 
 Random weights at the real shapes: B=2 (CFG), 49 frames at 480x720 -> latents [2, 13, 16, 60, 90], 17,550 video +
 226 text = 17,776 tokens per sample. Each implementation runs in its own process so its peak device memory is its
 own. Reported: median of --iters timed forwards after --warmup untimed ones (device-synchronised wall clock), and
-peak device memory (weights included). diffusers runs eager PyTorch with SDPA, its default.
+peak device memory (weights included). diffusers runs eager PyTorch with SDPA, its default (`torch`), and the same
+model under `torch.compile` with its default mode (`torch-compile`; compilation happens in the untimed first call).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def bench_torch(cfg, args) -> dict:
     text = torch.randn(BATCH, cfg.max_text_seq_length, cfg.text_embed_dim, generator=gen, device="cuda",
                        dtype=torch.bfloat16)
     timesteps = torch.tensor([999, 999], device="cuda")
+    if args.impl == "torch-compile":
+        model = torch.compile(model)
     rope = None
     if cfg.use_rotary_positional_embeddings:
         cos, sin = rope_tables(cfg, args.frames, args.height // cfg.patch_size, args.width // cfg.patch_size)
@@ -146,7 +149,8 @@ def bench_torch(cfg, args) -> dict:
         end.record()
         torch.cuda.synchronize()
         times.append(begin.elapsed_time(end) / 1e3)
-    return dict(impl="diffusers bf16 (PyTorch eager, SDPA)", times=times,
+    mode = "torch.compile" if args.impl == "torch-compile" else "PyTorch eager"
+    return dict(impl=f"diffusers bf16 ({mode}, SDPA)", times=times,
                 peak_bytes=torch.cuda.max_memory_allocated(), build_s=build_s, compile_s=compile_s,
                 finite=bool(torch.isfinite(out).all()),
                 versions=f"torch {torch.__version__}, diffusers {diffusers.__version__}")
@@ -163,9 +167,12 @@ def run_one(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_both(args) -> None:
+IMPLS = ("jax", "torch", "torch-compile")
+
+
+def run_all(args) -> None:
     results = []
-    for impl in ("jax", "torch"):
+    for impl in IMPLS:
         cmd = [sys.executable, __file__, "--model", args.model, "--impl", impl, "--iters", str(args.iters),
                "--warmup", str(args.warmup), "--steps", str(args.steps), "--frames", str(args.frames),
                "--height", str(args.height),
@@ -189,15 +196,18 @@ def run_both(args) -> None:
         peak = f"{r['peak_bytes'] / 2**30:.1f}" if r["peak_bytes"] else "n/a"
         print(f"| {r['impl']} | {r['median_s']:.3f} | {r['tflops']:.0f} | {peak} | {r['compile_s']:.1f} | "
               f"{r['versions']} |")
-    if len(results) == 2:
-        print(f"\nratio diffusers / sixbit-jax time: {results[1]['median_s'] / results[0]['median_s']:.2f}x; "
-              f"peak memory ratio: {results[1]['peak_bytes'] / results[0]['peak_bytes']:.2f}x")
+    ours = next((r for r in results if r["impl"].startswith("sixbit-jax")), None)
+    for r in results:
+        if ours and r is not ours:
+            print(f"ratio {r['impl']} / sixbit-jax time: {r['median_s'] / ours['median_s']:.3f}x; "
+                  f"peak memory ratio: {r['peak_bytes'] / ours['peak_bytes']:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="cogvideox-2b", help="config name in configs/")
-    parser.add_argument("--impl", choices=["jax", "torch", "both"], default="both")
+    parser.add_argument("--impl", choices=[*IMPLS, "all"], default="all",
+                        help="one implementation (prints a RESULT line), or all of them in subprocesses")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=0,
@@ -205,9 +215,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=13, help="latent frames (13 = 49 video frames)")
     parser.add_argument("--height", type=int, default=60, help="latent height (60 = 480 px)")
     parser.add_argument("--width", type=int, default=90, help="latent width (90 = 720 px)")
-    parser.add_argument("--json", help="write the results of --impl both here")
+    parser.add_argument("--json", help="write the results of --impl all here")
     args = parser.parse_args()
-    run_both(args) if args.impl == "both" else run_one(args)
+    run_all(args) if args.impl == "all" else run_one(args)
 
 
 if __name__ == "__main__":

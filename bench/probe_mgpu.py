@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from bench.bench_linear import CONTRACT_K, M, SHAPES, median_seconds, tflops  # noqa: E402
 from pallas_kernels import act_quant, act_quant_mgpu, int8_gemm, mosaic, scaled_matmul_mgpu  # noqa: E402
-from pallas_kernels.scaled_matmul_mgpu import MatmulConfig  # noqa: E402
+from pallas_kernels.tuning import MatmulConfig  # noqa: E402
 from sixbit_jax.quant import formats  # noqa: E402
 
 RESULTS: list[dict] = []
@@ -46,7 +46,7 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b)), bool(np.isfinite(a).all())
 
 
-def check_gemm(dtype, m, k, n, config=None):
+def check_gemm(dtype, m, k, n, config=None, activation=None):
     key = jax.random.PRNGKey(m + k + n)
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     rows = -(-m // 256) * 256
@@ -60,22 +60,23 @@ def check_gemm(dtype, m, k, n, config=None):
     cs = jax.random.uniform(k4, (n,), minval=0.5, maxval=2.0) * 1e-3
     bias = jax.random.normal(k5, (n,))
     jnp.full((1 << 28,), 0xFF, jnp.uint8).block_until_ready()  # poison the allocator's free memory
-    out = jax.jit(lambda *args: scaled_matmul_mgpu.scaled_matmul(*args, m=m, config=config))(a, b, rs, cs, bias)
-    acc = jax.lax.dot_general(a, b, CONTRACT_K, preferred_element_type=jnp.int32 if dtype == jnp.int8 else jnp.float32)
-    ref = (acc.astype(jnp.float32) * rs[:, None] * cs[None, :] + bias)[:m]
+    out = jax.jit(lambda *args: scaled_matmul_mgpu.scaled_matmul(*args, m=m, config=config, activation=activation))(
+        a, b, rs, cs, bias)
+    ref = scaled_matmul_mgpu.scaled_matmul_reference(a, b, rs, cs, bias, m=m, out_dtype=jnp.float32,
+                                                     activation=activation)
     err, finite = rel(out.astype(jnp.float32), ref)
     record(name="check_gemm", dtype=str(jnp.dtype(dtype)), m=m, k=k, n=n, shape=list(out.shape), rel_err=err,
-           finite=finite, config=str(config))
+           finite=finite, config=str(config), activation=activation)
 
 
-def check_act(m, k, pad_input=False):
+def check_act(m, k):
     x = (jax.random.normal(jax.random.PRNGKey(m * k), (m, k)) * 3).astype(jnp.bfloat16)
     jnp.full((1 << 28,), 0xFF, jnp.uint8).block_until_ready()
-    ours = jax.jit(lambda x: act_quant_mgpu.quantize_int8(x, pad_input=pad_input))(x)
+    ours = jax.jit(act_quant_mgpu.quantize_int8)(x)
     ref = act_quant.int8_reference(x, formats.HADAMARD_BLOCK)
     rows = ours.values.shape[0]
     codes_ours, codes_ref = np.asarray(ours.values[:m], np.int64), np.asarray(ref.values, np.int64)
-    record(name="check_act", m=m, k=k, pad_input=pad_input, rows=rows, codes_differ=float((codes_ours != codes_ref).mean()),
+    record(name="check_act", m=m, k=k, rows=rows, codes_differ=float((codes_ours != codes_ref).mean()),
            max_code_diff=int(np.abs(codes_ours - codes_ref).max()),
            scale_rel=rel(ours.scale[:m], ref.scale)[0],
            pad_rows_zero=bool((np.asarray(ours.values[m:]) == 0).all() and (np.asarray(ours.scale[m:]) == 0).all()))
@@ -164,9 +165,10 @@ def main():
            available=mosaic.available())
     attempt("check_gemm_int8", lambda: check_gemm(jnp.int8, 1000, 384, 256))
     attempt("check_gemm_int8_big", lambda: check_gemm(jnp.int8, M, 1920, 1920))
+    attempt("check_gemm_gelu", lambda: check_gemm(jnp.int8, 1000, 384, 256, activation="gelu_tanh"))
     attempt("check_gemm_bf16", lambda: check_gemm(jnp.bfloat16, 1000, 384, 256))
     attempt("check_act", lambda: check_act(1000, 384))
-    attempt("check_act_padded", lambda: check_act(1000, 384, pad_input=True))
+    attempt("check_act_ragged", lambda: check_act(77, 384))
     attempt("check_act_big", lambda: check_act(M, 1920))
     attempt("peaks", lambda: peaks(args.iters))
     configs = {

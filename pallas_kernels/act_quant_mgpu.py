@@ -6,7 +6,8 @@ pipelined passes over K in 128-wide tiles: the first rotates each tile on the te
 matrix held in shared memory, fp32 accumulators; exact products) and keeps the running row amax; the second rotates
 again and writes the int8 codes through shared memory and TMA. The rotation is recomputed rather than stored because
 a 64-row tile of rotated values is 0.5-3 MB, far over shared memory; the second read of x mostly hits L2 at K <= 3072.
-Rows past M are read as zeros by TMA and quantize to zeros, as the Triton kernel's padding does.
+Rows past M are read as zeros by TMA (which moves whole 8-row tiles: an M that is not a multiple of 8 is padded to
+one first) and quantize to zeros, as the Triton kernel's padding does.
 
 Same function as `act_quant.int8_reference` (per-row scales, round half away from zero); the `gpu` tests compare them.
 Triton's version of this kernel (`act_quant.quantize_int8`) moved only 0.28-0.61 TB/s (BENCHMARKS.md, issue 3).
@@ -78,16 +79,15 @@ def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, sta
             s_gmem[rows] = amax / formats.INT8_MAX
 
 
-def quantize_int8(x: jax.Array, *, stages: int = 4, pad_input: bool = False) -> INT8:
-    """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there).
-    TMA reads rows past M as zeros; `pad_input` pads x in memory instead (a copy)."""
+def quantize_int8(x: jax.Array, *, stages: int = 4) -> INT8:
+    """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there)."""
     what = "INT8 activation quantization (Mosaic GPU)"
     require(x.ndim == 2, f"{what}: expected activations [M, K], got shape {tuple(x.shape)}")
     m, k = x.shape
     check_k(k, what)
     rows = padded_rows(m)
-    if pad_input and rows != m:
-        x = jnp.pad(x, ((0, rows - m), (0, 0)))
+    if m % 8:  # TMA moves whole 8-row tiles of x and reads rows past its end as zeros; only a ragged tile is padded
+        x = jnp.pad(x, ((0, -m % 8), (0, 0)))
     kernel = plgpu.kernel(
         functools.partial(_kernel, row_tiles=rows // ROW_TILE, k_tiles=k // K_TILE, stages=stages),
         out_type=(jax.ShapeDtypeStruct((rows, k), jnp.int8), jax.ShapeDtypeStruct((rows,), jnp.float32)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -63,6 +65,18 @@ def gemm_grid(config: BlockConfig, rows: int, n: int):
 def masked_store(o_ref, value: jax.Array, row_axis: int, m: int) -> None:
     block_m = o_ref.shape[0]
     pltriton.store(o_ref, value.astype(o_ref.dtype), mask=valid_rows(pl.program_id(row_axis), block_m, m))
+
+
+# Elementwise activations a GEMM may apply in its epilogue (float32, before the output is rounded), by name.
+ACTIVATIONS = {"gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
+def activation_fn(name: str | None):
+    """The named epilogue activation, or the identity for None."""
+    if name is None:
+        return lambda y: y
+    require(name in ACTIVATIONS, f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def bias_or_zeros(bias: jax.Array | None, n: int) -> jax.Array:

@@ -13,7 +13,7 @@ is the layout our quantized weights already have ([N, K], PyTorch's Linear layou
 
 The two compute warpgroups split the CTA's tile along M (`tile_m` rows each, the same `tile_n` columns), so N needs
 only be a multiple of `tile_n` (1920 = 15 x 128). Rows: `a` and `row_scale` carry `rows` >= m rows (the activation
-kernels pad to `common.ROW_ALIGN`); the output has exactly m rows, and the TMA store drops the rows past m.
+kernels pad to `common.ROW_ALIGN`); the output has m rows (rounded up to 8 for TMA), the store drops the rest.
 
 Mosaic GPU kernels cannot run in Pallas' CPU interpret mode on jax 0.10; on CPU the INT8 path runs
 `int8_gemm.int8_matmul_reference`, and the `gpu` tests compare this kernel with it.
@@ -21,7 +21,6 @@ Mosaic GPU kernels cannot run in Pallas' CPU interpret mode on jax 0.10; on CPU 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -30,28 +29,28 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import mosaic
-from pallas_kernels.common import require
+from pallas_kernels.common import activation_fn, require
 from pallas_kernels.mosaic import plgpu, smem_transforms
+from pallas_kernels.tuning import MatmulConfig, mosaic_gemm_config
 
 
-@dataclasses.dataclass(frozen=True)
-class MatmulConfig:
-    tile_m: int = 128  # rows per compute warpgroup (the CTA has two: 2 * tile_m rows)
-    tile_n: int = 128
-    tile_k: int = 128  # 128 bytes of int8 = one 128-byte swizzle row; bf16 uses 64
-    stages: int = 4  # shared-memory pipeline depth
-    epi_tile_m: int = 64
-    epi_tile_n: int = 64
-    grid_minor_m: bool = True  # walk M fastest, so a weight tile is reused across consecutive output tiles
-    grid_tile_width: int = 8
+# ---------------------------------------------------------------------------------------------------------- reference
+def scaled_matmul_reference(a, b, row_scale, col_scale, bias=None, *, m: int | None = None, out_dtype=jnp.bfloat16,
+                            activation: str | None = None) -> jax.Array:
+    """The same function in plain jnp: exact int32 (or fp32) products, then the scales, bias and activation in fp32."""
+    m = a.shape[0] if m is None else m
+    acc_dtype = jnp.int32 if jnp.issubdtype(a.dtype, jnp.integer) else jnp.float32
+    acc = lax.dot_general(a[:m], b, (((1,), (1,)), ((), ())), preferred_element_type=acc_dtype,
+                          precision=lax.Precision.HIGHEST)
+    y = acc.astype(jnp.float32) * row_scale[:m, None] * col_scale[None, :]
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return activation_fn(activation)(y).astype(out_dtype)
 
 
-def default_config(dtype) -> MatmulConfig:
-    return MatmulConfig(tile_k=128 if jnp.dtype(dtype).itemsize == 1 else 64)
-
-
+# ------------------------------------------------------------------------------------------------------------- kernel
 def _kernel(a_gmem, b_gmem, rs_gmem, cs_gmem, bias_gmem, out_gmem, *, config: MatmulConfig, m_iters: int,
-            n_iters: int, k_iters: int):
+            n_iters: int, k_iters: int, activation: str | None):
     tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
     cta_tile_m = 2 * tile_m
     operand_dtype, out_dtype = a_gmem.dtype, out_gmem.dtype
@@ -112,7 +111,7 @@ def _kernel(a_gmem, b_gmem, rs_gmem, cs_gmem, bias_gmem, out_gmem, *, config: Ma
                     bias = mosaic.load(bias_gmem.at[cols], plgpu.Layout.WGMMA.reduce(0))
                     y = acc_ref[...].astype(jnp.float32)
                     y = y * lax.broadcast_in_dim(row_scale, shape, [0]) * lax.broadcast_in_dim(col_scale, shape, [1])
-                    y = (y + lax.broadcast_in_dim(bias, shape, [1])).astype(out_dtype)
+                    y = activation_fn(activation)(y + lax.broadcast_in_dim(bias, shape, [1])).astype(out_dtype)
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     for i in range(tile_m // epi_m):
                         for j in range(tile_n // epi_n):
@@ -130,6 +129,7 @@ def _kernel(a_gmem, b_gmem, rs_gmem, cs_gmem, bias_gmem, out_gmem, *, config: Ma
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
+# ------------------------------------------------------------------------------------------------------------ wrapper
 def scaled_matmul(
     a: jax.Array,
     b: jax.Array,
@@ -139,15 +139,17 @@ def scaled_matmul(
     *,
     m: int | None = None,
     out_dtype=jnp.bfloat16,
+    activation: str | None = None,
     config: MatmulConfig | None = None,
 ) -> jax.Array:
     """a [rows, K] and b [N, K] of one dtype (int8 or bf16); row_scale float32 [rows]; col_scale, bias [N].
-    Returns out_dtype [m, N] = (a b^T) * row_scale * col_scale + bias, for the first m rows (default: all)."""
+    Returns out_dtype [m, N] = act((a b^T) * row_scale * col_scale + bias), for the first m rows (default: all);
+    `activation` names one of `common.ACTIVATIONS`, applied in fp32 before rounding."""
     what = "Mosaic GPU scaled GEMM"
     rows, k = a.shape
     n = b.shape[0]
     m = rows if m is None else m
-    config = config or default_config(a.dtype)
+    config = config or mosaic_gemm_config(k, n, a.dtype)
     require(a.dtype == b.dtype and a.dtype in (jnp.int8, jnp.bfloat16),
             f"{what}: operands must both be int8 or both bf16, got {a.dtype} and {b.dtype}")
     require(b.shape[1] == k, f"{what}: a has K = {k} but b has K = {b.shape[1]}")
@@ -157,15 +159,20 @@ def scaled_matmul(
     require(n % config.tile_n == 0, f"{what}: N = {n} is not a multiple of tile_n = {config.tile_n}")
     require(k % config.tile_k == 0, f"{what}: K = {k} is not a multiple of tile_k = {config.tile_k}")
     require(0 < m <= rows, f"{what}: m = {m} must be in 1..{rows}")
+    activation_fn(activation)  # a clear error for an unknown name
     bias = jnp.zeros((n,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    # TMA stores whole 8-row tiles of the output array and drops the rows past its end, so the output is allocated
+    # with m rounded up to 8 (a copy trims it only when m itself is not a multiple of 8).
+    out_rows = min(-(-m // 8) * 8, rows)
     kernel = plgpu.kernel(
         functools.partial(_kernel, config=config, m_iters=rows // (2 * config.tile_m), n_iters=n // config.tile_n,
-                          k_iters=k // config.tile_k),
-        out_type=jax.ShapeDtypeStruct((m, n), out_dtype),
+                          k_iters=k // config.tile_k, activation=activation),
+        out_type=jax.ShapeDtypeStruct((out_rows, n), out_dtype),
         grid=(mosaic.num_sms(),),
         grid_names=("sm",),
         num_threads=3,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )
-    return kernel(a, b, row_scale.astype(jnp.float32), col_scale.astype(jnp.float32), bias)
+    y = kernel(a, b, row_scale.astype(jnp.float32), col_scale.astype(jnp.float32), bias)
+    return y if out_rows == m else y[:m]

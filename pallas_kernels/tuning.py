@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockConfig:
@@ -18,6 +20,32 @@ class BlockConfig:
     num_warps: int = 4
     num_stages: int = 3
     n_outer: bool = False  # grid order: True walks M fastest, so a weight tile stays in L2 across M tiles
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulConfig:
+    """Tiles of the Mosaic GPU scaled GEMM (`scaled_matmul_mgpu`)."""
+
+    tile_m: int = 128  # rows per compute warpgroup (a CTA has two: 2 * tile_m rows)
+    tile_n: int = 128
+    tile_k: int = 128  # 128 bytes of int8 = one 128-byte swizzle row; bf16 uses 64
+    stages: int = 4  # shared-memory pipeline depth
+    epi_tile_m: int = 64
+    epi_tile_n: int = 64
+    grid_minor_m: bool = True  # walk M fastest, so a weight tile is reused across consecutive output tiles
+    grid_tile_width: int = 8
+
+
+# (K, N) -> Mosaic GPU GEMM tiles for int8 operands; bf16 operands halve tile_k. Not yet measured per shape.
+MOSAIC_GEMM_TABLE: dict[tuple[int, int], MatmulConfig] = {}
+
+
+def mosaic_gemm_config(k: int, n: int, dtype="int8") -> MatmulConfig:
+    """The tiles for this shape: the table's, else the default; tile_k halved for 16-bit operands (same bytes)."""
+    config = MOSAIC_GEMM_TABLE.get((k, n), MatmulConfig())
+    if np.dtype(dtype).itemsize == 2:
+        config = dataclasses.replace(config, tile_k=config.tile_k // 2)
+    return config
 
 
 # Measured defaults for shapes not in the table.

@@ -1,6 +1,7 @@
 """Every Pallas kernel against its plain-jnp reference: fresh random inputs, ragged M, several K and N, the tuned
 block configurations, poisoned outputs. Interpret mode on CPU; the same tests run compiled on a GPU (marker gpu)."""
 
+import functools
 import itertools
 
 import numpy as np
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from conftest import KERNEL_MODES, poison_device_memory
-from pallas_kernels import act_quant, int8_gemm, nvfp4_gemm, nvfp4_weight_only, tuning
+from pallas_kernels import act_quant, act_quant_mgpu, int8_gemm, nvfp4_gemm, nvfp4_weight_only, scaled_matmul_mgpu
+from pallas_kernels import tuning
 from pallas_kernels.common import ROW_ALIGN
 from pallas_kernels.tuning import BlockConfig
 from sixbit_jax.errors import InputError
@@ -229,3 +231,70 @@ def test_unsupported_shapes_name_the_constraint():
         act_quant.quantize_int8(activations(8, 128), group_size=64, interpret=True)
     with pytest.raises(InputError, match="hadamard_block = 64"):
         act_quant.quantize_nvfp4(activations(8, 128), hadamard_block=64, interpret=True)
+
+
+# ------------------------------------------------------------------------------------------ Mosaic GPU (Hopper) kernels
+# They cannot run on a CPU (jax has no interpreter for them before 0.12), so there the linear paths run the references
+# and these tests check that the kernels still trace and lower to Mosaic GPU for CUDA; on a GPU they run compiled.
+MGPU_GEMM_CASES = [  # (m, k, n, dtype, activation, config)
+    (1000, 384, 256, jnp.int8, None, None),
+    (77, 256, 384, jnp.int8, "gelu_tanh", None),
+    (1000, 384, 256, jnp.bfloat16, None, None),
+    (600, 512, 256, jnp.int8, None, tuning.MatmulConfig(tile_m=64, tile_n=256, stages=3)),
+]
+
+
+def _mgpu_gemm_operands(m, k, n, dtype):
+    rows = -(-m // ROW_ALIGN) * ROW_ALIGN
+    ka, kb, kr, kc, kbias = jax.random.split(fresh_key(), 5)
+    if dtype == jnp.int8:
+        a = jax.random.randint(ka, (rows, k), -127, 128, jnp.int8)
+        b = jax.random.randint(kb, (n, k), -127, 128, jnp.int8)
+    else:
+        a, b = jax.random.normal(ka, (rows, k), dtype), jax.random.normal(kb, (n, k), dtype)
+    row_scale = jax.random.uniform(kr, (rows,), minval=0.5, maxval=2.0) * 1e-2
+    col_scale = jax.random.uniform(kc, (n,), minval=0.5, maxval=2.0) * 1e-2
+    return a, b, row_scale, col_scale, jax.random.normal(kbias, (n,))
+
+
+def test_mosaic_kernels_lower_for_cuda():
+    sds = jax.ShapeDtypeStruct
+    for m, k, n, dtype, activation, config in MGPU_GEMM_CASES:
+        rows = -(-m // ROW_ALIGN) * ROW_ALIGN
+        gemm = functools.partial(scaled_matmul_mgpu.scaled_matmul, m=m, activation=activation, config=config)
+        jax.jit(gemm).trace(sds((rows, k), dtype), sds((n, k), dtype), sds((rows,), jnp.float32),
+                            sds((n,), jnp.float32), sds((n,), jnp.float32)).lower(lowering_platforms=("cuda",))
+    jax.jit(act_quant_mgpu.quantize_int8).trace(sds((300, 384), jnp.bfloat16)).lower(lowering_platforms=("cuda",))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n,dtype,activation,config", MGPU_GEMM_CASES)
+def test_mosaic_scaled_matmul_matches_reference(m, k, n, dtype, activation, config):
+    operands = _mgpu_gemm_operands(m, k, n, dtype)
+    poison_device_memory()
+    y = scaled_matmul_mgpu.scaled_matmul(*operands, m=m, out_dtype=jnp.float32, activation=activation, config=config)
+    ref = scaled_matmul_mgpu.scaled_matmul_reference(*operands, m=m, out_dtype=jnp.float32, activation=activation)
+    assert y.shape == (m, n)
+    assert rel(y, ref) < (1e-6 if dtype == jnp.int8 else 1e-5)  # int8: exact products, fp32 epilogue
+
+
+@pytest.mark.gpu
+def test_mosaic_scaled_matmul_integer_part_is_exact():
+    a, b, _, _, _ = _mgpu_gemm_operands(300, 512, 256, jnp.int8)
+    ones = lambda size: jnp.ones((size,), jnp.float32)  # noqa: E731
+    y = scaled_matmul_mgpu.scaled_matmul(a, b, ones(a.shape[0]), ones(256), m=300, out_dtype=jnp.float32)
+    exact = jax.lax.dot_general(a[:300], b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(exact, np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(1, 128), (70, 384), (300, 256), (1000, 1920)])
+def test_mosaic_int8_activation_quantization_matches_reference(m, k):
+    x = activations(m, k)
+    poison_device_memory()
+    q = act_quant_mgpu.quantize_int8(x)
+    ref = act_quant.int8_reference(x, 128)
+    assert q.values.shape == (-(-m // ROW_ALIGN) * ROW_ALIGN, k)
+    assert_codes_close(q.values[:m], ref.values, "int8 codes")
+    np.testing.assert_allclose(np.asarray(q.scale[:m]), np.asarray(ref.scale), rtol=1e-5)
+    assert np.all(np.asarray(q.values[m:]) == 0) and np.all(np.asarray(q.scale[m:]) == 0), "padding rows must be zeros"

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from conftest import HAS_GPU
+from pallas_kernels import int8_gemm
 from sixbit_jax.errors import InputError
 from sixbit_jax.quant import formats as F
 from sixbit_jax.quant import linear
@@ -69,3 +70,31 @@ def test_bad_inputs_name_the_problem():
         linear.int8_linear(jnp.ones((4, 64)), prepared)
     with pytest.raises(InputError, match="unknown quantized backend 'cuda'"):
         linear.nvfp4_linear(jnp.ones((4, 128)), prepared, backend="cuda")
+
+
+def test_int8_input_quantized_once_feeds_every_linear_of_that_k():
+    """Attention's q, k and v share one quantized input; it must give what each linear computes from x itself, on
+    every backend (with N a multiple of 128 the GPU runs the Mosaic GPU kernels)."""
+    x, w, b, _ = _problem(seed=21, n=256)
+    weights = [F.prepare_weight(w), F.prepare_weight(w[::-1] * 2)]
+    for backend in BACKENDS:
+        shared = linear.quantize_int8_input(x, 128, backend=backend)
+        for prepared in weights:
+            np.testing.assert_array_equal(np.asarray(linear.int8_linear(shared, prepared, b, backend=backend)),
+                                          np.asarray(linear.int8_linear(x, prepared, b, backend=backend)))
+    with pytest.raises(InputError, match="cannot feed a weight of K = 128"):
+        linear.int8_linear(linear.quantize_int8_input(x, 128), F.prepare_weight(jnp.ones((32, 128))))
+
+
+def test_int8_activation_is_applied_in_float32_before_rounding():
+    x, w, b, _ = _problem(seed=23, n=256)
+    prepared = F.prepare_weight(w)
+    gelu = lambda y: jax.nn.gelu(np.asarray(y, np.float32), approximate=True)  # noqa: E731
+    q = linear.quantize_int8_input(x, 128, backend="reference")
+    want = gelu(int8_gemm.int8_matmul_reference(q.q, F.int8_weight(prepared), b, m=q.m, out_dtype=jnp.float32))
+    for backend in BACKENDS:
+        y = linear.int8_linear(x, prepared, b, activation="gelu_tanh", backend=backend)
+        assert y.dtype == jnp.bfloat16
+        assert _rel(y, np.asarray(want, np.float64).reshape(y.shape)) < 1e-2, backend
+    with pytest.raises(InputError, match="unknown activation 'relu6'"):
+        linear.int8_linear(x, prepared, b, activation="relu6")

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pallas_kernels.common import activation_fn
+
 
 def full_precision(dtype):
     """HIGHEST for float32 operands, so float32 models stay true float32 on GPU (no TF32), as PyTorch does by
@@ -26,9 +28,15 @@ class Dense(nnx.Module):
         )
         self.bias = nnx.Param(jnp.zeros((out_features,), dtype))
 
-    def __call__(self, x: jax.Array, runtime=None) -> jax.Array:
-        """`runtime` (a quant_dense.LinearRuntime) is accepted and ignored: a float layer has one path."""
+    def prepare(self, x: jax.Array, runtime=None) -> jax.Array:
+        """A float layer consumes x as it is (the quantized layer's `prepare` may quantize it once for several)."""
+        del runtime
+        return x
+
+    def __call__(self, x: jax.Array, runtime=None, activation: str | None = None) -> jax.Array:
+        """`runtime` (a quant_dense.LinearRuntime) is accepted and ignored: a float layer has one path.
+        `activation` names an elementwise function applied to the output (`pallas_kernels.common.ACTIVATIONS`)."""
         del runtime
         w, b = self.weight[...], self.bias[...]
         y = jnp.einsum("...k,nk->...n", x.astype(w.dtype), w, precision=full_precision(w.dtype))
-        return y + b
+        return activation_fn(activation)(y + b)

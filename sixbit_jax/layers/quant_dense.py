@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pallas_kernels.common import activation_fn
 from sixbit_jax.errors import ConfigError
 from sixbit_jax.quant import formats, linear
 
@@ -69,13 +70,32 @@ class QuantDense(nnx.Module):
         scales = jax.lax.bitcast_convert_type(self.block_scales[...], jnp.float8_e4m3fn)
         return formats.QuantizedWeight(formats.NVFP4(self.packed[...], scales, self.scale[...]), self.hadamard_block)
 
-    def __call__(self, x: jax.Array, runtime: LinearRuntime | None = None) -> jax.Array:
+    def prepare(self, x: jax.Array, runtime: LinearRuntime | None = None) -> jax.Array | linear.Int8Input:
+        """The input in the form this layer's path consumes, computed once for every linear that reads the same x
+        with the same K and Hadamard block (attention's q, k and v): on the int8 path the rotated INT8 activations,
+        on every other path x itself."""
         runtime = runtime or LinearRuntime()
+        if runtime.path != "int8" or self.weight_only:
+            return x
+        return linear.quantize_int8_input(x, self.hadamard_block, backend=runtime.backend)
+
+    def __call__(self, x: jax.Array | linear.Int8Input, runtime: LinearRuntime | None = None,
+                 activation: str | None = None) -> jax.Array:
+        """x: activations [..., in_features], or what `prepare` made of them for this runtime. `activation` (a name
+        in `pallas_kernels.common.ACTIVATIONS`) follows the linear: on the int8 path in float32 inside the GEMM's
+        epilogue, on the others on the rounded output, as a float layer applies it."""
+        runtime = runtime or LinearRuntime()
+        if isinstance(x, linear.Int8Input) and runtime.path != "int8":
+            raise ConfigError(f"an INT8-prepared input reached a linear on the {runtime.path!r} path")
+        if runtime.path == "int8" and not self.weight_only:
+            return linear.int8_linear(x, self.weight, self.bias[...], activation=activation,
+                                      backend=runtime.backend).astype(self.bias[...].dtype)
+        return activation_fn(activation)(self._call_unfused(x, runtime))
+
+    def _call_unfused(self, x: jax.Array, runtime: LinearRuntime) -> jax.Array:
         weight, bias, out_dtype = self.weight, self.bias[...], self.bias[...].dtype
         if self.weight_only:
             return linear.weight_only_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
-        if runtime.path == "int8":
-            return linear.int8_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
         if runtime.path == "nvfp4":
             return linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
         if runtime.path == "pdr":

@@ -224,6 +224,7 @@ class JointAttention(nnx.Module):
                  runtime: LinearRuntime | None = None) -> jax.Array:
         b, n, d = tokens.shape
         split_heads = lambda x: x.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
+        tokens = self.to_q.prepare(tokens, runtime)  # quantized once for q, k and v on the INT8 path
         q = self.norm_q(split_heads(self.to_q(tokens, runtime)))
         k = self.norm_k(split_heads(self.to_k(tokens, runtime)))
         v = split_heads(self.to_v(tokens, runtime))
@@ -242,7 +243,7 @@ class FeedForward(nnx.Module):
         self.proj_out = _linear(4 * cfg.inner_dim, cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
 
     def __call__(self, x: jax.Array, runtime: LinearRuntime | None = None) -> jax.Array:
-        return self.proj_out(jax.nn.gelu(self.proj_in(x, runtime), approximate=True), runtime)
+        return self.proj_out(self.proj_in(x, runtime, activation="gelu_tanh"), runtime)
 
 
 class CogVideoXBlock(nnx.Module):

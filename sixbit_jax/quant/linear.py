@@ -1,25 +1,31 @@
 """The quantized linear paths, composed from the formats and the kernels: what a quantized dense layer calls.
 
 - `int8_linear` (W4A8): Hadamard + per-token INT8 activations, the int8 weight derived from the NVFP4 one, int8 GEMM.
+  `quantize_int8_input` does the activation half alone, so linears that read the same x (attention's q, k and v)
+  quantize it once and pass the `Int8Input` to `int8_linear`.
 - `nvfp4_linear` (W4A4): Hadamard + NVFP4 activations, NVFP4 GEMM.
 - `weight_only_linear`: bf16 activations, NVFP4 weight (small M: the AdaLN modulation linears).
 
-Each runs on one of three backends: "pallas" (the Triton kernels, compiled on a GPU), "interpret" (the same kernels in
+Each runs on one of three backends: "pallas" (the kernels, compiled on a GPU), "interpret" (the Triton kernels in
 Pallas interpret mode: tests on CPU) and "reference" (the plain-jnp definitions: fast on CPU, used by the demo).
-All three compute the same function; tests hold them to it.
+All three compute the same function; tests hold them to it. On a Hopper GPU the INT8 path's "pallas" kernels are the
+Mosaic GPU ones (`act_quant_mgpu`, `scaled_matmul_mgpu`) wherever the shape fits their tiles, else Pallas Triton.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import act_quant, int8_gemm, nvfp4_gemm, nvfp4_weight_only
+from pallas_kernels import act_quant, act_quant_mgpu, int8_gemm, mosaic, nvfp4_gemm, nvfp4_weight_only, tuning
+from pallas_kernels import scaled_matmul_mgpu
+from pallas_kernels.common import K_TILE, activation_fn
 from sixbit_jax.errors import InputError
 from sixbit_jax.quant import formats
-from sixbit_jax.quant.formats import QuantizedWeight
+from sixbit_jax.quant.formats import INT8, QuantizedWeight
 
 Backend = Literal["pallas", "interpret", "reference"]
 BACKENDS = ("pallas", "interpret", "reference")
@@ -29,10 +35,15 @@ def default_backend() -> Backend:
     return "pallas" if jax.default_backend() == "gpu" else "reference"
 
 
-def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None):
+def _resolve(backend: Backend | None) -> Backend:
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise InputError(f"unknown quantized backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None):
+    backend = _resolve(backend)
     n, k = weight.shape
     if x.shape[-1] != k:
         raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")
@@ -41,26 +52,74 @@ def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None):
     return x.reshape(-1, k).astype(jnp.bfloat16), x.shape[:-1], n, backend
 
 
+def _mosaic_int8(k: int, n: int | None = None) -> bool:
+    """Whether the Mosaic GPU INT8 kernels take this shape on this device (else the Triton ones do)."""
+    fits = k % K_TILE == 0 and (n is None or n % tuning.mosaic_gemm_config(k, n).tile_n == 0)
+    return fits and mosaic.available()
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Input:
+    """x rotated by the block Hadamard transform and quantized to per-token INT8, ready for any W4A8 linear whose
+    weight has the same K and Hadamard block. `q` has its rows padded for the GEMM kernels; `m` rows are real."""
+
+    q: INT8
+    m: int
+    lead: tuple[int, ...]
+    hadamard_block: int
+    group_size: int | None = None
+
+
+def quantize_int8_input(x: jax.Array, hadamard_block: int, *, group_size: int | None = None,
+                        backend: Backend | None = None) -> Int8Input:
+    """The activation half of `int8_linear`: bf16 [..., K] -> Int8Input."""
+    backend = _resolve(backend)
+    k = x.shape[-1]
+    rows = x.reshape(-1, k).astype(jnp.bfloat16)
+    if backend == "reference":
+        q = act_quant.int8_reference(rows, hadamard_block, group_size)
+    elif backend == "pallas" and group_size is None and hadamard_block == K_TILE and _mosaic_int8(k):
+        q = act_quant_mgpu.quantize_int8(rows)
+    else:
+        q = act_quant.quantize_int8(rows, hadamard_block=hadamard_block, group_size=group_size,
+                                    interpret=backend == "interpret")
+    return Int8Input(q, rows.shape[0], x.shape[:-1], hadamard_block, group_size)
+
+
 def int8_linear(
-    x: jax.Array,
+    x: jax.Array | Int8Input,
     weight: QuantizedWeight,
     bias: jax.Array | None = None,
     *,
     group_size: int | None = None,
+    activation: str | None = None,
     backend: Backend | None = None,
 ) -> jax.Array:
-    """y = x W^T + b with W4A8: INT8 activations (per token, or per token and 128-wide group) x the INT8 operand
-    derived from the NVFP4 weight. bf16 [..., N]."""
-    rows, lead, n, backend = _as_rows(x, weight, backend)
+    """y = act(x W^T + b) with W4A8: INT8 activations (per token, or per token and 128-wide group) x the INT8
+    operand derived from the NVFP4 weight. x is bf16 [..., K] or an Int8Input from `quantize_int8_input`.
+    `activation` (a name in `pallas_kernels.common.ACTIVATIONS`) is applied in float32 before rounding: fused into
+    the Mosaic GPU GEMM's epilogue, after the GEMM elsewhere. bf16 [..., N]."""
+    backend = _resolve(backend)
+    n, k = weight.shape
+    if not isinstance(x, Int8Input):
+        if x.shape[-1] != k:
+            raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")
+        x = quantize_int8_input(x, weight.hadamard_block, group_size=group_size, backend=backend)
+    if x.q.values.shape[-1] != k or x.hadamard_block != weight.hadamard_block:
+        raise InputError(f"a quantized input of K = {x.q.values.shape[-1]} (Hadamard block {x.hadamard_block}) "
+                         f"cannot feed a weight of K = {k} (Hadamard block {weight.hadamard_block})")
     w8 = formats.int8_weight(weight)
-    if backend == "reference":
-        a = act_quant.int8_reference(rows, weight.hadamard_block, group_size)
-        y = int8_gemm.int8_matmul_reference(a, w8, bias)
+    if backend == "pallas" and x.group_size is None and x.q.values.shape[0] % 256 == 0 and _mosaic_int8(k, n):
+        y = scaled_matmul_mgpu.scaled_matmul(x.q.values, w8.values, x.q.scale, w8.scale, bias, m=x.m,
+                                             activation=activation, config=tuning.mosaic_gemm_config(k, n))
     else:
-        interpret = backend == "interpret"
-        a = act_quant.quantize_int8(rows, hadamard_block=weight.hadamard_block, group_size=group_size, interpret=interpret)
-        y = int8_gemm.int8_matmul(a, w8, bias, m=rows.shape[0], interpret=interpret)
-    return y.reshape(*lead, n)
+        out_dtype = jnp.bfloat16 if activation is None else jnp.float32
+        if backend == "reference":
+            y = int8_gemm.int8_matmul_reference(x.q, w8, bias, m=x.m, out_dtype=out_dtype)
+        else:
+            y = int8_gemm.int8_matmul(x.q, w8, bias, m=x.m, out_dtype=out_dtype, interpret=backend == "interpret")
+        y = activation_fn(activation)(y).astype(jnp.bfloat16)
+    return y.reshape(*x.lead, n)
 
 
 def nvfp4_linear(
