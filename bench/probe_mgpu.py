@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from bench.bench_linear import CONTRACT_K, M, SHAPES, median_seconds, tflops  # noqa: E402
 from pallas_kernels import act_quant, act_quant_mgpu, int8_gemm, mosaic, scaled_matmul_mgpu  # noqa: E402
 from pallas_kernels.tuning import MatmulConfig  # noqa: E402
-from sixbit_jax.quant import formats  # noqa: E402
+from sixbit_jax.quant import formats, linear  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -86,7 +86,6 @@ def time_shape(k, n, iters, configs):
     kx, kw = jax.random.split(jax.random.PRNGKey(k * n))
     x = jax.random.normal(kx, (M, k), jnp.bfloat16)
     w = (jax.random.normal(kw, (n, k), jnp.float32) * k**-0.5).astype(jnp.bfloat16)
-    bias = jnp.zeros((n,), jnp.float32)
     row = dict(name="time_shape", k=k, n=n)
     xla_bf16 = jax.jit(lambda x, w: jax.lax.dot_general(x, w, CONTRACT_K, preferred_element_type=jnp.float32)
                        .astype(jnp.bfloat16))
@@ -125,6 +124,16 @@ def time_shape(k, n, iters, configs):
         want = int8_gemm.int8_matmul_reference(ref, formats.int8_weight(wq))
         row["int8_path_rel_err"] = rel(out.astype(jnp.float32), want.astype(jnp.float32))[0]
     attempt(f"int8_path_{k}x{n}", full_path)
+
+    def nvfp4_path():
+        row["nvfp4_act_values_ms"] = median_seconds(jax.jit(act_quant.quantize_nvfp4_values), x, iters=iters) * 1e3
+        row["nvfp4_weight_values_ms"] = median_seconds(jax.jit(lambda w: formats.block_scaled_values(w.nvfp4)), wq,
+                                                       iters=iters) * 1e3
+        path = jax.jit(lambda x, w: linear.nvfp4_linear(x, w, backend="pallas"))
+        row["nvfp4_path_mgpu_ms"] = median_seconds(path, x, wq, iters=iters) * 1e3
+        want = jax.jit(lambda x, w: linear.nvfp4_linear(x, w, backend="reference"))(x, wq)
+        row["nvfp4_path_rel_err"] = rel(path(x, wq).astype(jnp.float32), want.astype(jnp.float32))[0]
+    attempt(f"nvfp4_path_{k}x{n}", nvfp4_path)
     attempt(f"mgpu_act_{k}", lambda: row.__setitem__(
         "mgpu_act_ms", median_seconds(jax.jit(act_quant_mgpu.quantize_int8), x, iters=iters) * 1e3))
     for key in list(row):

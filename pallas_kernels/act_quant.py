@@ -34,6 +34,10 @@ def nvfp4_reference(x: jax.Array, hadamard_block: int) -> NVFP4:
     return formats.quantize_nvfp4(formats.rotate_activations(x, hadamard_block), per_row=True)
 
 
+def nvfp4_values_reference(x: jax.Array, hadamard_block: int) -> formats.BlockScaledValues:
+    return formats.block_scaled_values(nvfp4_reference(x, hadamard_block))
+
+
 # ------------------------------------------------------------------------------------------------------------- kernel
 def _rotated_tile(x_ref, h: jax.Array | None, tile: int, rows_valid: jax.Array) -> jax.Array:
     """Tile `tile` of this block's rows, times the Hadamard block (if any), in fp32. Rows past M read as zero."""
@@ -77,8 +81,11 @@ def _int8_kernel(x_ref, *refs, m: int, k: int, hadamard: bool, per_group: bool):
     s_ref[...] = amax[:, 0] / formats.INT8_MAX
 
 
-def _nvfp4_kernel(x_ref, *refs, m: int, k: int, hadamard: bool):
-    h, (q_ref, bs_ref, s_ref) = (refs[0][...] if hadamard else None), refs[-3:]
+def _nvfp4_kernel(x_ref, *refs, m: int, k: int, hadamard: bool, values: bool):
+    """values=False: packed codes, E4M3 block scales and row scales; values=True: each element's code times its
+    block scale in bf16 (exact) and the row scales, the operand a bf16 GEMM takes."""
+    h = refs[0][...] if hadamard else None
+    q_ref, bs_ref, s_ref = (refs[-2], None, refs[-1]) if values else refs[-3:]
     block_m, n_tiles = q_ref.shape[0], k // K_TILE
     blocks_per_tile = K_TILE // NVFP4_BLOCK
     tile_fn = functools.partial(_rotated_tile, x_ref, h, rows_valid=valid_rows(pl.program_id(0), block_m, m))
@@ -87,6 +94,10 @@ def _nvfp4_kernel(x_ref, *refs, m: int, k: int, hadamard: bool):
     def quantize_tile(t, carry):
         blocks = tile_fn(t).reshape(block_m, blocks_per_tile, NVFP4_BLOCK)
         codes, block_scale = formats.nvfp4_block_encode(blocks, scale)
+        if values:
+            scaled = formats.e2m1_value(codes) * block_scale.astype(jnp.float32)[..., None]
+            q_ref[:, pl.ds(t * K_TILE, K_TILE)] = scaled.reshape(block_m, K_TILE).astype(q_ref.dtype)
+            return carry
         q_ref[:, pl.ds(t * (K_TILE // 2), K_TILE // 2)] = formats.pack_pairs(codes.reshape(block_m, K_TILE)).astype(
             jnp.uint8
         )
@@ -157,7 +168,7 @@ def quantize_nvfp4(
     )
     bm = config.block_m
     packed, block_scales, scale = pl.pallas_call(
-        functools.partial(_nvfp4_kernel, m=m, k=k, hadamard=bool(hadamard_block)),
+        functools.partial(_nvfp4_kernel, m=m, k=k, hadamard=bool(hadamard_block), values=False),
         out_shape=(
             jax.ShapeDtypeStruct((rows, k // 2), jnp.uint8),
             jax.ShapeDtypeStruct((rows, k // NVFP4_BLOCK), jnp.float8_e4m3fn),
@@ -175,3 +186,29 @@ def quantize_nvfp4(
         name="act_quant_nvfp4",
     )(*operands)
     return NVFP4(packed, block_scales, scale)
+
+
+def quantize_nvfp4_values(
+    x: jax.Array,
+    *,
+    hadamard_block: int = formats.HADAMARD_BLOCK,
+    config: BlockConfig | None = None,
+    interpret: bool | None = None,
+) -> formats.BlockScaledValues:
+    """bf16 [M, K] -> the NVFP4 quantization of x H as bf16 values (E2M1 code times E4M3 block scale, exact) and
+    per-row second-level scales, rows padded to ROW_ALIGN: the W4A4 path's operand for a bf16 tensor-core GEMM."""
+    m, k, rows, config, in_specs, operands = _prepare(
+        x, hadamard_block, "NVFP4 activation quantization", "act_quant_nvfp4", config
+    )
+    bm = config.block_m
+    values, scale = pl.pallas_call(
+        functools.partial(_nvfp4_kernel, m=m, k=k, hadamard=bool(hadamard_block), values=True),
+        out_shape=(jax.ShapeDtypeStruct((rows, k), jnp.bfloat16), jax.ShapeDtypeStruct((rows,), jnp.float32)),
+        grid=(rows // bm,),
+        in_specs=in_specs,
+        out_specs=(pl.BlockSpec((bm, k), lambda i: (i, 0)), pl.BlockSpec((bm,), lambda i: (i,))),
+        compiler_params=compiler_params(config),
+        interpret=resolve_interpret(interpret),
+        name="act_quant_nvfp4_values",
+    )(*operands)
+    return formats.BlockScaledValues(values, scale)

@@ -86,6 +86,23 @@ def test_nvfp4_activation_quantization_matches_reference(interpret, m, k, hadama
     assert_nvfp4_close(F.NVFP4(q.packed[:m], q.block_scales[:m], q.scale[:m]), ref)
 
 
+@pytest.mark.parametrize("interpret", KERNEL_MODES)
+@pytest.mark.parametrize("m,k", SHAPES_MK)
+def test_nvfp4_values_match_reference(interpret, m, k):
+    """The W4A4 operand for bf16 tensor cores: code x block scale per element, the row scale apart. The same rare
+    one-step block-scale differences as the packed form are allowed (at most 1% of elements differ)."""
+    x = activations(m, k)
+    poison_device_memory()
+    ours = act_quant.quantize_nvfp4_values(x, interpret=interpret)
+    ref = act_quant.nvfp4_values_reference(x, 128)
+    assert ours.values.shape == (-(-m // ROW_ALIGN) * ROW_ALIGN, k) and ours.values.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(ours.scale[:m]), np.asarray(ref.scale), rtol=1e-5)
+    differ = np.asarray(ours.values[:m], np.float32) != np.asarray(ref.values, np.float32)
+    assert differ.mean() <= 0.01, f"{differ.mean():.2%} of values differ"
+    assert rel(ours.values[:m], ref.values) < 0.02
+    assert np.all(np.asarray(ours.values[m:], np.float32) == 0), "padding rows must be zeros"
+
+
 def assert_nvfp4_close(ours, ref):
     """Block scales: bf16 data makes exact E4M3 midpoints common, where one ulp of the division decides the rounding,
     so up to 1% of block scales may differ, by one step. Codes: compared in the blocks whose scales agree."""

@@ -156,6 +156,22 @@ def quantize_nvfp4(x: jax.Array, *, per_row: bool = False) -> NVFP4:
     return NVFP4(pack_pairs(code.reshape(x.shape)).astype(jnp.uint8), block_scale, scale)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockScaledValues:
+    """An NVFP4 tensor with its first two levels multiplied out: values bf16 [rows, K] = E2M1 code x E4M3 block
+    scale (exact in bf16: 2 significant bits times 4), and the second-level scale float32, () or [rows], kept apart
+    (applied after a GEMM). What Hopper's bf16 tensor cores take in place of the FP4 MMA it lacks."""
+
+    values: jax.Array
+    scale: jax.Array
+
+
+def block_scaled_values(q: NVFP4) -> BlockScaledValues:
+    even, odd = decode_pairs(q.packed, q.block_scales.astype(jnp.float32), dtype=jnp.bfloat16)
+    return BlockScaledValues(jnp.stack([even, odd], axis=-1).reshape(q.shape), q.scale)
+
+
 def dequantize_nvfp4(q: NVFP4) -> jax.Array:
     """NVFP4 -> float32, exactly (every NVFP4 value is a float32)."""
     even, odd = decode_pairs(q.packed, q.block_scales.astype(jnp.float32))

@@ -52,10 +52,10 @@ def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None):
     return x.reshape(-1, k).astype(jnp.bfloat16), x.shape[:-1], n, backend
 
 
-def _mosaic_int8(k: int, n: int | None = None) -> bool:
-    """Whether the Mosaic GPU INT8 kernels take this shape on this device (else the Triton ones do)."""
-    fits = k % K_TILE == 0 and (n is None or n % tuning.mosaic_gemm_config(k, n).tile_n == 0)
-    return fits and mosaic.available()
+def _mosaic_gemm(k: int, n: int, dtype="int8") -> bool:
+    """Whether the Mosaic GPU GEMM takes this shape on this device (else the Triton kernels do)."""
+    config = tuning.mosaic_gemm_config(k, n, dtype)
+    return k % config.tile_k == 0 and k % K_TILE == 0 and n % config.tile_n == 0 and mosaic.available()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,8 @@ def quantize_int8_input(x: jax.Array, hadamard_block: int, *, group_size: int | 
     rows = x.reshape(-1, k).astype(jnp.bfloat16)
     if backend == "reference":
         q = act_quant.int8_reference(rows, hadamard_block, group_size)
-    elif backend == "pallas" and group_size is None and hadamard_block == K_TILE and _mosaic_int8(k):
+    elif backend == "pallas" and group_size is None and hadamard_block == K_TILE and k % K_TILE == 0 \
+            and mosaic.available():
         q = act_quant_mgpu.quantize_int8(rows)
     else:
         q = act_quant.quantize_int8(rows, hadamard_block=hadamard_block, group_size=group_size,
@@ -109,7 +110,7 @@ def int8_linear(
         raise InputError(f"a quantized input of K = {x.q.values.shape[-1]} (Hadamard block {x.hadamard_block}) "
                          f"cannot feed a weight of K = {k} (Hadamard block {weight.hadamard_block})")
     w8 = formats.int8_weight(weight)
-    if backend == "pallas" and x.group_size is None and x.q.values.shape[0] % 256 == 0 and _mosaic_int8(k, n):
+    if backend == "pallas" and x.group_size is None and x.q.values.shape[0] % 256 == 0 and _mosaic_gemm(k, n):
         y = scaled_matmul_mgpu.scaled_matmul(x.q.values, w8.values, x.q.scale, w8.scale, bias, m=x.m,
                                              activation=activation, config=tuning.mosaic_gemm_config(k, n))
     else:
@@ -125,9 +126,19 @@ def int8_linear(
 def nvfp4_linear(
     x: jax.Array, weight: QuantizedWeight, bias: jax.Array | None = None, *, backend: Backend | None = None
 ) -> jax.Array:
-    """y = x W^T + b with W4A4: NVFP4 activations (per-token second-level scale) x the NVFP4 weight. bf16 [..., N]."""
+    """y = x W^T + b with W4A4: NVFP4 activations (per-token second-level scale) x the NVFP4 weight. bf16 [..., N].
+
+    On Hopper (no FP4 MMA) both operands become bf16 block-scaled values (code x block scale, exact) and the Mosaic
+    GPU GEMM multiplies them on the bf16 tensor cores, applying both second-level scales in its epilogue: the same
+    products as the reference, summed in fp32. Elsewhere the Triton kernel decodes inside its K loop."""
     rows, lead, n, backend = _as_rows(x, weight, backend)
-    if backend == "reference":
+    if backend == "pallas" and _mosaic_gemm(weight.shape[1], n, "bfloat16"):
+        a = act_quant.quantize_nvfp4_values(rows, hadamard_block=weight.hadamard_block)
+        w = formats.block_scaled_values(weight.nvfp4)
+        y = scaled_matmul_mgpu.scaled_matmul(a.values, w.values, a.scale, jnp.broadcast_to(w.scale, (n,)), bias,
+                                             m=rows.shape[0], config=tuning.mosaic_gemm_config(*weight.shape[::-1],
+                                                                                               "bfloat16"))
+    elif backend == "reference":
         a = act_quant.nvfp4_reference(rows, weight.hadamard_block)
         y = nvfp4_gemm.nvfp4_matmul_reference(a, weight.nvfp4, bias)
     else:
