@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pallas_kernels.common import activation_fn
@@ -40,3 +41,16 @@ class Dense(nnx.Module):
         w, b = self.weight[...], self.bias[...]
         y = jnp.einsum("...k,nk->...n", x.astype(w.dtype), w, precision=full_precision(w.dtype))
         return activation_fn(activation)(y + b)
+
+
+def project(layers, x: jax.Array, runtime=None) -> list[jax.Array]:
+    """x through several linears that all read it (attention's q, k and v). Float layers run as one GEMM over their
+    concatenated weights (one wide GEMM keeps the tensor cores busier than three narrow ones; the concatenation is a
+    copy of the weights, small next to the products); quantized layers share one `prepare`d input."""
+    if all(isinstance(layer, Dense) for layer in layers):
+        w = jnp.concatenate([layer.weight[...] for layer in layers])
+        b = jnp.concatenate([layer.bias[...] for layer in layers])
+        y = jnp.einsum("...k,nk->...n", x.astype(w.dtype), w, precision=full_precision(w.dtype)) + b
+        return jnp.split(y, np.cumsum([layer.out_features for layer in layers])[:-1].tolist(), axis=-1)
+    shared = layers[0].prepare(x, runtime)
+    return [layer(shared, runtime) for layer in layers]

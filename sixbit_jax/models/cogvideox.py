@@ -26,7 +26,7 @@ from flax import nnx
 
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
-from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention
+from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention, project
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
 from sixbit_jax.quant.formats import HADAMARD_BLOCK
 
@@ -224,10 +224,8 @@ class JointAttention(nnx.Module):
                  runtime: LinearRuntime | None = None) -> jax.Array:
         b, n, d = tokens.shape
         split_heads = lambda x: x.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
-        tokens = self.to_q.prepare(tokens, runtime)  # quantized once for q, k and v on the INT8 path
-        q = self.norm_q(split_heads(self.to_q(tokens, runtime)))
-        k = self.norm_k(split_heads(self.to_k(tokens, runtime)))
-        v = split_heads(self.to_v(tokens, runtime))
+        q, k, v = (split_heads(y) for y in project([self.to_q, self.to_k, self.to_v], tokens, runtime))
+        q, k = self.norm_q(q), self.norm_k(k)
         if rope.rope_cos is not None:
             q = q.at[:, num_text:].set(apply_rope(q[:, num_text:], rope.rope_cos, rope.rope_sin))
             k = k.at[:, num_text:].set(apply_rope(k[:, num_text:], rope.rope_cos, rope.rope_sin))
