@@ -121,7 +121,8 @@ def _kernel(a_gmem, b_gmem, rs_gmem, cs_gmem, bias_gmem, out_gmem, *, config: Ma
                             plgpu.commit_smem()
                             plgpu.copy_smem_to_gmem(
                                 out_smem.at[wg, slot],
-                                out_gmem.at[pl.ds(wg_row0 + i * epi_m, epi_m), pl.ds(n_idx * tile_n + j * epi_n, epi_n)],
+                                out_gmem.at[pl.ds(wg_row0 + i * epi_m, epi_m),
+                                            pl.ds(n_idx * tile_n + j * epi_n, epi_n)],
                             )
 
             pipeline(mma, epilogue)(a_gmem.at[cta_rows, :], b_gmem.at[cols, :], allocations=allocations)

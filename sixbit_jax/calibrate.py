@@ -1,11 +1,19 @@
 """Calibration of the DMPQ precision predictor and of the delta-cache threshold.
 
-Rollouts run every block on the "calibrate" path (bf16 activations through the NVFP4 weights, recording how far the
-NVFP4-activation output of each linear is from that). For each block l the pairs (Γ(l, t-1), E(l, t)), with E the
-mean relative L1 error of the block's linear outputs under NVFP4 activations, give by least squares
+Rollouts run every block on the "calibrate" path (bf16 activations through the NVFP4 weights) and, from the same
+input, a second time with every linear on NVFP4 activations. The NVFP4 sensitivity of block l at step t is the
+relative L1 distance of the two block outputs, E(l, t) = |Y_nvfp4 - Y|₁ / |Y|₁ (signal "block", the default). The
+pairs (Γ(l, t-1), E(l, t)) give by least squares
     E_rel(l, t) = alpha_l * Γ(l, t-1) + beta_l,
-with the Pearson r of each block's fit and of all pairs pooled. tau_q is then solved so that routing (NVFP4 when
+with the Pearson r of each block's fit, of all pairs pooled, and of all pairs after removing each block's means
+(how well Γ tracks E within a block, which is what routing needs). tau_q is then solved so that routing (NVFP4 when
 E_rel <= tau_q, INT8 otherwise; INT8 on the first step) averages `target_bits` of activation width.
+
+Signal "linear" is the earlier definition, the mean of the block's linears' own relative errors under NVFP4
+activations. It barely moves with Γ and trends the wrong way in most blocks of the shipped model (pooled r -0.38),
+so it handed NVFP4 to the least stable block-steps; it stays selectable for the ablation and is reported beside the
+block signal in every calibration. Part of the block signal's correlation is built in: a block whose update
+(Y - X) is larger moves further under quantization, and Γ measures exactly that update's size.
 
 tau_c is solved the same way for a target skip fraction: the TDC skip rule (runtime.choose_routes) is replayed on the
 rollouts' measured delta changes r, and tau_c is the smallest threshold whose replay skips `target_skip` of the
@@ -26,6 +34,8 @@ from sixbit_jax.errors import ConfigError
 from sixbit_jax.runtime import RuntimeConfig, StepStats
 
 CALIBRATION_NAME = "calibration.json"
+SIGNALS = ("block", "linear")  # the sensitivity E: at the block output, or the mean over its linears (earlier)
+WEAK_FIT_R = 0.5  # below this a block's fit is reported as weak
 DEFAULT_TARGET_BITS = 6.0
 DEFAULT_TARGET_SKIP = 0.3  # the paper's 1.92x over its 1.36x from routing implies ~30% of block time skipped
 
@@ -36,6 +46,8 @@ class Calibration:
     beta: list[float]
     pearson_r: list[float]  # per block
     pearson_r_pooled: float
+    pearson_r_within_blocks: float  # pooled after removing each block's mean Γ and E
+    signal: str  # what E is: "block" (output) or "linear" (mean of the linears' errors)
     tau_q: float
     tau_c: float
     target_bits: float
@@ -53,10 +65,28 @@ class Calibration:
         tmp.replace(path)
         return path
 
+    def warnings(self) -> list[str]:
+        """One line per block whose fit routing should not trust: a negative slope, or r below WEAK_FIT_R."""
+        lines = []
+        for layer, (a, r) in enumerate(zip(self.alpha, self.pearson_r)):
+            if a < 0:
+                lines.append(f"block {layer}: negative slope (alpha {a:+.3g}): routing gives NVFP4 to its LEAST "
+                             f"stable steps")
+            elif r < WEAK_FIT_R:
+                lines.append(f"block {layer}: weak fit (r {r:+.2f} < {WEAK_FIT_R}): Γ predicts its sensitivity poorly")
+        return lines
+
     def report(self) -> str:
-        per_block = " ".join(f"{r:+.2f}" for r in self.pearson_r)
-        return (f"predictor fit over {self.rollouts} rollouts: Pearson r pooled {self.pearson_r_pooled:+.3f}; "
-                f"per block {per_block}\n"
+        table = ["block   alpha       beta        r", *(
+            f"{layer:5d}   {a:+.4e} {b:+.4e} {r:+.3f}"
+            for layer, (a, b, r) in enumerate(zip(self.alpha, self.beta, self.pearson_r)))]
+        other = self.info.get("other_signal")
+        comparison = (f"; the {other['signal']} signal would fit pooled r {other['pearson_r_pooled']:+.3f}, per block "
+                      + " ".join(f"{r:+.2f}" for r in other["pearson_r"])) if other else ""
+        return ("\n".join(table) + "\n"
+                + "".join(f"warning: {line}\n" for line in self.warnings())
+                + f"predictor fit ({self.signal} signal) over {self.rollouts} rollouts: Pearson r pooled "
+                f"{self.pearson_r_pooled:+.3f}, within blocks {self.pearson_r_within_blocks:+.3f}{comparison}\n"
                 f"tau_q {self.tau_q:.4g} -> {self.expected_bits:.2f} activation bits on the calibration rollouts "
                 f"(target {self.target_bits}); tau_c {self.tau_c:.4g} -> {self.expected_skip:.0%} of block-steps "
                 f"skipped in a replay of the rollouts (target {self.target_skip:.0%})")
@@ -68,30 +98,57 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
-        target_skip: float = DEFAULT_TARGET_SKIP, skip_rule: RuntimeConfig = RuntimeConfig(mode="bf16"),
-        info: dict | None = None) -> Calibration:
-    """Fit the predictor and solve tau_q and tau_c from calibration rollouts (each a StepStats with [steps, L]
-    arrays). `skip_rule` supplies max_skips and the always-computed steps that tau_c is solved under."""
-    if not stats:
-        raise ConfigError("calibration needs at least one rollout")
-    gamma = np.concatenate([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # Γ(t-1) ...
-    error = np.concatenate([np.asarray(s.nvfp4_error, np.float64)[1:] for s in stats])  # ... against E(t)
-    num_layers = gamma.shape[1]
+@dataclasses.dataclass(frozen=True)
+class PredictorFit:
+    alpha: list[float]
+    beta: list[float]
+    pearson_r: list[float]
+    pearson_r_pooled: float
+    pearson_r_within_blocks: float
+
+
+def fit_predictor(gamma: np.ndarray, error: np.ndarray) -> PredictorFit:
+    """Per-block least squares E = alpha Γ + beta over [samples, L] pairs, with the fit's correlations."""
     alpha, beta, pearson = [], [], []
-    for layer in range(num_layers):
+    for layer in range(gamma.shape[1]):
         x, y = gamma[:, layer], error[:, layer]
         a, b = np.polyfit(x, y, 1) if x.std() > 0 else (0.0, float(y.mean()))
         alpha.append(float(a))
         beta.append(float(b))
         pearson.append(_pearson(x, y))
-    predicted = gamma * np.array(alpha) + np.array(beta)
+    within = _pearson((gamma - gamma.mean(0)).ravel(), (error - error.mean(0)).ravel())
+    return PredictorFit(alpha, beta, pearson, _pearson(gamma.ravel(), error.ravel()), within)
+
+
+def _signal(stats: StepStats, signal: str) -> np.ndarray:
+    return np.asarray(stats.nvfp4_error if signal == "block" else stats.linear_error, np.float64)
+
+
+def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
+        target_skip: float = DEFAULT_TARGET_SKIP, skip_rule: RuntimeConfig = RuntimeConfig(mode="bf16"),
+        signal: str = "block", info: dict | None = None) -> Calibration:
+    """Fit the predictor on `signal` and solve tau_q and tau_c from calibration rollouts (each a StepStats with
+    [steps, L] arrays). `skip_rule` supplies max_skips and the always-computed steps that tau_c is solved under.
+    The other signal's fit is kept in info["other_signal"] as a report."""
+    if not stats:
+        raise ConfigError("calibration needs at least one rollout")
+    if signal not in SIGNALS:
+        raise ConfigError(f"unknown sensitivity signal {signal!r}; use one of {', '.join(SIGNALS)}")
+    gamma = np.concatenate([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # Γ(t-1) ...
+    errors = {name: np.concatenate([_signal(s, name)[1:] for s in stats]) for name in SIGNALS}  # ... against E(t)
+    predictor = fit_predictor(gamma, errors[signal])
+    other = next(name for name in SIGNALS if name != signal)
+    other_fit = fit_predictor(gamma, errors[other])
+    predicted = gamma * np.array(predictor.alpha) + np.array(predictor.beta)
     tau_q, expected = _solve_tau_q(predicted, target_bits, steps=np.asarray(stats[0].gamma).shape[0])
     changes = np.stack([np.asarray(s.change, np.float64) for s in stats])  # [rollouts, steps, L]
     tau_c, expected_skip = _solve_tau_c(changes, target_skip, skip_rule)
-    return Calibration(alpha, beta, pearson, _pearson(gamma.ravel(), error.ravel()), tau_q, tau_c, target_bits,
-                       expected, target_skip, expected_skip, len(stats),
-                       {"date": datetime.date.today().isoformat(), **(info or {})})
+    report = {"signal": other, "pearson_r": other_fit.pearson_r, "pearson_r_pooled": other_fit.pearson_r_pooled,
+              "pearson_r_within_blocks": other_fit.pearson_r_within_blocks}
+    return Calibration(predictor.alpha, predictor.beta, predictor.pearson_r, predictor.pearson_r_pooled,
+                       predictor.pearson_r_within_blocks, signal, tau_q, tau_c, target_bits, expected, target_skip,
+                       expected_skip, len(stats),
+                       {"date": datetime.date.today().isoformat(), "other_signal": report, **(info or {})})
 
 
 def replay_skip_rule(changes: np.ndarray, tau_c: float, rule: RuntimeConfig) -> np.ndarray:

@@ -229,7 +229,7 @@ def cmd_calibrate(args) -> None:
                         settings=SamplerSettings(num_steps=args.steps, guidance_scale=args.guidance, seed=seed)).stats
                  for seed in args.seeds]
         source = f"{args.embeds} ({embeds.shape[0]} prompts) x seeds {args.seeds}"
-    calibration = fit(stats, target_bits=args.target_bits, target_skip=args.target_skip,
+    calibration = fit(stats, target_bits=args.target_bits, target_skip=args.target_skip, signal=args.signal,
                       info={"checkpoint": str(ckpt.absolute()), "source": source, "steps": args.steps,
                             "guidance": args.guidance})
     out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
@@ -277,9 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit the DMPQ precision predictor on calibration rollouts",
                        description="Runs calibration rollouts on the quantized model (a float checkpoint is quantized "
-                                   "in memory), records per block and step the sensitivity Γ and the relative error "
-                                   "of the block's linear outputs under NVFP4 activations, fits E = alpha Γ(t-1) + "
-                                   "beta per block, reports the Pearson r, solves tau_q for the target activation "
+                                   "in memory), records per block and step the change Γ and the NVFP4 sensitivity "
+                                   "E (how far the block's output moves when its linears take NVFP4 activations), "
+                                   "fits E = alpha Γ(t-1) + beta per block, prints the fit per block and warns "
+                                   "where it is weak or its slope negative, solves tau_q for the target activation "
                                    "width and tau_c (the delta-cache threshold) for the target skip fraction, and "
                                    "writes CKPT/calibration.json (or --out).")
     p.add_argument("checkpoint", help="converted checkpoint (float or --quant nvfp4)")
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-bits", type=float, default=6.0, help="average activation bits to solve tau_q for (6)")
     p.add_argument("--target-skip", type=float, default=0.3,
                    help="fraction of block-steps the delta cache should skip, to solve tau_c for (0.3)")
+    p.add_argument("--signal", choices=["block", "linear"], default="block",
+                   help="the sensitivity E: at the block output (block, default) or the mean of its linears' own "
+                        "errors (linear: the earlier definition, kept for the ablation)")
     p.add_argument("--out", help="calibration file to write (default CKPT/calibration.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)

@@ -132,7 +132,8 @@ class StepStats(NamedTuple):
     gamma: jax.Array  # NaN where not measured
     change: jax.Array  # NaN where not measured
     fallbacks: jax.Array
-    nvfp4_error: jax.Array
+    nvfp4_error: jax.Array  # calibrate: NVFP4 sensitivity at the block output
+    linear_error: jax.Array  # calibrate: mean NVFP4 error of the block's linears (the earlier signal; a report)
 
 
 def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int, dim: int,
@@ -196,7 +197,7 @@ def step_stats(state: RuntimeState, routes: jax.Array, report) -> StepStats:
     computed = routes != SKIP
     return StepStats(routes, jnp.where(computed, report.gamma, jnp.nan),
                      jnp.where(computed & state.has_delta, report.change, jnp.nan), report.fallbacks,
-                     report.nvfp4_error)
+                     report.nvfp4_error, report.linear_error)
 
 
 @dataclasses.dataclass

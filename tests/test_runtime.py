@@ -16,7 +16,8 @@ from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers import LinearRuntime, QuantDense
 from sixbit_jax.models import CogVideoXTransformer3D
-from sixbit_jax.models.block_control import BF16, INT8, NVFP4, PDR, SKIP, BlockControl, BlockReport, DeltaCache
+from sixbit_jax.models.block_control import (BF16, CALIBRATE, INT8, NVFP4, PDR, SKIP, BlockControl, BlockReport,
+                                             DeltaCache, run_controlled_blocks)
 from sixbit_jax.models.cogvideox import QuantSpec
 from sixbit_jax.quant.model import quantize_model
 from sixbit_jax.runtime import (RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, resample_schedule,
@@ -102,11 +103,40 @@ def test_quantized_paths_stay_close_to_float(float_model, inputs):
         assert np.asarray(report.gamma).min() > 0
 
 
+def test_calibrate_route_measures_nvfp4_sensitivity_at_the_block_output(float_model, inputs):
+    """E = |Y_nvfp4 - Y|₁ / |Y|₁ of a one-block model: the calibrate route's report against the outputs of the same
+    block run on the bf16 (W4A16) route and on the NVFP4 route; the per-linear mean stays as a second report."""
+    one_block = quantize_model(CogVideoXTransformer3D(small_config(num_layers=1), dtype=jnp.float32,
+                                                      rngs=nnx.Rngs(5)))
+    latents, text, _ = inputs
+    text_tokens, video = one_block.patch_embed(text, latents)
+    temb_act = jax.nn.silu(one_block.time_embedding(
+        jnp.asarray(np.random.default_rng(1).standard_normal((1, one_block.config.inner_dim)), jnp.float32)))
+    tables = one_block.positional_tables(2, 8, 8)
+    video = video + tables.sincos
+    block_def, state = nnx.split(one_block.transformer_blocks)
+    run_block = lambda block, v, x, runtime: block(v, x, temb_act, tables, runtime)  # noqa: E731
+    cache = DeltaCache.create(1, None, None, jnp.float32)
+
+    def run(route):
+        return run_controlled_blocks(block_def, state, video, text_tokens, run_block,
+                                     BlockControl(jnp.array([route], jnp.int32), cache))
+
+    y_video, y_text, _ = run(BF16)
+    q_video, q_text, _ = run(NVFP4)
+    _, _, report = run(CALIBRATE)
+    l1 = lambda x: np.abs(np.asarray(x, np.float64)).sum()  # noqa: E731
+    want = (l1(q_video - y_video) + l1(q_text - y_text)) / (l1(y_video) + l1(y_text))
+    assert float(report.nvfp4_error[0]) == pytest.approx(want, rel=1e-4)
+    assert 0 < float(report.linear_error[0]) and float(report.linear_error[0]) != pytest.approx(want, rel=1e-2)
+
+
 # ------------------------------------------------------------------------------------------------ routing
 def _fake_report(state, *, change: float, gamma: float = 0.2) -> BlockReport:
     layers = state.gamma.shape[0]
     full = lambda v: jnp.full((layers,), v, jnp.float32)  # noqa: E731
-    return BlockReport(jnp.ones((layers,), bool), full(gamma), full(change), full(0.0), full(0.0), state.cache)
+    return BlockReport(jnp.ones((layers,), bool), full(gamma), full(change), full(0.0), full(0.0), full(0.0),
+                       state.cache)
 
 
 def _simulate(cfg: RuntimeConfig, num_steps: int, *, change: float, layers: int = 2):
@@ -160,7 +190,7 @@ def test_summary_counts_skips_as_zero_bits():
     routes = np.array([[INT8, NVFP4], [SKIP, PDR]])
     fallbacks = np.array([[0, 0], [0, 3]], np.float32)
     zeros = np.zeros((2, 2), np.float32)
-    summary = RunSummary.from_stats(StepStats(routes, zeros, zeros, fallbacks, zeros))
+    summary = RunSummary.from_stats(StepStats(routes, zeros, zeros, fallbacks, zeros, zeros))
     pdr_bits = (16 * 3 + 8 * 3) / 6
     assert summary.bits_with_skips == pytest.approx((8 + 4 + 0 + pdr_bits) / 4)
     assert summary.bits_without_skips == pytest.approx((8 + 4 + pdr_bits) / 3)
@@ -315,7 +345,8 @@ def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
         error = np.zeros((steps, layers))
         error[1:] = 0.5 * gamma[:-1] + 0.02 * np.arange(layers)  # exact: E(t) = 0.5 Γ(t-1) + 0.02 l
         change = rng.uniform(0, 1, (steps, layers))
-        rollouts.append(StepStats(np.zeros((steps, layers)), gamma, change, np.zeros((steps, layers)), error))
+        rollouts.append(StepStats(np.zeros((steps, layers)), gamma, change, np.zeros((steps, layers)), error,
+                                  np.zeros((steps, layers))))
     cal = fit(rollouts, target_bits=6.0)
     np.testing.assert_allclose(cal.alpha, 0.5, atol=1e-9)
     np.testing.assert_allclose(cal.beta, 0.02 * np.arange(layers), atol=1e-9)
@@ -323,6 +354,30 @@ def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
     assert cal.expected_bits == pytest.approx(6.0, abs=0.05)
     with pytest.raises(ConfigError, match="4..8"):
         fit(rollouts, target_bits=3.0)
+
+
+def test_fit_uses_the_chosen_signal_reports_the_other_and_warns_about_weak_or_reversed_blocks():
+    rng = np.random.default_rng()
+    steps, layers = 30, 3
+    rollouts = []
+    for _ in range(3):
+        gamma = rng.uniform(0.1, 1.0, (steps, layers))
+        block = np.zeros((steps, layers))
+        block[1:] = 0.3 * gamma[:-1] + 0.01  # E(t) follows Γ(t-1) in every block
+        linear = np.zeros((steps, layers))
+        linear[1:] = np.stack([-0.2 * gamma[:-1, 0], rng.uniform(0, 1, steps - 1), 0.1 * gamma[:-1, 2]], axis=1)
+        rollouts.append(StepStats(np.zeros((steps, layers)), gamma, np.zeros((steps, layers)),
+                                  np.zeros((steps, layers)), block, linear))
+    cal = fit(rollouts)
+    assert cal.signal == "block" and min(cal.pearson_r) > 0.999 and cal.pearson_r_within_blocks > 0.999
+    assert cal.warnings() == [] and cal.info["other_signal"]["signal"] == "linear"
+    old = fit(rollouts, signal="linear")
+    assert old.alpha[0] < 0 and old.pearson_r[2] > 0.999
+    warnings = old.warnings()
+    assert len(warnings) == 2 and "block 0: negative slope" in warnings[0] and "block 1: weak fit" in warnings[1]
+    assert "warning: block 0: negative slope" in old.report()
+    with pytest.raises(ConfigError, match="unknown sensitivity signal"):
+        fit(rollouts, signal="output")
 
 
 def test_calibration_replays_the_runtime_skip_rule_and_solves_tau_c_for_the_skip_target():
@@ -335,7 +390,8 @@ def test_calibration_replays_the_runtime_skip_rule_and_solves_tau_c_for_the_skip
     steps, layers = 30, 4
     rollouts = [StepStats(np.zeros((steps, layers)), rng.uniform(0.1, 1, (steps, layers)),
                           rng.uniform(0.02, 0.4, (steps, layers)), np.zeros((steps, layers)),
-                          rng.uniform(0, 0.1, (steps, layers))) for _ in range(3)]
+                          rng.uniform(0, 0.1, (steps, layers)), rng.uniform(0, 0.1, (steps, layers)))
+                for _ in range(3)]
     for target in (0.1, 0.3):
         cal = fit(rollouts, target_skip=target)
         assert target <= cal.expected_skip < target + 0.05

@@ -83,14 +83,17 @@ class BlockControl(NamedTuple):
 
 class BlockReport(NamedTuple):
     """Per block, from one forward with control: Γ = |Y - X|₁ / |X|₁; the delta change
-    r = |Δ_new - Δ_old|₁ / |Δ_old|₁ (with a cache; 0 without); PDR's bf16 fallbacks; the mean NVFP4 error under
-    CALIBRATE; and the updated delta cache."""
+    r = |Δ_new - Δ_old|₁ / |Δ_old|₁ (with a cache; 0 without); PDR's bf16 fallbacks; under CALIBRATE the NVFP4
+    sensitivity at the block output, E = |Y_nvfp4 - Y|₁ / |Y|₁ (a second forward of the block from the same input
+    with every linear on NVFP4 activations), and the mean of its linears' own relative errors; and the updated
+    delta cache."""
 
     finite: jax.Array  # [L] bool
     gamma: jax.Array  # [L] float32
     change: jax.Array  # [L] float32
     fallbacks: jax.Array  # [L] float32, number of linears that ran bf16 under PDR
-    nvfp4_error: jax.Array  # [L] float32
+    nvfp4_error: jax.Array  # [L] float32, block output
+    linear_error: jax.Array  # [L] float32, mean over the block's linears
     cache: DeltaCache | None = None
 
 
@@ -113,19 +116,26 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         state, route, layer = xs
         block = nnx.merge(block_def, state)
 
+        zero = jnp.zeros((), jnp.float32)
+
         def skip(video, text):  # decodes inside the branch: no float32 copy of the delta outside it
             delta_video, delta_text = cache.read(layer)
-            zero = jnp.zeros((), jnp.float32)
-            return video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero
+            return video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero, zero
 
         def compute(path: str):
             def branch(video, text):
                 runtime = LinearRuntime(path=path, outlier_ratio=control.outlier_ratio, backend=control.backend)
                 new_video, new_text = run_block(block, video, text, runtime)
-                fallbacks = sum(runtime.fallbacks, jnp.zeros((), jnp.float32))
-                errors = runtime.nvfp4_errors
-                error = sum(errors, jnp.zeros((), jnp.float32)) / max(len(errors), 1)
-                return new_video, new_text, fallbacks, error
+                fallbacks = sum(runtime.fallbacks, zero)
+                linear_error = sum(runtime.nvfp4_errors, zero) / max(len(runtime.nvfp4_errors), 1)
+                block_error = zero
+                if path == "calibrate":  # the same block on NVFP4 activations, from the same input
+                    nvfp4 = LinearRuntime(path="nvfp4", backend=control.backend)
+                    q_video, q_text = run_block(block, video, text, nvfp4)
+                    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+                    block_error = l1_ratio([f32(q_video) - f32(new_video), f32(q_text) - f32(new_text)],
+                                           [new_video, new_text])
+                return new_video, new_text, fallbacks, block_error, linear_error
             return branch
 
         # Only the routes this run can take are compiled: every extra branch costs compile time and may hold its
@@ -133,7 +143,8 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         possible = control.possible_routes
         branches = [skip if r == SKIP else compute(ROUTE_NAMES[r]) for r in possible]
         branch_of_route = jnp.asarray([possible.index(r) if r in possible else 0 for r in range(len(ROUTE_NAMES))])
-        new_video, new_text, fallbacks, error = jax.lax.switch(branch_of_route[route], branches, video, text)
+        new_video, new_text, fallbacks, error, linear_error = jax.lax.switch(branch_of_route[route], branches, video,
+                                                                            text)
         step_video, step_text = new_video - video, new_text - text
         gamma = l1_ratio([step_video, step_text], [video, text])
         finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
@@ -143,7 +154,7 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
             f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
             change = l1_ratio([f32(step_video) - delta_video, f32(step_text) - delta_text], [delta_video, delta_text])
             cache = cache.write(layer, step_video, step_text, keep=route == SKIP)
-        report = BlockReport(finite, gamma, change, fallbacks, error)
+        report = BlockReport(finite, gamma, change, fallbacks, error, linear_error)
         return (new_video, new_text, cache), report
 
     (video, text, cache), report = jax.lax.scan(
