@@ -183,8 +183,9 @@ def run_all(args) -> None:
             print(f"{impl} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
             continue
         results.append(json.loads(lines[-1][len("RESULT "):]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"{impl}: median {results[-1]['median_s']:.4f} s", flush=True)
+        if args.json:  # after every implementation, so a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=2))
     what = (f"{args.steps}-step DDIM sampling loop with CFG" if args.steps
             else "one denoising step (transformer forward)")
     print(f"\n{args.model}: {what}, B={BATCH}, "

@@ -79,7 +79,7 @@ def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, sta
             s_gmem[rows] = amax / formats.INT8_MAX
 
 
-def quantize_int8(x: jax.Array, *, stages: int = 4) -> INT8:
+def quantize_int8(x: jax.Array, *, stages: int = 4, ctas_per_sm: int = 1) -> INT8:
     """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there)."""
     what = "INT8 activation quantization (Mosaic GPU)"
     require(x.ndim == 2, f"{what}: expected activations [M, K], got shape {tuple(x.shape)}")
@@ -91,7 +91,7 @@ def quantize_int8(x: jax.Array, *, stages: int = 4) -> INT8:
     kernel = plgpu.kernel(
         functools.partial(_kernel, row_tiles=rows // ROW_TILE, k_tiles=k // K_TILE, stages=stages),
         out_type=(jax.ShapeDtypeStruct((rows, k), jnp.int8), jax.ShapeDtypeStruct((rows,), jnp.float32)),
-        grid=(mosaic.num_sms(),),
+        grid=(min(rows // ROW_TILE, ctas_per_sm * mosaic.num_sms()),),
         grid_names=("sm",),
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )

@@ -292,7 +292,8 @@ def test_mosaic_scaled_matmul_matches_reference(m, k, n, dtype, activation, conf
     y = scaled_matmul_mgpu.scaled_matmul(*operands, m=m, out_dtype=jnp.float32, activation=activation, config=config)
     ref = scaled_matmul_mgpu.scaled_matmul_reference(*operands, m=m, out_dtype=jnp.float32, activation=activation)
     assert y.shape == (m, n)
-    assert rel(y, ref) < (1e-6 if dtype == jnp.int8 else 1e-5)  # int8: exact products, fp32 epilogue
+    error = rel(y, ref)
+    assert error < (1e-6 if dtype == jnp.int8 else 1e-4), error  # int8: exact products; bf16: fp32 sums in any order
 
 
 @pytest.mark.gpu
