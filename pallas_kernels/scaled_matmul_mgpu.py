@@ -21,6 +21,7 @@ Mosaic GPU kernels cannot run in Pallas' CPU interpret mode on jax 0.10; on CPU 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -131,6 +132,21 @@ def _kernel(a_gmem, b_gmem, rs_gmem, cs_gmem, bias_gmem, out_gmem, *, config: Ma
 
 
 # ------------------------------------------------------------------------------------------------------------ wrapper
+SMEM_BYTES = 227 * 1024  # shared memory a Hopper CTA may use (232,448 bytes)
+SMEM_RESERVE = 2 * 1024  # barriers and the compiler's own scratch
+
+
+def fit_stages(config: MatmulConfig, dtype, out_dtype) -> MatmulConfig:
+    """The configuration with as many pipeline stages as fit next to the epilogue tile (a float32 output needs twice
+    a bf16 one's), at most the configured number."""
+    itemsize = jnp.dtype(dtype).itemsize
+    per_stage = (2 * config.tile_m + config.tile_n) * config.tile_k * itemsize
+    epilogue = 2 * 2 * config.epi_tile_m * config.epi_tile_n * jnp.dtype(out_dtype).itemsize
+    stages = min(config.stages, (SMEM_BYTES - SMEM_RESERVE - epilogue) // per_stage)
+    require(stages >= 2, f"Mosaic GPU scaled GEMM: tiles {config} do not fit shared memory")
+    return dataclasses.replace(config, stages=stages)
+
+
 def scaled_matmul(
     a: jax.Array,
     b: jax.Array,
@@ -161,6 +177,7 @@ def scaled_matmul(
     require(k % config.tile_k == 0, f"{what}: K = {k} is not a multiple of tile_k = {config.tile_k}")
     require(0 < m <= rows, f"{what}: m = {m} must be in 1..{rows}")
     activation_fn(activation)  # a clear error for an unknown name
+    config = fit_stages(config, a.dtype, out_dtype)
     bias = jnp.zeros((n,), jnp.float32) if bias is None else bias.astype(jnp.float32)
     # TMA stores whole 8-row tiles of the output array and drops the rows past its end, so the output is allocated
     # with m rounded up to 8 (a copy trims it only when m itself is not a multiple of 8).
