@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels.common import K_TILE, check_k, padded_rows, require
 from pallas_kernels import mosaic
 from pallas_kernels.mosaic import plgpu, smem_transforms
+from pallas_kernels.tuning import mosaic_act_config
 from sixbit_jax.quant import formats
 from sixbit_jax.quant.formats import INT8
 
@@ -79,13 +80,16 @@ def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, sta
             s_gmem[rows] = amax / formats.INT8_MAX
 
 
-def quantize_int8(x: jax.Array, *, stages: int = 4, ctas_per_sm: int = 1) -> INT8:
-    """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there)."""
+def quantize_int8(x: jax.Array, *, stages: int | None = None, ctas_per_sm: int | None = None) -> INT8:
+    """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there).
+    `stages` (pipeline depth) and `ctas_per_sm` default to the tuning table's for K."""
     what = "INT8 activation quantization (Mosaic GPU)"
     require(x.ndim == 2, f"{what}: expected activations [M, K], got shape {tuple(x.shape)}")
     m, k = x.shape
     check_k(k, what)
     rows = padded_rows(m)
+    table_stages, table_ctas = mosaic_act_config(k)
+    stages, ctas_per_sm = stages or table_stages, ctas_per_sm or table_ctas
     if m % 8:  # TMA moves whole 8-row tiles of x and reads rows past its end as zeros; only a ragged tile is padded
         x = jnp.pad(x, ((0, -m % 8), (0, 0)))
     kernel = plgpu.kernel(

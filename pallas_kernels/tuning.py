@@ -36,16 +36,34 @@ class MatmulConfig:
     grid_tile_width: int = 8
 
 
-# (K, N) -> Mosaic GPU GEMM tiles for int8 operands; bf16 operands halve tile_k. Not yet measured per shape.
-MOSAIC_GEMM_TABLE: dict[tuple[int, int], MatmulConfig] = {}
+# (K, N) -> Mosaic GPU GEMM tiles for int8 operands (bf16 operands halve tile_k). CogVideoX-2B's block linears at
+# M = 35,552, measured on an H200 (jax 0.11.2), 2026-12-02, `bench/probe_tune.py`, best of 5 tilings; comments: the
+# rate then, and the default tiling's (128 x 128, 4 stages) in the same run. Other shapes take the default.
+_TILE_64x192 = MatmulConfig(tile_m=64, tile_n=192, stages=4)
+MOSAIC_GEMM_TABLE: dict[tuple[int, int], MatmulConfig] = {
+    (1920, 1920): _TILE_64x192,  # 773 TOP/s (default 626)
+    (1920, 7680): _TILE_64x192,  # 997 TOP/s (default 935)
+    (7680, 1920): _TILE_64x192,  # 1086 TOP/s (default 1037)
+}
+
+# K -> (pipeline stages, CTAs per SM) of the Mosaic GPU INT8 activation kernel, same run (input bytes per second).
+MOSAIC_ACT_TABLE: dict[int, tuple[int, int]] = {
+    1920: (4, 1),  # 0.49 TB/s (2 stages x 2 CTAs: 0.44)
+    7680: (2, 2),  # 0.78 TB/s (4 stages x 1 CTA: 0.60)
+}
+
+
+def mosaic_act_config(k: int) -> tuple[int, int]:
+    """(stages, CTAs per SM) for the Mosaic GPU activation kernel at this K."""
+    return MOSAIC_ACT_TABLE.get(k, (4, 1))
 
 
 def mosaic_gemm_config(k: int, n: int, dtype="int8") -> MatmulConfig:
-    """The tiles for this shape: the table's, else the default; tile_k halved for 16-bit operands (same bytes)."""
-    config = MOSAIC_GEMM_TABLE.get((k, n), MatmulConfig())
+    """The tiles for this shape: for int8 the table's, else the default; 16-bit operands take the default with
+    tile_k halved (the same bytes per K step; the table was measured for int8 only)."""
     if np.dtype(dtype).itemsize == 2:
-        config = dataclasses.replace(config, tile_k=config.tile_k // 2)
-    return config
+        return dataclasses.replace(MatmulConfig(), tile_k=MatmulConfig().tile_k // 2)
+    return MOSAIC_GEMM_TABLE.get((k, n), MatmulConfig())
 
 
 # Measured defaults for shapes not in the table.
