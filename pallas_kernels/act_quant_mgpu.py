@@ -10,7 +10,10 @@ Rows past M are read as zeros by TMA (which moves whole 8-row tiles: an M that i
 one first) and quantize to zeros, as the Triton kernel's padding does.
 
 Same function as `act_quant.int8_reference` (per-row scales, round half away from zero); the `gpu` tests compare them.
-Triton's version of this kernel (`act_quant.quantize_int8`) moved only 0.28-0.61 TB/s (BENCHMARKS.md, issue 3).
+Measured on an H200 (BENCHMARKS.md, issue 11): 0.49-0.78 TB/s of input, ahead of the Triton kernel
+(`act_quant.quantize_int8`) but latency-bound, not memory-bound: one warpgroup per CTA runs each tile's TMA wait,
+wgmma, reductions and stores in sequence. Several CTAs per SM (`ctas_per_sm`, from the tuning table) overlap some of
+that; more warpgroups per CTA, or fusing this into the producer of x, is the way to the memory bound.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels.common import K_TILE, check_k, padded_rows, require
 from pallas_kernels import mosaic
+from pallas_kernels.common import K_TILE, check_k, padded_rows, require
 from pallas_kernels.mosaic import plgpu, smem_transforms
 from pallas_kernels.tuning import mosaic_act_config
 from sixbit_jax.quant import formats

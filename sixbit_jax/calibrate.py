@@ -151,6 +151,22 @@ def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
                        {"date": datetime.date.today().isoformat(), "other_signal": report, **(info or {})})
 
 
+def route_plot(calibration: Calibration, stats: list[StepStats], path: str | Path) -> Path:
+    """Per block, Γ(t-1) of every calibration block-step against the step, coloured by the route the calibrated
+    predictor gives it (NVFP4 where alpha Γ(t-1) + beta <= tau_q, INT8 otherwise): with a positive slope NVFP4
+    lands on the low-Γ (temporally stable) block-steps."""
+    from sixbit_jax.media import scatter_panels
+
+    gamma = np.stack([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # [rollouts, steps - 1, L]
+    steps = np.broadcast_to(np.arange(1, gamma.shape[1] + 1)[None, :], gamma.shape[:2])
+    int8 = gamma * np.asarray(calibration.alpha) + np.asarray(calibration.beta) > calibration.tau_q
+    panels = [(f"block {layer}: alpha {calibration.alpha[layer]:+.3g}, r {calibration.pearson_r[layer]:+.2f}",
+               steps.ravel(), gamma[..., layer].ravel(), int8[..., layer].ravel().astype(int))
+              for layer in range(gamma.shape[2])]
+    return scatter_panels(path, panels, classes=["NVFP4", "INT8"], x_label="step t", y_label="Γ(t-1)",
+                          title=f"routes at tau_q {calibration.tau_q:.3g} ({calibration.signal} signal)")
+
+
 def replay_skip_rule(changes: np.ndarray, tau_c: float, rule: RuntimeConfig) -> np.ndarray:
     """[rollouts, steps, L] bool: where the TDC rule would skip, given the one-step changes of all-compute rollouts."""
     _, steps, _ = changes.shape

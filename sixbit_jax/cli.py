@@ -200,7 +200,7 @@ def cmd_eval(args) -> None:
 
 def cmd_calibrate(args) -> None:
     """Calibration rollouts on the quantized model, the predictor fit, and the calibration file."""
-    from sixbit_jax.calibrate import CALIBRATION_NAME, fit
+    from sixbit_jax.calibrate import CALIBRATION_NAME, fit, route_plot
     from sixbit_jax.checkpoint import load_checkpoint
     from sixbit_jax.quant.model import quantize_model
     from sixbit_jax.runtime import RuntimeConfig
@@ -210,6 +210,8 @@ def cmd_calibrate(args) -> None:
     from sixbit_jax.shapes.text import TextEncoder, is_shapes_text_encoder
 
     ckpt = Path(args.checkpoint)
+    if args.plot and (not args.plot.lower().endswith(".png") or not Path(args.plot).absolute().parent.is_dir()):
+        raise InputError(f"--plot {args.plot}: name a .png file in an existing folder")
     model = load_checkpoint(ckpt, dtype="bf16")
     if model.quant is None:
         model = quantize_model(model)
@@ -234,6 +236,8 @@ def cmd_calibrate(args) -> None:
                             "guidance": args.guidance})
     out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
     print(calibration.report())
+    if args.plot:
+        print(f"wrote {route_plot(calibration, stats, args.plot)} (Γ(t-1) against the chosen route, per block)")
     print(f"calibrated on {len(stats)} rollouts in {time.perf_counter() - start:.1f} s | {_peak_memory()} | "
           f"wrote {out}")
 
@@ -300,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sensitivity E: at the block output (block, default) or the mean of its linears' own "
                         "errors (linear: the earlier definition, kept for the ablation)")
     p.add_argument("--out", help="calibration file to write (default CKPT/calibration.json)")
+    p.add_argument("--plot", help="also write a PNG of Γ(t-1) against the chosen route, per block")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 

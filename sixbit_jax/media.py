@@ -152,3 +152,41 @@ def line_chart(path: str | Path, x: Sequence[float], series: dict[str, Sequence[
     with _atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
+
+
+def scatter_panels(path: str | Path, panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
+                   classes: Sequence[str], title: str, x_label: str, y_label: str, columns: int = 3,
+                   panel_size: tuple[int, int] = (300, 220)) -> Path:
+    """Small scatter plots side by side, one per panel (title, x, y, class index per point), sharing axes; points
+    coloured by class, with a legend of `classes`. Enough to show which points a rule sent where."""
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    font = ImageFont.load_default()
+    rows = -(-len(panels) // columns)
+    pw, ph = panel_size
+    left, top, bottom = 50, 40, 30
+    image = Image.new("RGB", (columns * pw + 20, top + rows * ph + bottom), "white")
+    draw = ImageDraw.Draw(image)
+    xs = np.concatenate([np.asarray(p[1], np.float64) for p in panels])
+    ys = np.concatenate([np.asarray(p[2], np.float64) for p in panels])
+    x_lo, x_hi = float(np.nanmin(xs)), float(np.nanmax(xs)) + 1e-12
+    y_lo, y_hi = float(np.nanmin(ys)), float(np.nanmax(ys)) + 1e-12
+    for index, (name, x, y, cls) in enumerate(panels):
+        ox, oy = (index % columns) * pw + left, top + (index // columns) * ph
+        w, h = pw - left - 10, ph - 40
+        draw.rectangle([ox, oy, ox + w, oy + h], outline="black")
+        draw.text((ox, oy - 13), name, fill="black", font=font)
+        for value, label in ((y_lo, f"{y_lo:.3g}"), (y_hi, f"{y_hi:.3g}")):
+            draw.text((ox - 45, oy + h - (value - y_lo) / (y_hi - y_lo) * h - 6), label, fill="black", font=font)
+        draw.text((ox, oy + h + 3), f"{x_lo:.3g}", fill="black", font=font)
+        draw.text((ox + w - 20, oy + h + 3), f"{x_hi:.3g}", fill="black", font=font)
+        for xv, yv, c in zip(np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(cls)):
+            if math.isfinite(xv) and math.isfinite(yv):
+                px = ox + (xv - x_lo) / (x_hi - x_lo) * w
+                py = oy + h - (yv - y_lo) / (y_hi - y_lo) * h
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colours[int(c) % len(colours)])
+    draw.text((10, 8), f"{title}   ({y_label} against {x_label})", fill="black", font=font)
+    for i, name in enumerate(classes):
+        draw.text((columns * pw - 150, 8 + 12 * i), name, fill=colours[i % len(colours)], font=font)
+    with _atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

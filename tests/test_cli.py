@@ -95,3 +95,11 @@ def test_convert_errors_are_named(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["sample", str(tmp_path), "--embeds", "x.npy", "--out", "y.npy"]) == 2
     assert "not a sixbit-jax checkpoint" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_plot_it_could_not_write_before_any_rollout(checkpoint, capsys):
+    args = ["calibrate", str(checkpoint / "ckpt"), "--quiet", "--embeds", str(checkpoint / "missing.npy")]
+    assert main([*args, "--plot", str(checkpoint / "no-such-folder" / "routes.png")]) == 2
+    assert "--plot" in capsys.readouterr().err
+    assert main([*args, "--plot", str(checkpoint / "routes.gif")]) == 2
+    assert "name a .png file" in capsys.readouterr().err

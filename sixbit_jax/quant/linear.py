@@ -132,12 +132,12 @@ def nvfp4_linear(
     GPU GEMM multiplies them on the bf16 tensor cores, applying both second-level scales in its epilogue: the same
     products as the reference, summed in fp32. Elsewhere the Triton kernel decodes inside its K loop."""
     rows, lead, n, backend = _as_rows(x, weight, backend)
-    if backend == "pallas" and _mosaic_gemm(weight.shape[1], n, "bfloat16"):
+    k = weight.shape[1]
+    if backend == "pallas" and _mosaic_gemm(k, n, "bfloat16"):
         a = act_quant.quantize_nvfp4_values(rows, hadamard_block=weight.hadamard_block)
         w = formats.block_scaled_values(weight.nvfp4)
         y = scaled_matmul_mgpu.scaled_matmul(a.values, w.values, a.scale, jnp.broadcast_to(w.scale, (n,)), bias,
-                                             m=rows.shape[0], config=tuning.mosaic_gemm_config(*weight.shape[::-1],
-                                                                                               "bfloat16"))
+                                             m=rows.shape[0], config=tuning.mosaic_gemm_config(k, n, "bfloat16"))
     elif backend == "reference":
         a = act_quant.nvfp4_reference(rows, weight.hadamard_block)
         y = nvfp4_gemm.nvfp4_matmul_reference(a, weight.nvfp4, bias)
