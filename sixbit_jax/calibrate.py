@@ -163,7 +163,8 @@ def route_plot(calibration: Calibration, stats: list[StepStats], path: str | Pat
     panels = [(f"block {layer}: alpha {calibration.alpha[layer]:+.3g}, r {calibration.pearson_r[layer]:+.2f}",
                steps.ravel(), gamma[..., layer].ravel(), int8[..., layer].ravel().astype(int))
               for layer in range(gamma.shape[2])]
-    return scatter_panels(path, panels, classes=["NVFP4", "INT8"], x_label="step t", y_label="Γ(t-1)",
+    # ASCII labels: Pillow's built-in font has no Greek letters
+    return scatter_panels(path, panels, classes=["NVFP4", "INT8"], x_label="step t", y_label="gamma(t-1)",
                           title=f"routes at tau_q {calibration.tau_q:.3g} ({calibration.signal} signal)")
 
 
