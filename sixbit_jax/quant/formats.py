@@ -277,8 +277,8 @@ def prepare_weight(weight: jax.Array, *, hadamard_block: int = HADAMARD_BLOCK) -
 
 def int8_weight(weight: QuantizedWeight) -> INT8:
     """The INT8 path's weight operand, derived from the NVFP4 weight: int8 [N, K] with one scale per output row.
-    Transient by design: it is recomputed inside each jitted call (a few microseconds of elementwise work) so that
-    only the NVFP4 copy stays resident. Requantizing costs at most half an int8 step per element, far below NVFP4's
+    Transient by design: it is recomputed inside each jitted call so that only the NVFP4 copy stays resident; that
+    costs 31-48 us per linear at CogVideoX-2B shapes on an H200 (BENCHMARKS.md, issue 11), about 1% of a step. Requantizing costs at most half an int8 step per element, far below NVFP4's
     own rounding error."""
     q = weight.nvfp4
     # quantize_int8(dequantize_nvfp4(q)) op for op, but on the even and odd halves separately so that XLA fuses the
