@@ -12,8 +12,9 @@ from safetensors import SafetensorError, safe_open
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import CheckpointError
 
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers models (transformer/, vae/)
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
+TRANSFORMERS_WEIGHTS_NAME = "model.safetensors"  # transformers models (text_encoder/)
 
 
 class TensorSource:
@@ -34,9 +35,10 @@ class TensorSource:
                     self._meta[name] = (tuple(info.get_shape()), info.get_dtype())
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "TensorSource":
+    def from_folder(cls, folder: str | Path, weights_name: str = WEIGHTS_NAME) -> "TensorSource":
+        """`weights_name`: the single-file name; a sharded set is found by its `<weights_name>.index.json`."""
         folder = Path(folder)
-        index, single = folder / INDEX_NAME, folder / WEIGHTS_NAME
+        index, single = folder / (weights_name + ".index.json"), folder / weights_name
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
@@ -56,7 +58,7 @@ class TensorSource:
             raise CheckpointError(f"{folder} holds only PyTorch pickle weights (.bin/.pt); they are not read because "
                                   f"unpickling can run code. Save the model with safetensors (diffusers' "
                                   f"save_pretrained does by default).")
-        raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}")
+        raise CheckpointError(f"no {single.name} or {index.name} in {folder}")
 
     def names(self) -> list[str]:
         return sorted(self._meta)
