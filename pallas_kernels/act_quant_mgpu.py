@@ -36,10 +36,24 @@ from sixbit_jax.quant.formats import INT8
 ROW_TILE = 64  # one warpgroup's wgmma height
 
 
+def _rotation(h_smem):
+    """x_smem (a 64 x 128 bf16 tile) -> float32 x H / sqrt(128), on the tensor cores (exact products)."""
+    norm = 1.0 / math.sqrt(K_TILE)
+
+    def rotate(x_smem):
+        def product(acc_ref):
+            plgpu.wgmma(acc_ref, x_smem, h_smem)
+            plgpu.wgmma_wait(0)
+            return acc_ref[...]
+
+        return pl.run_scoped(product, plgpu.ACC((ROW_TILE, K_TILE), jnp.float32)) * norm
+
+    return rotate
+
+
 def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, stages: int):
     x_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.bfloat16))
     q_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.int8))
-    norm = 1.0 / math.sqrt(K_TILE)
     row_layout = plgpu.Layout.WGMMA.reduce(1)
 
     @functools.partial(
@@ -50,14 +64,7 @@ def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, sta
     def _scope(h_smem, h_barrier):
         plgpu.copy_gmem_to_smem(h_gmem, h_smem, h_barrier)
         plgpu.barrier_wait(h_barrier)
-
-        def rotate(x_smem):
-            def product(acc_ref):
-                plgpu.wgmma(acc_ref, x_smem, h_smem)
-                plgpu.wgmma_wait(0)
-                return acc_ref[...]
-
-            return pl.run_scoped(product, plgpu.ACC((ROW_TILE, K_TILE), jnp.float32)) * norm
+        rotate = _rotation(h_smem)
 
         @plgpu.nd_loop((row_tiles,), collective_axes="sm")
         def _rows(loop_info):
@@ -83,24 +90,62 @@ def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, sta
             s_gmem[rows] = amax / formats.INT8_MAX
 
 
-def quantize_int8(x: jax.Array, *, stages: int | None = None, ctas_per_sm: int | None = None) -> INT8:
-    """bf16 [M, K] -> INT8 of x H (128-wide blocks), per-row scales, rows padded to ROW_ALIGN (zeros there).
+def _grouped_kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, stages: int):
+    """One pass: each 64 x 128 tile is rotated, scaled by its own rows' amax and written; scales [k_tiles, rows]."""
+    x_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.bfloat16))
+    q_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.int8))
+
+    @functools.partial(
+        pl.run_scoped,
+        h_smem=plgpu.SMEM((K_TILE, K_TILE), jnp.bfloat16, transforms=smem_transforms(K_TILE, jnp.bfloat16)),
+        h_barrier=plgpu.Barrier(num_arrivals=1),
+    )
+    def _scope(h_smem, h_barrier):
+        plgpu.copy_gmem_to_smem(h_gmem, h_smem, h_barrier)
+        plgpu.barrier_wait(h_barrier)
+        rotate = _rotation(h_smem)
+
+        @plgpu.nd_loop((row_tiles,), collective_axes="sm")
+        def _rows(loop_info):
+            (tile,) = loop_info.index
+            rows = pl.ds(tile * ROW_TILE, ROW_TILE)
+
+            def quantize_step(indices, x_smem, q_smem):
+                (k,) = indices
+                y = rotate(x_smem)
+                amax = jnp.max(jnp.abs(y), axis=1)
+                inverse = jnp.where(amax > 0, formats.INT8_MAX / jnp.where(amax > 0, amax, 1.0), 0.0)
+                y = y * lax.broadcast_in_dim(inverse, (ROW_TILE, K_TILE), [0])
+                q_smem[...] = jnp.clip(formats.round_half_away(y), -formats.INT8_MAX, formats.INT8_MAX).astype(jnp.int8)
+                s_gmem[k, rows] = amax / formats.INT8_MAX
+
+            plgpu.emit_pipeline(
+                quantize_step, grid=(k_tiles,), in_specs=[x_spec], out_specs=[q_spec], max_concurrent_steps=stages,
+            )(x_gmem.at[rows, :], q_gmem.at[rows, :])
+
+
+def quantize_int8(x: jax.Array, *, group_size: int | None = None, stages: int | None = None,
+                  ctas_per_sm: int | None = None) -> INT8:
+    """bf16 [M, K] -> INT8 of x H (128-wide blocks), rows padded to ROW_ALIGN (zeros there). Scales per row, or with
+    `group_size` 128 per row and 128-wide K group (one pass over x: each tile is quantized on its own).
     `stages` (pipeline depth) and `ctas_per_sm` default to the tuning table's for K."""
     what = "INT8 activation quantization (Mosaic GPU)"
     require(x.ndim == 2, f"{what}: expected activations [M, K], got shape {tuple(x.shape)}")
+    require(group_size in (None, K_TILE), f"{what}: groups must be {K_TILE} wide (or none), got {group_size}")
     m, k = x.shape
     check_k(k, what)
     rows = padded_rows(m)
-    table_stages, table_ctas = mosaic_act_config(k)
+    table_stages, table_ctas = mosaic_act_config(k, grouped=group_size is not None)
     stages, ctas_per_sm = stages or table_stages, ctas_per_sm or table_ctas
     if m % 8:  # TMA moves whole 8-row tiles of x and reads rows past its end as zeros; only a ragged tile is padded
         x = jnp.pad(x, ((0, -m % 8), (0, 0)))
+    body, scale_shape = (_kernel, (rows,)) if group_size is None else (_grouped_kernel, (k // K_TILE, rows))
     kernel = plgpu.kernel(
-        functools.partial(_kernel, row_tiles=rows // ROW_TILE, k_tiles=k // K_TILE, stages=stages),
-        out_type=(jax.ShapeDtypeStruct((rows, k), jnp.int8), jax.ShapeDtypeStruct((rows,), jnp.float32)),
+        functools.partial(body, row_tiles=rows // ROW_TILE, k_tiles=k // K_TILE, stages=stages),
+        out_type=(jax.ShapeDtypeStruct((rows, k), jnp.int8), jax.ShapeDtypeStruct(scale_shape, jnp.float32)),
         grid=(min(rows // ROW_TILE, ctas_per_sm * mosaic.num_sms()),),
         grid_names=("sm",),
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )
     values, scale = kernel(x.astype(jnp.bfloat16), jnp.asarray(formats.hadamard_matrix(K_TILE), jnp.bfloat16))
-    return INT8(values, scale)
+    return INT8(values, scale if group_size is None else scale.T)

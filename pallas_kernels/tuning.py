@@ -53,9 +53,13 @@ MOSAIC_ACT_TABLE: dict[int, tuple[int, int]] = {
 }
 
 
-def mosaic_act_config(k: int) -> tuple[int, int]:
-    """(stages, CTAs per SM) for the Mosaic GPU activation kernel at this K."""
-    return MOSAIC_ACT_TABLE.get(k, (4, 1))
+# The one-pass kernel with per-group scales (not yet tuned): a tile's work is short, so two CTAs per SM overlap it.
+MOSAIC_GROUPED_ACT_DEFAULT = (4, 2)
+
+
+def mosaic_act_config(k: int, grouped: bool = False) -> tuple[int, int]:
+    """(stages, CTAs per SM) for the Mosaic GPU activation kernel at this K (`grouped`: per-group scales)."""
+    return MOSAIC_GROUPED_ACT_DEFAULT if grouped else MOSAIC_ACT_TABLE.get(k, (4, 1))
 
 
 def mosaic_gemm_config(k: int, n: int, dtype="int8") -> MatmulConfig:

@@ -253,8 +253,10 @@ def test_unsupported_shapes_name_the_constraint():
 # ------------------------------------------------------------------------------------------ Mosaic GPU (Hopper) kernels
 # They cannot run on a CPU (jax has no interpreter for them before 0.12), so there the linear paths run the references
 # and these tests check that the kernels still trace and lower to Mosaic GPU for CUDA; on a GPU they run compiled.
-MGPU_GEMM_CASES = [  # (m, k, n, dtype, activation, config)
+MGPU_GEMM_CASES = [  # (m, k, n, dtype, activation, config); "grouped": int8 with per-row, per-128-K scales
     (1000, 384, 256, jnp.int8, None, None),
+    (700, 640, 384, "grouped", None, tuning.MatmulConfig(tile_m=64, tile_n=192, stages=4)),
+    (77, 256, 256, "grouped", "gelu_tanh", None),
     (77, 256, 384, jnp.int8, "gelu_tanh", None),
     (1000, 384, 256, jnp.bfloat16, None, None),
     (600, 512, 256, jnp.int8, None, tuning.MatmulConfig(tile_m=64, tile_n=256, stages=3)),
@@ -264,12 +266,13 @@ MGPU_GEMM_CASES = [  # (m, k, n, dtype, activation, config)
 def _mgpu_gemm_operands(m, k, n, dtype):
     rows = -(-m // ROW_ALIGN) * ROW_ALIGN
     ka, kb, kr, kc, kbias = jax.random.split(fresh_key(), 5)
-    if dtype == jnp.int8:
+    grouped = dtype == "grouped"
+    if grouped or dtype == jnp.int8:
         a = jax.random.randint(ka, (rows, k), -127, 128, jnp.int8)
         b = jax.random.randint(kb, (n, k), -127, 128, jnp.int8)
     else:
         a, b = jax.random.normal(ka, (rows, k), dtype), jax.random.normal(kb, (n, k), dtype)
-    row_scale = jax.random.uniform(kr, (rows,), minval=0.5, maxval=2.0) * 1e-2
+    row_scale = jax.random.uniform(kr, (rows, k // 128) if grouped else (rows,), minval=0.5, maxval=2.0) * 1e-2
     col_scale = jax.random.uniform(kc, (n,), minval=0.5, maxval=2.0) * 1e-2
     return a, b, row_scale, col_scale, jax.random.normal(kbias, (n,))
 
@@ -279,9 +282,13 @@ def test_mosaic_kernels_lower_for_cuda():
     for m, k, n, dtype, activation, config in MGPU_GEMM_CASES:
         rows = -(-m // ROW_ALIGN) * ROW_ALIGN
         gemm = functools.partial(scaled_matmul_mgpu.scaled_matmul, m=m, activation=activation, config=config)
-        jax.jit(gemm).trace(sds((rows, k), dtype), sds((n, k), dtype), sds((rows,), jnp.float32),
+        operand = jnp.int8 if dtype == "grouped" else dtype
+        scales = (rows, k // 128) if dtype == "grouped" else (rows,)
+        jax.jit(gemm).trace(sds((rows, k), operand), sds((n, k), operand), sds(scales, jnp.float32),
                             sds((n,), jnp.float32), sds((n,), jnp.float32)).lower(lowering_platforms=("cuda",))
-    jax.jit(act_quant_mgpu.quantize_int8).trace(sds((300, 384), jnp.bfloat16)).lower(lowering_platforms=("cuda",))
+    for group_size in (None, 128):
+        quantize = functools.partial(act_quant_mgpu.quantize_int8, group_size=group_size)
+        jax.jit(quantize).trace(sds((300, 384), jnp.bfloat16)).lower(lowering_platforms=("cuda",))
 
 
 @pytest.mark.gpu
@@ -293,7 +300,8 @@ def test_mosaic_scaled_matmul_matches_reference(m, k, n, dtype, activation, conf
     ref = scaled_matmul_mgpu.scaled_matmul_reference(*operands, m=m, out_dtype=jnp.float32, activation=activation)
     assert y.shape == (m, n)
     error = rel(y, ref)
-    assert error < (1e-6 if dtype == jnp.int8 else 1e-4), error  # int8: exact products; bf16: fp32 sums in any order
+    # int8: exact products (grouped: fp32 sums of the scaled groups); bf16: fp32 sums in any order
+    assert error < {jnp.int8: 1e-6, "grouped": 1e-5}.get(dtype, 1e-4), error
 
 
 @pytest.mark.gpu
@@ -306,13 +314,14 @@ def test_mosaic_scaled_matmul_integer_part_is_exact():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("group_size", [None, 128], ids=["per-token", "per-group"])
 @pytest.mark.parametrize("m,k", [(1, 128), (70, 384), (300, 256), (1000, 1920)])
-def test_mosaic_int8_activation_quantization_matches_reference(m, k):
+def test_mosaic_int8_activation_quantization_matches_reference(m, k, group_size):
     x = activations(m, k)
     poison_device_memory()
-    q = act_quant_mgpu.quantize_int8(x)
-    ref = act_quant.int8_reference(x, 128)
-    assert q.values.shape == (-(-m // ROW_ALIGN) * ROW_ALIGN, k)
+    q = act_quant_mgpu.quantize_int8(x, group_size=group_size)
+    ref = act_quant.int8_reference(x, 128, group_size)
+    assert q.values.shape == (-(-m // ROW_ALIGN) * ROW_ALIGN, k) and q.scale.shape[1:] == ref.scale.shape[1:]
     assert_codes_close(q.values[:m], ref.values, "int8 codes")
     np.testing.assert_allclose(np.asarray(q.scale[:m]), np.asarray(ref.scale), rtol=1e-5)
     assert np.all(np.asarray(q.values[m:]) == 0) and np.all(np.asarray(q.scale[m:]) == 0), "padding rows must be zeros"

@@ -66,12 +66,15 @@ def test_backends_agree_at_whole_tiles(path):
         assert _rel(PATHS[path](x, prepared, b, backend=backend), np.asarray(reference, np.float64)) < 1e-2, backend
 
 
-def test_int8_per_group_scales_also_work():
-    x, w, b, exact = _problem(seed=11)
+@pytest.mark.parametrize("shape", [dict(lead=(2, 35), k=256, n=96), dict(lead=(3, 111), k=384, n=384)],
+                         ids=["ragged", "whole-tiles"])  # whole tiles: the Mosaic GPU kernels take them on Hopper
+def test_int8_per_group_scales_also_work(shape):
+    x, w, b, exact = _problem(seed=11, **shape)
     prepared = F.prepare_weight(w)
-    for backend in BACKENDS:
-        y = linear.int8_linear(x, prepared, b, group_size=128, backend=backend)
+    outputs = {backend: linear.int8_linear(x, prepared, b, group_size=128, backend=backend) for backend in BACKENDS}
+    for backend, y in outputs.items():
         assert _rel(y, _with_quantized_weight(x, prepared, b)) < ACTIVATION_ERROR_BOUND["int8"], backend
+        assert _rel(y, np.asarray(outputs["reference"], np.float64)) < 1e-2, backend
 
 
 def test_bad_inputs_name_the_problem():

@@ -53,6 +53,9 @@ class LinearRuntime:
 
 
 class QuantDense(nnx.Module):
+    # INT8 activation scales: None per token, or per token and this many K elements (128 = the Hadamard block).
+    int8_group_size: int | None = None
+
     def __init__(self, in_features: int, out_features: int, *, hadamard_block: int, weight_only: bool = False,
                  dtype=jnp.bfloat16, rngs: nnx.Rngs | None = None):
         del rngs  # weights come from quantizing a float weight, never from random init
@@ -77,7 +80,8 @@ class QuantDense(nnx.Module):
         runtime = runtime or LinearRuntime()
         if runtime.path != "int8" or self.weight_only:
             return x
-        return linear.quantize_int8_input(x, self.hadamard_block, backend=runtime.backend)
+        return linear.quantize_int8_input(x, self.hadamard_block, group_size=self.int8_group_size,
+                                          backend=runtime.backend)
 
     def __call__(self, x: jax.Array | linear.Int8Input, runtime: LinearRuntime | None = None,
                  activation: str | None = None) -> jax.Array:
@@ -103,7 +107,8 @@ class QuantDense(nnx.Module):
             outliers = ax.max() > runtime.outlier_ratio * ax.mean()
             runtime.fallbacks.append(outliers.astype(jnp.float32))
             return jax.lax.cond(outliers, lambda: self._bf16(x, weight, bias),
-                                lambda: linear.int8_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype))
+                                lambda: linear.int8_linear(x, weight, bias, group_size=self.int8_group_size,
+                                                           backend=runtime.backend).astype(out_dtype))
         y = self._bf16(x, weight, bias)
         if runtime.path == "calibrate":
             y4 = linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(jnp.float32)

@@ -78,9 +78,9 @@ def quantize_int8_input(x: jax.Array, hadamard_block: int, *, group_size: int | 
     rows = x.reshape(-1, k).astype(jnp.bfloat16)
     if backend == "reference":
         q = act_quant.int8_reference(rows, hadamard_block, group_size)
-    elif backend == "pallas" and group_size is None and hadamard_block == K_TILE and k % K_TILE == 0 \
+    elif backend == "pallas" and group_size in (None, K_TILE) and hadamard_block == K_TILE and k % K_TILE == 0 \
             and mosaic.available():
-        q = act_quant_mgpu.quantize_int8(rows)
+        q = act_quant_mgpu.quantize_int8(rows, group_size=group_size)
     else:
         q = act_quant.quantize_int8(rows, hadamard_block=hadamard_block, group_size=group_size,
                                     interpret=backend == "interpret")
@@ -110,7 +110,8 @@ def int8_linear(
         raise InputError(f"a quantized input of K = {x.q.values.shape[-1]} (Hadamard block {x.hadamard_block}) "
                          f"cannot feed a weight of K = {k} (Hadamard block {weight.hadamard_block})")
     w8 = formats.int8_weight(weight)
-    if backend == "pallas" and x.group_size is None and x.q.values.shape[0] % 256 == 0 and _mosaic_gemm(k, n):
+    if backend == "pallas" and x.group_size in (None, K_TILE) and x.q.values.shape[0] % 256 == 0 \
+            and _mosaic_gemm(k, n):
         y = scaled_matmul_mgpu.scaled_matmul(x.q.values, w8.values, x.q.scale, w8.scale, bias, m=x.m,
                                              activation=activation, config=tuning.mosaic_gemm_config(k, n))
     else:
