@@ -5,6 +5,7 @@
 Random weights, B = 2 (the CFG batch), 49 frames at 480x720: 17,550 video + 226 text tokens per sample. Rows:
 - `bf16`: the float block (XLA matmuls, cuDNN attention): the BF16 model's block;
 - one row per quantized path (`int8`, `nvfp4`, `bf16-w4a16`): the NVFP4-weight block with every linear on that path;
+  `int8-group`: the INT8 path with one activation scale per row and 128-wide K group instead of per row;
 - `attention`: the block's attention call alone (q, k, v already projected), so each row's time without attention
   is its time minus this one.
 Median of --iters device-synchronised calls after warm-up; prints a JSON line per row and a table.
@@ -27,7 +28,7 @@ from flax import nnx  # noqa: E402
 
 from bench.bench_linear import median_seconds  # noqa: E402
 from sixbit_jax.config import CogVideoXConfig  # noqa: E402
-from sixbit_jax.layers import LinearRuntime, dot_product_attention  # noqa: E402
+from sixbit_jax.layers import LinearRuntime, QuantDense, dot_product_attention  # noqa: E402
 from sixbit_jax.models import CogVideoXTransformer3D  # noqa: E402
 from sixbit_jax.quant.model import quantize_model  # noqa: E402
 
@@ -66,7 +67,8 @@ def main() -> None:
 
     for path in args.paths:
         block_def, state = one_block(model if path == "bf16" else quantized)
-        linear_path = "bf16" if path == "bf16-w4a16" else path
+        linear_path = {"bf16-w4a16": "bf16", "int8-group": "int8"}.get(path, path)
+        QuantDense.int8_group_size = 128 if path == "int8-group" else None  # read while tracing, below
 
         @jax.jit
         def run(state, video, text, block_def=block_def, linear_path=linear_path):
