@@ -6,18 +6,8 @@ layout; the patch Conv2d weight [D, C, p, p] is flattened to the dense weight [D
 
 from __future__ import annotations
 
-import dataclasses
-
+from convert.source import TensorSpec
 from sixbit_jax.config import CogVideoXConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    source_key: str
-    source_shape: tuple[int, ...]
-    target: tuple[str, ...]  # path in the parameter tree
-    layer: int | None = None  # row of the stacked block leaf, None for top-level tensors
-    target_shape: tuple[int, ...] | None = None  # reshape on the way in (only the patch conv), else source_shape
 
 
 # diffusers block-relative name -> our block-relative path

@@ -6,7 +6,7 @@ written: never the whole model."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
@@ -32,35 +32,46 @@ def check_tensors(specs: dict[str, TensorSpec], names: list[str], shape_of: Call
                               + "\n  ".join(problems))
 
 
-def converted_leaves(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],
-                     read: Callable[[str], np.ndarray], dtype, *, progress: bool = False,
-                     nbytes: Callable[[str], int] | None = None) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Yield (parameter path, numpy leaf in `dtype`) one leaf at a time, e.g. all layers' to_q weights stacked.
-    Every tensor is checked (names and shapes) before the first is read."""
-    specs = expected_tensors(cfg)
-    check_tensors(specs, names, shape_of)
+def stacked_leaves(specs: dict[str, TensorSpec], abstract: dict[tuple[str, ...], Any], names: list[str],
+                   shape_of: Callable[[str], tuple], read: Callable[[str], np.ndarray], dtype, *,
+                   progress: bool = False, nbytes: Callable[[str], int] | None = None, desc: str = "converting",
+                   stored_name: Callable[[str], str] = lambda key: key
+                   ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Any model family's conversion loop: yield (parameter path, numpy leaf in `dtype`) one leaf at a time, a
+    stacked leaf gathering the tensors of every layer. `specs` is the family's key map, `abstract` its flat
+    parameter tree (ShapeDtypeStructs); `stored_name` maps a spec's key to the name the file stores it under (a tied
+    embedding saved under another name). Every tensor is checked (names and shapes) before the first is read."""
+    check_tensors(specs, names, lambda key: shape_of(stored_name(key)))
     dtype = parse_dtype(dtype)
-    abstract = dict(flat_leaves(abstract_params(cfg, dtype)))
     by_leaf: dict[tuple[str, ...], list[TensorSpec]] = {}
     for spec in specs.values():
         by_leaf.setdefault(spec.target, []).append(spec)
-    total = sum(nbytes(k) for k in specs) if nbytes else len(specs)
-    with tqdm(total=total, disable=not progress, unit="B" if nbytes else "tensor", unit_scale=bool(nbytes),
-              desc="converting") as bar:
+    size = (lambda key: nbytes(stored_name(key))) if nbytes else (lambda key: 1)
+    with tqdm(total=sum(size(k) for k in specs), disable=not progress, unit="B" if nbytes else "tensor",
+              unit_scale=bool(nbytes), desc=desc) as bar:
         for target, leaf_specs in by_leaf.items():
             leaf = np.empty(abstract[target].shape, dtype)
             for spec in leaf_specs:
-                tensor = np.asarray(read(spec.source_key))
+                tensor = np.asarray(read(stored_name(spec.source_key)))
                 if not jnp.issubdtype(tensor.dtype, jnp.floating):
-                    raise CheckpointError(f"tensor {spec.source_key} has non-float dtype {tensor.dtype}")
+                    raise CheckpointError(f"tensor {stored_name(spec.source_key)} has non-float dtype {tensor.dtype}")
                 value = tensor.astype(dtype).reshape(spec.target_shape or spec.source_shape)
                 if spec.layer is None:
                     leaf[...] = value
                 else:
                     leaf[spec.layer] = value
-                bar.update(nbytes(spec.source_key) if nbytes else 1)
+                bar.update(size(spec.source_key))
             yield target, leaf
             del leaf  # before the next leaf is allocated: only one leaf is held at a time
+
+
+def converted_leaves(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],
+                     read: Callable[[str], np.ndarray], dtype, *, progress: bool = False,
+                     nbytes: Callable[[str], int] | None = None) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """The CogVideoX transformer's leaves (see `stacked_leaves`), e.g. all layers' to_q weights stacked."""
+    abstract = dict(flat_leaves(abstract_params(cfg, parse_dtype(dtype))))
+    return stacked_leaves(expected_tensors(cfg), abstract, names, shape_of, read, dtype, progress=progress,
+                          nbytes=nbytes)
 
 
 def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],

@@ -3,6 +3,7 @@ with its `.index.json`. Only headers are read up front; tensors are read one at 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,18 @@ from sixbit_jax.errors import CheckpointError
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers models (transformer/, vae/)
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
 TRANSFORMERS_WEIGHTS_NAME = "model.safetensors"  # transformers models (text_encoder/)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a source checkpoint and where it lands in our parameter tree (a family's key map is a dict of
+    these, keyed by source name)."""
+
+    source_key: str
+    source_shape: tuple[int, ...]
+    target: tuple[str, ...]  # path in the parameter tree
+    layer: int | None = None  # row of the stacked block leaf, None for top-level tensors
+    target_shape: tuple[int, ...] | None = None  # reshape on the way in (only the patch conv), else source_shape
 
 
 class TensorSource:

@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
-from convert.cogvideox import TensorSpec
-from convert.converter import check_tensors
+from convert.source import TensorSpec
+from convert.converter import stacked_leaves
 from convert.source import TRANSFORMERS_WEIGHTS_NAME, TensorSource
 from sixbit_jax.checkpoint import flat_leaves, nest_leaves, parse_dtype
 from sixbit_jax.errors import CheckpointError
@@ -108,33 +106,9 @@ def converted_leaves(cfg: T5Config, names: list[str], shape_of: Callable[[str], 
     """Yield (parameter path, numpy leaf in `dtype`) one leaf at a time (e.g. all layers' q weights stacked).
     Every tensor is checked (names and shapes, one CheckpointError naming all problems) before the first is read."""
     names, read_from = encoder_names(names, shape_of)
-
-    def source(key: str) -> str:  # a spec's name -> the name stored in the file (only the embedding differs)
-        return read_from.get(key, key)
-
-    specs = expected_tensors(cfg)
-    check_tensors(specs, names, lambda key: shape_of(source(key)))
-    dtype = parse_dtype(dtype)
     abstract = dict(flat_leaves(abstract_params(cfg, dtype)))
-    by_leaf: dict[tuple[str, ...], list[TensorSpec]] = {}
-    for spec in specs.values():
-        by_leaf.setdefault(spec.target, []).append(spec)
-    total = sum(nbytes(source(k)) for k in specs) if nbytes else len(specs)
-    with tqdm(total=total, disable=not progress, unit="B" if nbytes else "tensor", unit_scale=bool(nbytes),
-              desc="converting T5") as bar:
-        for target, leaf_specs in by_leaf.items():
-            leaf = np.empty(abstract[target].shape, dtype)
-            for spec in leaf_specs:
-                tensor = np.asarray(read(source(spec.source_key)))
-                if not jnp.issubdtype(tensor.dtype, jnp.floating):
-                    raise CheckpointError(f"tensor {source(spec.source_key)} has non-float dtype {tensor.dtype}")
-                if spec.layer is None:
-                    leaf[...] = tensor.astype(dtype)
-                else:
-                    leaf[spec.layer] = tensor.astype(dtype)
-                bar.update(nbytes(source(spec.source_key)) if nbytes else 1)
-            yield target, leaf
-            del leaf  # before the next leaf is allocated: only one leaf is held at a time
+    return stacked_leaves(expected_tensors(cfg), abstract, names, shape_of, read, dtype, progress=progress,
+                          nbytes=nbytes, desc="converting T5", stored_name=lambda key: read_from.get(key, key))
 
 
 def encoder_from_leaves(cfg: T5Config, leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], dtype, *,

@@ -54,12 +54,39 @@ def parse_dtype(name: str | Any):
     return dtype
 
 
+def abstract_state(make_module: Callable[[], nnx.Module]) -> dict:
+    """The parameter tree (`nnx.to_pure_dict` layout) of the module `make_module` builds, as ShapeDtypeStructs,
+    without allocating anything."""
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(make_module)))
+
+
+def module_from_leaves(make_module: Callable[[], nnx.Module], leaves: Iterable[tuple[tuple[str, ...], Any]],
+                       what: str = "model"):
+    """Build the module `make_module` describes from (path, array) pairs, moving each leaf to the default device (in
+    the module's dtype for that leaf) as it arrives, so host memory holds one leaf at a time. Every leaf must come
+    exactly once with its shape."""
+    graphdef, state = nnx.split(nnx.eval_shape(make_module))
+    expected = dict(flat_leaves(nnx.to_pure_dict(state)))
+    device = jax.devices()[0]  # explicit: converted leaves live on the CPU device, the model on the default one
+    placed: dict[tuple[str, ...], jax.Array] = {}
+    found: dict[str, tuple] = {}
+    for path, value in leaves:
+        found[_name(path)] = tuple(np.shape(value))
+        spec = expected.get(path)
+        if spec is not None and tuple(np.shape(value)) == tuple(spec.shape):
+            placed[path] = jax.device_put(value, device).astype(spec.dtype)
+    problems = shape_problems({_name(k): v.shape for k, v in expected.items()}, found, "parameter")
+    if problems:
+        raise CheckpointError(f"{what} parameters do not match the model:\n  " + "\n  ".join(problems))
+    nnx.replace_by_pure_dict(state, nest_leaves(placed.items()))
+    return nnx.merge(graphdef, state)
+
+
 def abstract_params(cfg: CogVideoXConfig, dtype, quant: QuantSpec | None = None) -> dict:
     """The parameter tree of a model of this config as ShapeDtypeStructs, without allocating anything. Float leaves
     have `dtype`; a quantized model's NVFP4 leaves have their own (uint8 codes and scale bytes, float32 scales)."""
     dtype = parse_dtype(dtype)
-    model = nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0), quant=quant))
-    return nnx.to_pure_dict(nnx.state(model))
+    return abstract_state(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0), quant=quant))
 
 
 def model_from_params(cfg: CogVideoXConfig, params: dict, *, dtype=None, attention_impl: str | None = None,
@@ -67,15 +94,9 @@ def model_from_params(cfg: CogVideoXConfig, params: dict, *, dtype=None, attenti
     """Build a model from a parameter tree in `nnx.to_pure_dict` layout (leaves numpy or jax arrays). `dtype`
     (default: the patch embedding's) applies to float leaves; quantized leaves keep their formats."""
     dtype = parse_dtype(dtype) if dtype is not None else jnp.dtype(params["patch_embed"]["proj"]["weight"].dtype)
-    model = nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0),
-                                                          attention_impl=attention_impl, quant=quant))
-    graphdef, state = nnx.split(model)
-    expected = nnx.to_pure_dict(state)
-    _check_tree(expected, params)
-    device = jax.devices()[0]  # explicit: converted trees live on the CPU device, the model on the default one
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda spec, x: jax.device_put(x, device).astype(spec.dtype),
-                                                 expected, params))
-    return nnx.merge(graphdef, state)
+    return module_from_leaves(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0),
+                                                             attention_impl=attention_impl, quant=quant),
+                              flat_leaves(params))
 
 
 def flat_leaves(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -154,42 +175,54 @@ def _remove_tree(path: Path, attempts: int = 5) -> None:
         time.sleep(0.05 * (attempt + 1))
 
 
-def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
-                     overwrite: bool = False, info: dict | None = None, extra_folders: dict[str, Path] | None = None,
-                     quant: QuantSpec | None = None, before_commit: Callable[[], None] | None = None) -> Path:
-    """Write parameter leaves (path, array) as they arrive, then the config; atomic. Every leaf of the model must
-    come exactly once, with its shape and dtype (`dtype` for float leaves; a quantized model's NVFP4 leaves have
-    their own). `extra_folders` {name: folder} are copied in as they are (a pipeline's small companions, such as the
-    shapes model's text encoder)."""
+def write_leaves(folder: Path, expected: dict[tuple[str, ...], Any], leaves: Iterable[tuple[tuple[str, ...], Any]],
+                 record: dict) -> None:
+    """Write parameter leaves (path, array) into `folder` as they arrive (one orbax item each), then `record` as its
+    sixbit.json. Every leaf of `expected` (path -> ShapeDtypeStruct) must come exactly once, with its shape and
+    dtype. Not atomic by itself: callers write into an `atomic_folder`."""
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed for checkpoint I/O
 
+    written = set()
+    # Synchronous checkpointer: nothing writes into `folder` once a save returns or raises.
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        for path, value in leaves:
+            spec = expected.get(path)
+            if spec is None or path in written:
+                raise CheckpointError(f"unexpected or repeated parameter {_name(path)}")
+            if tuple(value.shape) != tuple(spec.shape) or jnp.dtype(value.dtype) != spec.dtype:
+                raise CheckpointError(f"parameter {_name(path)}: expected {tuple(spec.shape)} {spec.dtype.name}, "
+                                      f"found {tuple(value.shape)} {jnp.dtype(value.dtype).name}")
+            checkpointer.save(folder / "state" / _name(path), args=ocp.args.PyTreeSave({"value": value}))
+            written.add(path)
+            del value
+            _return_freed_memory()
+    missing = sorted(_name(p) for p in expected.keys() - written)
+    if missing:
+        raise CheckpointError(f"parameters never written: {', '.join(missing)}")
+    (folder / INFO_NAME).write_text(json.dumps({"format": FORMAT, **record}, indent=2) + "\n")
+
+
+def transformer_record(cfg: CogVideoXConfig, dtype, quant: QuantSpec | None = None, info: dict | None = None) -> dict:
+    """sixbit.json of a transformer checkpoint (the folder `load_checkpoint` reads)."""
+    return {"dtype": parse_dtype(dtype).name, "config": cfg.to_dict(), "quant": quant.to_dict() if quant else None,
+            **(info or {})}
+
+
+def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
+                     overwrite: bool = False, info: dict | None = None, extra_folders: dict[str, Path] | None = None,
+                     quant: QuantSpec | None = None, before_commit: Callable[[Path], None] | None = None) -> Path:
+    """Write a transformer's parameter leaves (path, array) as they arrive, then the config; atomic. Every leaf of
+    the model must come exactly once, with its shape and dtype (`dtype` for float leaves; a quantized model's NVFP4
+    leaves have their own). `extra_folders` {name: folder} are copied in as they are (a pipeline's small companions,
+    such as the shapes model's text encoder); `before_commit(tmp)` may add more before the rename."""
     dtype = parse_dtype(dtype)
-    expected = {path: spec for path, spec in flat_leaves(abstract_params(cfg, dtype, quant))}
+    expected = dict(flat_leaves(abstract_params(cfg, dtype, quant)))
     with atomic_folder(dst, overwrite=overwrite) as tmp:
-        written = set()
-        # Synchronous checkpointer: nothing writes into `tmp` once a save returns or raises.
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-            for path, value in leaves:
-                spec = expected.get(path)
-                if spec is None or path in written:
-                    raise CheckpointError(f"unexpected or repeated parameter {_name(path)}")
-                if tuple(value.shape) != tuple(spec.shape) or jnp.dtype(value.dtype) != spec.dtype:
-                    raise CheckpointError(f"parameter {_name(path)}: expected {tuple(spec.shape)} {spec.dtype.name}, "
-                                          f"found {tuple(value.shape)} {jnp.dtype(value.dtype).name}")
-                checkpointer.save(tmp / "state" / _name(path), args=ocp.args.PyTreeSave({"value": value}))
-                written.add(path)
-                del value
-                _return_freed_memory()
-        missing = sorted(_name(p) for p in expected.keys() - written)
-        if missing:
-            raise CheckpointError(f"parameters never written: {', '.join(missing)}")
+        write_leaves(tmp, expected, leaves, transformer_record(cfg, dtype, quant, info))
         for name, folder in (extra_folders or {}).items():
             shutil.copytree(folder, tmp / name)
-        record = {"format": FORMAT, "dtype": dtype.name, "config": cfg.to_dict(),
-                  "quant": quant.to_dict() if quant else None, **(info or {})}
-        (tmp / INFO_NAME).write_text(json.dumps(record, indent=2) + "\n")
         if before_commit is not None:
-            before_commit()
+            before_commit(tmp)
     return Path(dst)
 
 
@@ -227,19 +260,14 @@ def read_info(path: str | Path) -> dict:
     return info
 
 
-def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None = None) -> CogVideoXTransformer3D:
-    """Load a converted checkpoint as a ready model on the default device. `dtype` casts on load."""
+def restore_leaves(path: Path, expected: dict) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
+    """(path, array) for every leaf of the `expected` tree (ShapeDtypeStructs), restored one at a time from a
+    checkpoint folder's orbax items straight onto the default device."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
-    info = read_info(path)
-    cfg = CogVideoXConfig.from_dict(info["config"])
-    stored = parse_dtype(info["dtype"])
-    quant = QuantSpec.from_dict(info.get("quant"))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    leaves = []
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        for leaf_path, spec in flat_leaves(abstract_params(cfg, stored, quant)):
+        for leaf_path, spec in flat_leaves(expected):
             target = {"value": jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)}
             try:
                 value = checkpointer.restore(path / "state" / _name(leaf_path),
@@ -250,6 +278,16 @@ def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None 
             if tuple(value.shape) != tuple(spec.shape):
                 raise CheckpointError(f"{path}: parameter {_name(leaf_path)} has shape {tuple(value.shape)}, "
                                       f"the config expects {tuple(spec.shape)}")
-            leaves.append((leaf_path, value))
+            yield leaf_path, value
+
+
+def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None = None) -> CogVideoXTransformer3D:
+    """Load a converted checkpoint as a ready model on the default device. `dtype` casts on load."""
+    path = Path(path).absolute()
+    info = read_info(path)
+    cfg = CogVideoXConfig.from_dict(info["config"])
+    stored = parse_dtype(info["dtype"])
+    quant = QuantSpec.from_dict(info.get("quant"))
+    leaves = list(restore_leaves(path, abstract_params(cfg, stored, quant)))
     return model_from_params(cfg, nest_leaves(leaves), dtype=dtype or stored, attention_impl=attention_impl,
                              quant=quant)

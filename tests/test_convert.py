@@ -480,8 +480,9 @@ def test_failure_before_commit_leaves_nothing(tmp_path, dst, error, overwrite):
         before = (dst / INFO_NAME).read_text()
     seen = []
 
-    def fail():
+    def fail(tmp):
         partial = [p for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.partial-")]
+        assert partial == [tmp]
         seen.append(sorted(q.name for q in partial[0].iterdir()) if len(partial) == 1 else partial)
         raise error
 
