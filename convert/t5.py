@@ -20,14 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import jax
 import numpy as np
 from flax import nnx
 
 from convert.source import TensorSpec
 from convert.converter import stacked_leaves
 from convert.source import TRANSFORMERS_WEIGHTS_NAME, TensorSource
-from sixbit_jax.checkpoint import flat_leaves, nest_leaves, parse_dtype
+from sixbit_jax.checkpoint import abstract_state, flat_leaves, module_from_leaves, parse_dtype
 from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models.t5 import T5Config, T5Encoder
 
@@ -97,7 +96,7 @@ def encoder_names(names: Iterable[str], shape_of: Callable[[str], tuple]) -> tup
 def abstract_params(cfg: T5Config, dtype) -> dict:
     """The encoder's parameter tree as ShapeDtypeStructs (`nnx.to_pure_dict` layout), allocating nothing."""
     dtype = parse_dtype(dtype)
-    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: T5Encoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))))
+    return abstract_state(lambda: T5Encoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
 
 
 def converted_leaves(cfg: T5Config, names: list[str], shape_of: Callable[[str], tuple],
@@ -115,22 +114,8 @@ def encoder_from_leaves(cfg: T5Config, leaves: Iterable[tuple[tuple[str, ...], n
                         residual_dtype=None) -> T5Encoder:
     """Build the encoder on the default device from (path, leaf) pairs, moving each leaf there as it arrives."""
     dtype = parse_dtype(dtype)
-    model = nnx.eval_shape(lambda: T5Encoder(cfg, dtype=dtype, rngs=nnx.Rngs(0), residual_dtype=residual_dtype))
-    graphdef, state = nnx.split(model)
-    expected = dict(flat_leaves(nnx.to_pure_dict(state)))
-    device = jax.devices()[0]  # explicit: numpy leaves would otherwise follow the default device anyway
-    params: dict[tuple[str, ...], jax.Array] = {}
-    for path, value in leaves:
-        spec = expected.get(path)
-        if spec is None or tuple(np.shape(value)) != tuple(spec.shape):
-            raise CheckpointError(f"parameter {'.'.join(path)} does not belong to the encoder or has the wrong "
-                                  f"shape {tuple(np.shape(value))}")
-        params[path] = jax.device_put(value, device).astype(spec.dtype)
-    missing = sorted(".".join(p) for p in expected.keys() - params.keys())
-    if missing:
-        raise CheckpointError(f"encoder parameters never given: {', '.join(missing)}")
-    nnx.replace_by_pure_dict(state, nest_leaves(params.items()))
-    return nnx.merge(graphdef, state)
+    return module_from_leaves(lambda: T5Encoder(cfg, dtype=dtype, rngs=nnx.Rngs(0), residual_dtype=residual_dtype),
+                              leaves, "T5 encoder")
 
 
 def resolve_folder(folder: str | Path) -> Path:
