@@ -14,6 +14,11 @@ Measured on an H200 (BENCHMARKS.md, issue 11): 0.49-0.78 TB/s of input, ahead of
 (`act_quant.quantize_int8`) but latency-bound, not memory-bound: one warpgroup per CTA runs each tile's TMA wait,
 wgmma, reductions and stores in sequence. Several CTAs per SM (`ctas_per_sm`, from the tuning table) overlap some of
 that; more warpgroups per CTA, or fusing this into the producer of x, is the way to the memory bound.
+
+`group_size=128` gives one scale per row and 128-wide K group and needs only one pass (each tile is quantized on
+its own). It measured no faster (0.26 against 0.27 ms at 35,552 x 1920; 0.23 tuned), so the second read of x is not
+what bounds this kernel: the per-tile chain is. With the per-group GEMM 30-40% slower (it scales every K step's
+product into an fp32 carry), the INT8 path keeps per-row scales by default (BENCHMARKS.md, issue 11).
 """
 
 from __future__ import annotations

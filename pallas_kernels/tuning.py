@@ -53,8 +53,9 @@ MOSAIC_ACT_TABLE: dict[int, tuple[int, int]] = {
 }
 
 
-# The one-pass kernel with per-group scales (not yet tuned): a tile's work is short, so two CTAs per SM overlap it.
-MOSAIC_GROUPED_ACT_DEFAULT = (4, 2)
+# The one-pass kernel with per-group scales, every K: 2 stages x 2 CTAs/SM was the fastest of five candidates at all
+# three 2B shapes (H200, 2026-12-02, `bench/probe_grouped.py`; 0.23 ms at K = 1920 against 0.26 for 4 x 2).
+MOSAIC_GROUPED_ACT_DEFAULT = (2, 2)
 
 
 def mosaic_act_config(k: int, grouped: bool = False) -> tuple[int, int]:
