@@ -7,7 +7,10 @@ pairs (Γ(l, t-1), E(l, t)) give by least squares
     E_rel(l, t) = alpha_l * Γ(l, t-1) + beta_l,
 with the Pearson r of each block's fit, of all pairs pooled, and of all pairs after removing each block's means
 (how well Γ tracks E within a block, which is what routing needs). tau_q is then solved so that routing (NVFP4 when
-E_rel <= tau_q, INT8 otherwise; INT8 on the first step) averages `target_bits` of activation width.
+E_rel <= tau_q, INT8 otherwise; INT8 on the first step) averages `target_bits` of activation width. With routing
+"per-block" each block gets its own tau_q solved for the same width over its own steps: a threshold comparing
+predictions across blocks routes mostly by block (the most sensitive block never gets NVFP4), one per block routes
+by each block's stability over time.
 
 Signal "linear" is the earlier definition, the mean of the block's linears' own relative errors under NVFP4
 activations. It barely moves with Γ and trends the wrong way in most blocks of the shipped model (pooled r -0.38),
@@ -35,6 +38,9 @@ from sixbit_jax.runtime import RuntimeConfig, StepStats
 
 CALIBRATION_NAME = "calibration.json"
 SIGNALS = ("block", "linear")  # the sensitivity E: at the block output, or the mean over its linears (earlier)
+# How tau_q is solved: one threshold on every block's predicted error ("global", the paper's rule), or one per block,
+# each giving its block the target bits ("per-block": every block sends its most stable steps to NVFP4).
+ROUTINGS = ("global", "per-block")
 WEAK_FIT_R = 0.5  # below this a block's fit is reported as weak
 DEFAULT_TARGET_BITS = 6.0
 DEFAULT_TARGET_SKIP = 0.3  # the paper's 1.92x over its 1.36x from routing implies ~30% of block time skipped
@@ -48,7 +54,8 @@ class Calibration:
     pearson_r_pooled: float
     pearson_r_within_blocks: float  # pooled after removing each block's mean Γ and E
     signal: str  # what E is: "block" (output) or "linear" (mean of the linears' errors)
-    tau_q: float
+    routing: str  # "global": one tau_q; "per-block": tau_q is a list, one per block
+    tau_q: float | list[float]
     tau_c: float
     target_bits: float
     expected_bits: float  # what routing with tau_q gives on the calibration rollouts
@@ -83,11 +90,13 @@ class Calibration:
         other = self.info.get("other_signal")
         comparison = (f"; the {other['signal']} signal would fit pooled r {other['pearson_r_pooled']:+.3f}, per block "
                       + " ".join(f"{r:+.2f}" for r in other["pearson_r"])) if other else ""
+        tau_q = (f"{self.tau_q:.4g}" if self.routing == "global"
+                 else "per block " + " ".join(f"{t:.4g}" for t in self.tau_q))
         return ("\n".join(table) + "\n"
                 + "".join(f"warning: {line}\n" for line in self.warnings())
                 + f"predictor fit ({self.signal} signal) over {self.rollouts} rollouts: Pearson r pooled "
                 f"{self.pearson_r_pooled:+.3f}, within blocks {self.pearson_r_within_blocks:+.3f}{comparison}\n"
-                f"tau_q {self.tau_q:.4g} -> {self.expected_bits:.2f} activation bits on the calibration rollouts "
+                f"tau_q {tau_q} -> {self.expected_bits:.2f} activation bits on the calibration rollouts "
                 f"(target {self.target_bits}); tau_c {self.tau_c:.4g} -> {self.expected_skip:.0%} of block-steps "
                 f"skipped in a replay of the rollouts (target {self.target_skip:.0%})")
 
@@ -126,27 +135,34 @@ def _signal(stats: StepStats, signal: str) -> np.ndarray:
 
 def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
         target_skip: float = DEFAULT_TARGET_SKIP, skip_rule: RuntimeConfig = RuntimeConfig(mode="bf16"),
-        signal: str = "block", info: dict | None = None) -> Calibration:
-    """Fit the predictor on `signal` and solve tau_q and tau_c from calibration rollouts (each a StepStats with
-    [steps, L] arrays). `skip_rule` supplies max_skips and the always-computed steps that tau_c is solved under.
-    The other signal's fit is kept in info["other_signal"] as a report."""
+        signal: str = "block", routing: str = "global", info: dict | None = None) -> Calibration:
+    """Fit the predictor on `signal` and solve tau_q (one, or one per block: `routing`) and tau_c from calibration
+    rollouts (each a StepStats with [steps, L] arrays). `skip_rule` supplies max_skips and the always-computed steps
+    that tau_c is solved under. The other signal's fit is kept in info["other_signal"] as a report."""
     if not stats:
         raise ConfigError("calibration needs at least one rollout")
     if signal not in SIGNALS:
         raise ConfigError(f"unknown sensitivity signal {signal!r}; use one of {', '.join(SIGNALS)}")
+    if routing not in ROUTINGS:
+        raise ConfigError(f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)}")
     gamma = np.concatenate([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # Γ(t-1) ...
     errors = {name: np.concatenate([_signal(s, name)[1:] for s in stats]) for name in SIGNALS}  # ... against E(t)
     predictor = fit_predictor(gamma, errors[signal])
     other = next(name for name in SIGNALS if name != signal)
     other_fit = fit_predictor(gamma, errors[other])
     predicted = gamma * np.array(predictor.alpha) + np.array(predictor.beta)
-    tau_q, expected = _solve_tau_q(predicted, target_bits, steps=np.asarray(stats[0].gamma).shape[0])
+    steps = np.asarray(stats[0].gamma).shape[0]
+    if routing == "global":
+        tau_q, expected = _solve_tau_q(predicted, target_bits, steps)
+    else:
+        solved = [_solve_tau_q(predicted[:, layer], target_bits, steps) for layer in range(predicted.shape[1])]
+        tau_q, expected = [t for t, _ in solved], float(np.mean([bits for _, bits in solved]))
     changes = np.stack([np.asarray(s.change, np.float64) for s in stats])  # [rollouts, steps, L]
     tau_c, expected_skip = _solve_tau_c(changes, target_skip, skip_rule)
     report = {"signal": other, "pearson_r": other_fit.pearson_r, "pearson_r_pooled": other_fit.pearson_r_pooled,
               "pearson_r_within_blocks": other_fit.pearson_r_within_blocks}
     return Calibration(predictor.alpha, predictor.beta, predictor.pearson_r, predictor.pearson_r_pooled,
-                       predictor.pearson_r_within_blocks, signal, tau_q, tau_c, target_bits, expected, target_skip,
+                       predictor.pearson_r_within_blocks, signal, routing, tau_q, tau_c, target_bits, expected, target_skip,
                        expected_skip, len(stats),
                        {"date": datetime.date.today().isoformat(), "other_signal": report, **(info or {})})
 
@@ -159,13 +175,13 @@ def route_plot(calibration: Calibration, stats: list[StepStats], path: str | Pat
 
     gamma = np.stack([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # [rollouts, steps - 1, L]
     steps = np.broadcast_to(np.arange(1, gamma.shape[1] + 1)[None, :], gamma.shape[:2])
-    int8 = gamma * np.asarray(calibration.alpha) + np.asarray(calibration.beta) > calibration.tau_q
+    int8 = gamma * np.asarray(calibration.alpha) + np.asarray(calibration.beta) > np.asarray(calibration.tau_q)
     panels = [(f"block {layer}: alpha {calibration.alpha[layer]:+.3g}, r {calibration.pearson_r[layer]:+.2f}",
                steps.ravel(), gamma[..., layer].ravel(), int8[..., layer].ravel().astype(int))
               for layer in range(gamma.shape[2])]
     # ASCII labels: Pillow's built-in font has no Greek letters
     return scatter_panels(path, panels, classes=["NVFP4", "INT8"], x_label="step t", y_label="gamma(t-1)",
-                          title=f"routes at tau_q {calibration.tau_q:.3g} ({calibration.signal} signal)")
+                          title=f"routes, {calibration.routing} tau_q ({calibration.signal} signal)")
 
 
 def replay_skip_rule(changes: np.ndarray, tau_c: float, rule: RuntimeConfig) -> np.ndarray:

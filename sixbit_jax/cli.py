@@ -232,6 +232,7 @@ def cmd_calibrate(args) -> None:
                  for seed in args.seeds]
         source = f"{args.embeds} ({embeds.shape[0]} prompts) x seeds {args.seeds}"
     calibration = fit(stats, target_bits=args.target_bits, target_skip=args.target_skip, signal=args.signal,
+                      routing=args.routing,
                       info={"checkpoint": str(ckpt.absolute()), "source": source, "steps": args.steps,
                             "guidance": args.guidance})
     out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
@@ -303,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal", choices=["block", "linear"], default="block",
                    help="the sensitivity E: at the block output (block, default) or the mean of its linears' own "
                         "errors (linear: the earlier definition, kept for the ablation)")
+    p.add_argument("--routing", choices=["global", "per-block"], default="global",
+                   help="global: one tau_q for every block's predicted error (the paper's rule); per-block: one "
+                        "tau_q per block, each block sending its most stable steps to NVFP4 at the target bits")
     p.add_argument("--out", help="calibration file to write (default CKPT/calibration.json)")
     p.add_argument("--plot", help="also write a PNG of Γ(t-1) against the chosen route, per block")
     p.add_argument("--quiet", action="store_true")

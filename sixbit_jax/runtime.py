@@ -46,7 +46,7 @@ class RuntimeConfig:
     pdr: bool = True  # only acts with tdc (a refresh follows a skip)
     alpha: tuple[float, ...] | None = None  # per block
     beta: tuple[float, ...] | None = None
-    tau_q: float | None = None  # route NVFP4 when the predicted error <= tau_q
+    tau_q: float | tuple[float, ...] | None = None  # route NVFP4 when the predicted error <= tau_q (or per block)
     tau_c: float = 0.3  # TDC skip threshold on E_acc + r
     max_skips: int = 2  # N_max
     first_steps: int = 2  # always computed
@@ -66,6 +66,10 @@ class RuntimeConfig:
         if self.mode == "sixbit" and (self.alpha is None or self.beta is None or self.tau_q is None):
             raise ConfigError("mode sixbit needs a calibration (alpha, beta, tau_q): run `sixbit calibrate` and pass "
                               "its file with --calibration")
+        for name in ("alpha", "beta", "tau_q"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and self.alpha is not None and len(value) != len(self.alpha):
+                raise ConfigError(f"{name} has {len(value)} entries but alpha has {len(self.alpha)}: one per block")
         if (self.mode == "replay") != (self.schedule is not None):
             raise ConfigError("mode replay takes a route schedule, and only replay does")
 
@@ -94,11 +98,12 @@ class RuntimeConfig:
 
 
 def calibration_fields(path: str | Path) -> dict:
-    """The RuntimeConfig fields a calibration file sets: alpha, beta, tau_q and tau_c."""
+    """The RuntimeConfig fields a calibration file sets: alpha, beta, tau_q (one, or one per block) and tau_c."""
     try:
         raw = json.loads(Path(path).read_text())
+        tau_q = tuple(map(float, raw["tau_q"])) if isinstance(raw["tau_q"], list) else float(raw["tau_q"])
         return {"alpha": tuple(map(float, raw["alpha"])), "beta": tuple(map(float, raw["beta"])),
-                "tau_q": float(raw["tau_q"]), "tau_c": float(raw["tau_c"])}
+                "tau_q": tau_q, "tau_c": float(raw["tau_c"])}
     except FileNotFoundError:
         raise ConfigError(f"calibration file not found: {path}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -158,7 +163,8 @@ def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_
         routes = jnp.full((num_layers,), FIXED_MODE_ROUTES[cfg.mode], jnp.int32)
     else:
         predicted = jnp.asarray(cfg.alpha, jnp.float32) * state.gamma + jnp.asarray(cfg.beta, jnp.float32)
-        routes = jnp.where(state.gamma_valid & (predicted <= cfg.tau_q), NVFP4, INT8).astype(jnp.int32)
+        tau_q = jnp.asarray(cfg.tau_q, jnp.float32)  # [] or [L]
+        routes = jnp.where(state.gamma_valid & (predicted <= tau_q), NVFP4, INT8).astype(jnp.int32)
     if not cfg.tdc:
         return routes
     if cfg.pdr and cfg.quantized:
