@@ -20,7 +20,7 @@ from sixbit_jax.models.block_control import (BF16, CALIBRATE, INT8, NVFP4, PDR, 
                                              DeltaCache, run_controlled_blocks)
 from sixbit_jax.models.cogvideox import QuantSpec
 from sixbit_jax.quant.model import quantize_model
-from sixbit_jax.runtime import (RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, resample_schedule,
+from sixbit_jax.runtime import (RunSummary, calibration_fields, RuntimeConfig, StepStats, choose_routes, init_state, resample_schedule,
                                 update_state)
 from sixbit_jax.sampling import SamplerSettings, _denoise, sample
 
@@ -181,6 +181,14 @@ def test_routing_flips_when_the_predicted_error_crosses_tau_q():
     assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [INT8, NVFP4], "skipped at t-1: INT8"
 
 
+def test_routing_takes_one_tau_q_per_block():
+    cfg = RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=(0.3, 0.7))
+    state = init_state(2, 1, 4, 2, 8, cfg)._replace(gamma=jnp.array([0.5, 0.5]), gamma_valid=jnp.array([True, True]))
+    assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [INT8, NVFP4]
+    with pytest.raises(ConfigError, match="tau_q has 3 entries but alpha has 2"):
+        RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=(0.3, 0.7, 0.1))
+
+
 def test_sixbit_mode_needs_a_calibration():
     with pytest.raises(ConfigError, match="sixbit calibrate"):
         RuntimeConfig(mode="sixbit")
@@ -336,7 +344,7 @@ def test_a_calibration_for_another_model_is_refused(float_model, inputs):
 
 
 # ------------------------------------------------------------------------------------------------ calibration
-def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
+def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits(tmp_path):
     rng = np.random.default_rng()
     steps, layers = 30, 3
     rollouts = []
@@ -354,6 +362,16 @@ def test_fit_recovers_a_linear_predictor_and_solves_tau_q_for_the_bits():
     assert cal.expected_bits == pytest.approx(6.0, abs=0.05)
     with pytest.raises(ConfigError, match="4..8"):
         fit(rollouts, target_bits=3.0)
+    # Per block: every block sends its own most stable half of the routed steps to NVFP4.
+    per_block = fit(rollouts, target_bits=6.0, routing="per-block")
+    assert per_block.routing == "per-block" and len(per_block.tau_q) == layers
+    predicted = np.concatenate([r.gamma[:-1] for r in rollouts]) * 0.5 + 0.02 * np.arange(layers)
+    share = (predicted <= np.asarray(per_block.tau_q)).mean(axis=0)
+    np.testing.assert_allclose(share, 0.5 * steps / (steps - 1), atol=0.02)
+    assert "per block" in per_block.report()
+    assert calibration_fields(per_block.save(tmp_path / "cal.json"))["tau_q"] == tuple(per_block.tau_q)
+    with pytest.raises(ConfigError, match="unknown routing"):
+        fit(rollouts, routing="random")
 
 
 def test_fit_uses_the_chosen_signal_reports_the_other_and_warns_about_weak_or_reversed_blocks():
