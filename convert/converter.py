@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from convert.cogvideox import TensorSpec, expected_tensors
@@ -83,18 +84,43 @@ def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[
 def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwrite: bool = False,
                        progress: bool = True, quant: QuantSpec | None = None) -> Path:
     """Convert a diffusers CogVideoX transformer folder, or a pipeline folder holding one in `transformer/`, to a
-    sixbit-jax checkpoint at `dst` (atomic). A pipeline's shapes text encoder is copied along. With `quant`, the
-    block linears are stored once, in NVFP4 (see sixbit_jax.quant.model), and everything else in `dtype`."""
+    sixbit-jax checkpoint at `dst` (atomic). A pipeline's shapes text encoder is copied along; a pipeline with a T5
+    text encoder and a VAE becomes a whole converted pipeline (`convert/pipeline.py`). With `quant`, the block
+    linears are stored once, in NVFP4 (see sixbit_jax.quant.model), and everything else in `dtype`."""
+    from convert.pipeline import is_t5_pipeline, write_components
+    from sixbit_jax.pipelines import components
+
     check_destination(dst, overwrite)  # before reading gigabytes, not after
+    root = Path(src)
     src, extras = resolve_source(src)
+    before_commit = None
+    if is_t5_pipeline(root):
+        components.check_components(root)  # a missing component fails now, not after the transformer
+        before_commit = lambda tmp: write_components(root, tmp, dtype=dtype, progress=progress)  # noqa: E731
+    cfg, leaves = transformer_leaves(src, dtype=dtype, progress=progress, quant=quant)
+    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, extra_folders=extras, quant=quant,
+                            info={"converted_from": str(root.absolute())}, before_commit=before_commit)
+
+
+def transformer_leaves(src: Path, *, dtype, progress: bool, quant: QuantSpec | None):
+    """(config, converted leaves) of a diffusers transformer folder; with `quant`, NVFP4 block linears."""
     cfg = read_config(src)
     source = TensorSource.from_folder(src)
     leaves = converted_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
                               nbytes=source.nbytes)
-    if quant is not None:
-        leaves = quantize_leaves(leaves, quant.hadamard_block)
-    return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, extra_folders=extras, quant=quant,
-                            info={"converted_from": str(src.absolute())})
+    return cfg, (quantize_leaves(leaves, quant.hadamard_block) if quant is not None else leaves)
+
+
+def load_transformer(src: str | Path, *, dtype="bf16", progress: bool = False, quant: QuantSpec | None = None):
+    """A diffusers CogVideoX transformer folder (or a pipeline folder holding one) converted in memory: a ready model
+    on the default device, built one leaf at a time (with `quant`, block linears quantized to NVFP4 on the way)."""
+    from sixbit_jax.checkpoint import module_from_leaves
+    from sixbit_jax.models import CogVideoXTransformer3D
+
+    cfg, leaves = transformer_leaves(resolve_source(src)[0], dtype=dtype, progress=progress, quant=quant)
+    model_dtype = parse_dtype(dtype)
+    return module_from_leaves(lambda: CogVideoXTransformer3D(cfg, dtype=model_dtype, rngs=nnx.Rngs(0), quant=quant),
+                              leaves, "transformer")
 
 
 def resolve_source(src: str | Path) -> tuple[Path, dict[str, Path]]:

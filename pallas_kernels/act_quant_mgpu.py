@@ -56,10 +56,18 @@ def _rotation(h_smem):
     return rotate
 
 
-def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, stages: int):
-    x_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.bfloat16))
-    q_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.int8))
-    row_layout = plgpu.Layout.WGMMA.reduce(1)
+X_SPEC_SHAPE = (ROW_TILE, K_TILE)
+
+
+def _tile_specs():
+    """Pipeline specs of a 64 x 128 tile of x (bf16) and of its codes (int8), stepping along K."""
+    return (plgpu.BlockSpec(X_SPEC_SHAPE, lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.bfloat16)),
+            plgpu.BlockSpec(X_SPEC_SHAPE, lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.int8)))
+
+
+def _for_each_row_tile(h_gmem, row_tiles: int, body) -> None:
+    """Load the Hadamard matrix into shared memory once per CTA, then call body(rows, rotate) for each of the CTA's
+    64-row tiles of the persistent grid."""
 
     @functools.partial(
         pl.run_scoped,
@@ -74,59 +82,57 @@ def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, sta
         @plgpu.nd_loop((row_tiles,), collective_axes="sm")
         def _rows(loop_info):
             (tile,) = loop_info.index
-            rows = pl.ds(tile * ROW_TILE, ROW_TILE)
+            body(pl.ds(tile * ROW_TILE, ROW_TILE), rotate)
 
-            def amax_step(_, x_smem, amax):
-                return jnp.maximum(amax, jnp.max(jnp.abs(rotate(x_smem)), axis=1))
 
-            amax = plgpu.emit_pipeline(
-                amax_step, grid=(k_tiles,), in_specs=[x_spec], max_concurrent_steps=stages,
-                init_carry=plgpu.layout_cast(jnp.zeros((ROW_TILE,), jnp.float32), row_layout),
-            )(x_gmem.at[rows, :])
-            inverse = jnp.where(amax > 0, formats.INT8_MAX / jnp.where(amax > 0, amax, 1.0), 0.0)
+def _codes(y, amax):
+    """float32 tile y [64, 128] and its rows' amax [64] -> int8 codes of y * 127 / amax (zeros where amax is 0)."""
+    inverse = jnp.where(amax > 0, formats.INT8_MAX / jnp.where(amax > 0, amax, 1.0), 0.0)
+    y = y * lax.broadcast_in_dim(inverse, X_SPEC_SHAPE, [0])
+    return jnp.clip(formats.round_half_away(y), -formats.INT8_MAX, formats.INT8_MAX).astype(jnp.int8)
 
-            def quantize_step(_, x_smem, q_smem):
-                y = rotate(x_smem) * lax.broadcast_in_dim(inverse, (ROW_TILE, K_TILE), [0])
-                q_smem[...] = jnp.clip(formats.round_half_away(y), -formats.INT8_MAX, formats.INT8_MAX).astype(jnp.int8)
 
-            plgpu.emit_pipeline(
-                quantize_step, grid=(k_tiles,), in_specs=[x_spec], out_specs=[q_spec], max_concurrent_steps=stages,
-            )(x_gmem.at[rows, :], q_gmem.at[rows, :])
-            s_gmem[rows] = amax / formats.INT8_MAX
+def _kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, stages: int):
+    """Two passes per row tile: the rows' amax over all of K, then the codes; scales [rows]."""
+    x_spec, q_spec = _tile_specs()
+
+    def per_row_tile(rows, rotate):
+        def amax_step(_, x_smem, amax):
+            return jnp.maximum(amax, jnp.max(jnp.abs(rotate(x_smem)), axis=1))
+
+        amax = plgpu.emit_pipeline(
+            amax_step, grid=(k_tiles,), in_specs=[x_spec], max_concurrent_steps=stages,
+            init_carry=plgpu.layout_cast(jnp.zeros((ROW_TILE,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+        )(x_gmem.at[rows, :])
+
+        def quantize_step(_, x_smem, q_smem):
+            q_smem[...] = _codes(rotate(x_smem), amax)
+
+        plgpu.emit_pipeline(
+            quantize_step, grid=(k_tiles,), in_specs=[x_spec], out_specs=[q_spec], max_concurrent_steps=stages,
+        )(x_gmem.at[rows, :], q_gmem.at[rows, :])
+        s_gmem[rows] = amax / formats.INT8_MAX
+
+    _for_each_row_tile(h_gmem, row_tiles, per_row_tile)
 
 
 def _grouped_kernel(x_gmem, h_gmem, q_gmem, s_gmem, *, row_tiles: int, k_tiles: int, stages: int):
     """One pass: each 64 x 128 tile is rotated, scaled by its own rows' amax and written; scales [k_tiles, rows]."""
-    x_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.bfloat16))
-    q_spec = plgpu.BlockSpec((ROW_TILE, K_TILE), lambda k: (0, k), transforms=smem_transforms(K_TILE, jnp.int8))
+    x_spec, q_spec = _tile_specs()
 
-    @functools.partial(
-        pl.run_scoped,
-        h_smem=plgpu.SMEM((K_TILE, K_TILE), jnp.bfloat16, transforms=smem_transforms(K_TILE, jnp.bfloat16)),
-        h_barrier=plgpu.Barrier(num_arrivals=1),
-    )
-    def _scope(h_smem, h_barrier):
-        plgpu.copy_gmem_to_smem(h_gmem, h_smem, h_barrier)
-        plgpu.barrier_wait(h_barrier)
-        rotate = _rotation(h_smem)
+    def per_row_tile(rows, rotate):
+        def quantize_step(indices, x_smem, q_smem):
+            (k,) = indices
+            y = rotate(x_smem)
+            amax = jnp.max(jnp.abs(y), axis=1)
+            q_smem[...] = _codes(y, amax)
+            s_gmem[k, rows] = amax / formats.INT8_MAX
 
-        @plgpu.nd_loop((row_tiles,), collective_axes="sm")
-        def _rows(loop_info):
-            (tile,) = loop_info.index
-            rows = pl.ds(tile * ROW_TILE, ROW_TILE)
+        plgpu.emit_pipeline(
+            quantize_step, grid=(k_tiles,), in_specs=[x_spec], out_specs=[q_spec], max_concurrent_steps=stages,
+        )(x_gmem.at[rows, :], q_gmem.at[rows, :])
 
-            def quantize_step(indices, x_smem, q_smem):
-                (k,) = indices
-                y = rotate(x_smem)
-                amax = jnp.max(jnp.abs(y), axis=1)
-                inverse = jnp.where(amax > 0, formats.INT8_MAX / jnp.where(amax > 0, amax, 1.0), 0.0)
-                y = y * lax.broadcast_in_dim(inverse, (ROW_TILE, K_TILE), [0])
-                q_smem[...] = jnp.clip(formats.round_half_away(y), -formats.INT8_MAX, formats.INT8_MAX).astype(jnp.int8)
-                s_gmem[k, rows] = amax / formats.INT8_MAX
-
-            plgpu.emit_pipeline(
-                quantize_step, grid=(k_tiles,), in_specs=[x_spec], out_specs=[q_spec], max_concurrent_steps=stages,
-            )(x_gmem.at[rows, :], q_gmem.at[rows, :])
+    _for_each_row_tile(h_gmem, row_tiles, per_row_tile)
 
 
 def quantize_int8(x: jax.Array, *, group_size: int | None = None, stages: int | None = None,

@@ -118,8 +118,8 @@ def nest_leaves(leaves: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
     return tree
 
 
-def _name(path: tuple[str, ...]) -> str:
-    return ".".join(path)
+def _name(path: tuple) -> str:
+    return ".".join(map(str, path))  # list-held submodules (the VAE's blocks) have int keys
 
 
 def shape_problems(expected: dict[str, tuple], found: dict[str, tuple], noun: str) -> list[str]:

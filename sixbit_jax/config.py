@@ -13,6 +13,21 @@ from sixbit_jax.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+def read_json(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The JSON object in `path`; a ConfigError naming `what` and the file when it is missing, not valid JSON or
+    not an object. Every config reader (models, schedulers) goes through here."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object; got {type(raw).__name__}")
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class CogVideoXConfig:
     """CogVideoX 1.0 transformer (2B: 3D sincos positions; 5B: 3D RoPE)."""
@@ -88,14 +103,7 @@ class CogVideoXConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "CogVideoXConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json(path))
 
     @classmethod
     def named(cls, name: str) -> "CogVideoXConfig":

@@ -30,6 +30,7 @@ class SamplerSettings:
     guidance_scale: float = 6.0
     use_dynamic_cfg: bool = False
     seed: int = 0
+    scheduler_config: SchedulerConfig | None = None  # a pipeline folder's; None: the shipped one of the model flavour
 
     @property
     def uses_cfg(self) -> bool:
@@ -98,7 +99,8 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
                          f"{prompt_embeds.shape[0]}")
     model.check_inputs(latents.shape, prompt_embeds.shape)
 
-    schedule = make_schedule(settings.scheduler, settings.num_steps, SchedulerConfig.for_model(model.config.flavour))
+    schedule = make_schedule(settings.scheduler, settings.num_steps,
+                             settings.scheduler_config or SchedulerConfig.for_model(model.config.flavour))
     guidance = (dynamic_guidance(settings.guidance_scale, schedule.timesteps) if settings.use_dynamic_cfg
                 else np.full(schedule.num_steps, settings.guidance_scale))
     if step_noise is not None:

@@ -29,7 +29,6 @@ Precision follows transformers:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers.dense import full_precision
 
@@ -126,14 +126,7 @@ class T5Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "T5Config":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json(path, "text encoder config"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

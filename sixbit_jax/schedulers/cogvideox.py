@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError
 
 NUM_TRAIN_TIMESTEPS = 1000
 SCHEDULERS = ("ddim", "dpm")
+_SCHEDULER_CLASSES = {"CogVideoXDDIMScheduler": "ddim", "CogVideoXDPMScheduler": "dpm"}
+# scheduler_config.json fields both CogVideoX schedulers ship with, and the only values implemented here
+_FIXED_SCHEDULER_FIELDS = {"beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+                           "timestep_spacing": "trailing", "rescale_betas_zero_snr": True, "set_alpha_to_one": True,
+                           "clip_sample": False, "trained_betas": None, "steps_offset": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +43,26 @@ class SchedulerConfig:
     beta_end: float = 0.012
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 
+    default_scheduler: str = "ddim"  # what the pipeline folder ships: ddim (2B) or dpm (5B)
+
     @classmethod
     def for_model(cls, flavour: str) -> "SchedulerConfig":
-        return cls(snr_shift_scale={"2b": 3.0, "5b": 1.0}[flavour])
+        return cls(snr_shift_scale={"2b": 3.0, "5b": 1.0}[flavour], default_scheduler={"2b": "ddim", "5b": "dpm"}[flavour])
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "SchedulerConfig":
+        """A pipeline folder's scheduler/scheduler_config.json (CogVideoXDDIMScheduler or CogVideoXDPMScheduler).
+        Values this port does not implement raise ConfigError naming the field."""
+        raw = read_json(path, "scheduler config")
+        kind = _SCHEDULER_CLASSES.get(raw.get("_class_name"))
+        if kind is None:
+            raise ConfigError(f"{path}: unsupported scheduler {raw.get('_class_name')!r}; expected one of "
+                              f"{', '.join(_SCHEDULER_CLASSES)}")
+        for key, supported in _FIXED_SCHEDULER_FIELDS.items():
+            if key in raw and raw[key] != supported:
+                raise ConfigError(f"{path}: unsupported scheduler config {key}={raw[key]!r} (only {supported!r})")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"default_scheduler"}
+        return cls(**{k: v for k, v in raw.items() if k in fields}, default_scheduler=kind)
 
 
 def alphas_cumprod(cfg: SchedulerConfig) -> np.ndarray:
