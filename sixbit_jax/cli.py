@@ -17,15 +17,14 @@ sixbit-jax: CogVideoX video diffusion transformers in JAX.
 
   sixbit demo                    the shipped shapes model (trained here): convert, sample a prompt, write a GIF
   sixbit eval                    quality of each precision mode against BF16 on a fixed prompt set
+  sixbit generate PIPELINE ...   prompt -> MP4 with a real CogVideoX pipeline folder (T5, transformer, VAE in JAX)
   sixbit convert SRC DST         diffusers CogVideoX folder -> sixbit-jax checkpoint (--quant nvfp4: 4-bit weights)
   sixbit calibrate CKPT          fit the DMPQ precision predictor (alpha, beta per block; tau_q for ~6 bits)
-  sixbit sample CKPT ...         sample latents from T5 embeddings (real CogVideoX checkpoints)
+  sixbit sample CKPT ...         sample latents from T5 embeddings (the transformer alone)
 
-Precision modes (demo, sample): --mode bf16 | int8 (W4A8) | nvfp4 (W4A4) | sixbit (DMPQ routing per block and step),
+Precision modes (demo, generate, sample): --mode bf16 | int8 (W4A8) | nvfp4 (W4A4) | sixbit (DMPQ routing per block and step),
 with --tdc (temporal delta cache: skip blocks whose output delta barely changes) and --no-pdr (no purified refresh).
-
-For real CogVideoX models, text encoding (T5) and VAE decoding are not part of sixbit-jax yet: `sample` takes T5
-embeddings computed elsewhere and writes the final latents [B, F, C, H, W]."""
+"""
 
 
 def _peak_memory() -> str:
@@ -181,6 +180,81 @@ def cmd_demo(args) -> None:
           + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
 
 
+def _writable_file(path: str, what: str, suffixes: tuple[str, ...]) -> Path:
+    """A path the run will be able to write, checked before any work: the suffix, and a folder (existing or
+    creatable) that is not a file."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {path}: use a {' or '.join(suffixes)} file name")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give a file name")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise InputError(f"{what} {path}: {parent} is a file, not a folder")
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{what} {path}: cannot write in {parent}")
+    return path
+
+
+def _check_generate_args(args) -> None:
+    """Everything about the arguments that can be checked before loading gigabytes."""
+    from sixbit_jax.media import ffmpeg_binary
+
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty")
+    if args.frames is not None and (args.frames < 1 or (args.frames - 1) % 4):
+        raise InputError(f"--frames {args.frames}: must be 4k + 1 (e.g. 49)")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 16):
+            raise InputError(f"--{name} {value}: must be a positive multiple of 16")
+    if args.steps < 1:
+        raise InputError(f"--steps {args.steps}: must be at least 1")
+    if args.guidance < 0:
+        raise InputError(f"--guidance {args.guidance}: must be >= 0 (1 or less samples without CFG)")
+    _writable_file(args.out, "--out", (".mp4",))
+    if args.frames_out:
+        _writable_file(args.frames_out, "--frames-out", (".npy",))
+    if ffmpeg_binary() is None:
+        raise InputError("writing MP4 needs the ffmpeg that ships with imageio-ffmpeg: pip install "
+                         "'sixbit-jax[video]'")
+
+
+def cmd_generate(args) -> None:
+    """Prompt -> MP4 with a CogVideoX pipeline folder (diffusers layout, or converted by `sixbit convert`)."""
+    from sixbit_jax.io import load_array, save_array
+    from sixbit_jax.media import write_mp4
+    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline
+    from sixbit_jax.sampling import SamplerSettings
+
+    _check_generate_args(args)
+    latents = load_array(args.latents_in, ("latents",)) if args.latents_in else None
+    if latents is not None and latents.ndim != 5:
+        raise InputError(f"--latents-in {args.latents_in}: initial latents must be [B, F, C, H, W] (diffusers' "
+                         f"CogVideoX layout); got shape {tuple(latents.shape)}")
+    folder = Path(args.pipeline)
+    quant = QuantSpec() if args.mode != "bf16" else None  # a diffusers folder is quantized while it is converted
+    pipe = CogVideoXPipeline.from_folder(folder, dtype=args.dtype, quant=quant, progress=not args.quiet)
+    pipe.transformer, runtime = _runtime(args, folder, pipe.transformer)  # calibration: FOLDER/calibration.json
+    settings = SamplerSettings(scheduler=args.scheduler or pipe.scheduler.default_scheduler, num_steps=args.steps,
+                               guidance_scale=args.guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
+    output = pipe([args.prompt], [args.negative_prompt], frames=args.frames, height=args.height, width=args.width,
+                  settings=settings, latents=latents, runtime=runtime, tile=args.tile, progress=not args.quiet,
+                  release_text_encoder=True)
+    written = [write_mp4(args.out, output.frames[0], fps=DEFAULT_FPS, scale=1)]
+    if args.frames_out:
+        written.append(save_array(args.frames_out, output.frames[0], "frames"))
+    f, h, w, _ = output.frames[0].shape
+    times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in output.seconds.items())
+    print(f"{args.prompt!r}: {f} frames at {w}x{h}, {settings.num_steps} {settings.scheduler} steps, guidance "
+          f"{settings.guidance_scale}{' (dynamic)' if settings.use_dynamic_cfg else ''}, seed {args.seed} | {times} "
+          f"(compile included) | {_peak_memory()} | {_precision(args, output.result, pipe.transformer, runtime)} "
+          f"| wrote {', '.join(map(str, written))}")
+
+
 def cmd_eval(args) -> None:
     from sixbit_jax.shapes.evaluate import eval_prompts, evaluate
 
@@ -265,12 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="diffusers transformer/ folder -> sixbit-jax checkpoint",
+    p = sub.add_parser("convert", help="diffusers pipeline or transformer/ folder -> sixbit-jax checkpoint",
                        description="Convert a diffusers CogVideoX transformer folder (config.json plus "
                                    "diffusion_pytorch_model.safetensors, or shards with their .index.json) to a "
-                                   "sixbit-jax (orbax) checkpoint. Reads safetensors only, one tensor at a time; "
+                                   "sixbit-jax (orbax) checkpoint. Given a whole pipeline folder (model_index.json), "
+                                   "converts the transformer, the T5 text encoder and the VAE (the last two in "
+                                   "--dtype, never quantized) and copies the tokenizer and scheduler: a folder "
+                                   "`sixbit generate` loads. Reads safetensors only, one tensor at a time; "
                                    "writes atomically (a failed conversion leaves nothing at DST).")
-    p.add_argument("src", help="diffusers transformer/ folder")
+    p.add_argument("src", help="diffusers pipeline folder, or its transformer/ folder")
     p.add_argument("dst", help="checkpoint folder to create")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="stored weight dtype (bf16)")
     p.add_argument("--quant", choices=["none", "nvfp4"], default="none",
@@ -311,6 +388,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="also write a PNG of Γ(t-1) against the chosen route, per block")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, DEFAULT_GUIDANCE as PIPE_GUIDANCE, DEFAULT_STEPS as PIPE_STEPS
+
+    p = sub.add_parser("generate", help="prompt -> MP4 with a CogVideoX pipeline folder (T5, DiT, VAE)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Runs a whole CogVideoX pipeline in JAX: the folder's tokenizer and T5 encoder, the\n"
+                                   "transformer under the 6Bit runtime, the VAE decoder, then an MP4 at "
+                                   f"{DEFAULT_FPS} fps.\nPIPELINE is a diffusers folder (model_index.json, tokenizer/, "
+                                   "text_encoder/,\ntransformer/, vae/, scheduler/; converted in memory on every run) "
+                                   "or one written\nby `sixbit convert PIPELINE OUT` (loads faster; --quant nvfp4 "
+                                   "stores 4-bit weights).\nDefaults follow diffusers' CogVideoXPipeline: the "
+                                   "transformer's sample size\n(49 frames at 480x720), 50 steps, guidance 6, the "
+                                   "folder's scheduler.")
+    p.add_argument("pipeline", help="CogVideoX pipeline folder (diffusers layout, or converted by sixbit convert)")
+    p.add_argument("--prompt", required=True, help="what to show")
+    p.add_argument("--negative-prompt", default="", help="what not to show (default: '', as diffusers)")
+    p.add_argument("--out", default="out/video.mp4", help="the MP4 to write (out/video.mp4)")
+    p.add_argument("--frames", type=int, help="video frames, 4k + 1 (default: the model's, 49)")
+    p.add_argument("--height", type=int, help="video height in pixels, a multiple of 16 (default: the model's, 480)")
+    p.add_argument("--width", type=int, help="video width in pixels, a multiple of 16 (default: the model's, 720)")
+    p.add_argument("--steps", type=int, default=PIPE_STEPS, help=f"denoising steps ({PIPE_STEPS})")
+    p.add_argument("--guidance", type=float, default=PIPE_GUIDANCE,
+                   help=f"classifier-free guidance scale ({PIPE_GUIDANCE}; 1 disables CFG)")
+    p.add_argument("--scheduler", choices=["ddim", "dpm"],
+                   help="default: the folder's (CogVideoX-2b ships DDIM, CogVideoX-5b DPM)")
+    p.add_argument("--dynamic-cfg", action="store_true", help="diffusers' use_dynamic_cfg guidance schedule")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (and DPM's step noise) (0)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="dtype of T5, the transformer's float parts and the VAE (bf16)")
+    p.add_argument("--tile", action="store_true",
+                   help="decode in overlapping spatial tiles (diffusers' enable_tiling): less memory at large "
+                        "sizes, slightly different frames")
+    p.add_argument("--latents-in", help="initial noise [B, F, C, H, W] (.npy/.safetensors, diffusers' layout) "
+                                        "instead of drawing it from --seed")
+    p.add_argument("--frames-out", help="also write the frames as .npy, float32 [F, H, W, 3] in [0, 1]")
+    _add_runtime_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sample", help="denoise latents from text embeddings",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,0 +1,1 @@
+"""Whole pipelines: prompt -> text encoder -> sampler -> VAE -> frames, one module per model family."""

@@ -1,0 +1,89 @@
+"""A pipeline's parts besides the DiT: the T5 text encoder, the VAE, the tokenizer and the scheduler config.
+
+Two kinds of pipeline folder hold them:
+- a diffusers folder (`model_index.json`, `tokenizer/`, `text_encoder/`, `transformer/`, `vae/`, `scheduler/`): the
+  models are converted in memory, one tensor at a time, on every load;
+- a converted one, written by `sixbit convert PIPELINE OUT` (`convert/pipeline.py`): the transformer checkpoint at
+  the top (what `sixbit sample` reads), and `text_encoder/` and `vae/` as sixbit-jax component checkpoints
+  (`sixbit.json` naming the component + one orbax item per leaf), with `tokenizer/`, `scheduler/` and
+  `model_index.json` copied as they are.
+Nothing here knows a checkpoint's tensor names: that is `convert/`'s job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sixbit_jax.checkpoint import INFO_NAME, parse_dtype, read_info, restore_leaves
+from sixbit_jax.errors import CheckpointError
+
+TOKENIZER, TEXT_ENCODER, TRANSFORMER, VAE, SCHEDULER = "tokenizer", "text_encoder", "transformer", "vae", "scheduler"
+MODEL_INDEX = "model_index.json"
+T5_COMPONENT, COGVIDEOX_VAE_COMPONENT = "t5", "vae-cogvideox"
+
+
+def is_converted(folder: Path) -> bool:
+    """A pipeline written by `sixbit convert` (its components are sixbit-jax checkpoints)."""
+    return (folder / INFO_NAME).exists() and (folder / TEXT_ENCODER / INFO_NAME).exists()
+
+
+def pipeline_class(folder: Path) -> str:
+    """model_index.json's `_class_name`, with a clear error for a folder that is not a pipeline."""
+    path = folder / MODEL_INDEX
+    if not folder.is_dir():
+        raise CheckpointError(f"pipeline {folder} is not a folder")
+    if not path.exists():
+        raise CheckpointError(f"{folder} is not a pipeline folder (no {MODEL_INDEX}); pass the folder holding "
+                              f"tokenizer/, text_encoder/, transformer/, vae/ and scheduler/")
+    try:
+        return str(json.loads(path.read_text())["_class_name"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid model index ({type(e).__name__}: {e})") from None
+
+
+def check_components(folder: Path, names=(TOKENIZER, TEXT_ENCODER, TRANSFORMER, VAE, SCHEDULER)) -> None:
+    """Every component folder is there (a converted pipeline keeps its transformer at the top)."""
+    names = [n for n in names if not (n == TRANSFORMER and is_converted(folder))]
+    missing = [n for n in names if not (folder / n).is_dir()]
+    if missing:
+        raise CheckpointError(f"pipeline {folder} is missing its {', '.join(f'{n}/' for n in missing)} "
+                              f"folder{'s' if len(missing) > 1 else ''}")
+
+
+def component_record(component: str, cfg, dtype) -> dict:
+    """sixbit.json of a component checkpoint."""
+    return {"component": component, "dtype": parse_dtype(dtype).name, "config": cfg.to_dict()}
+
+
+def _read_component(folder: Path, component: str) -> dict:
+    info = read_info(folder)
+    if info.get("component") != component:
+        raise CheckpointError(f"{folder} holds {info.get('component') or 'a transformer'!r}, expected {component!r}")
+    return info
+
+
+def load_text_encoder(pipeline: Path, *, dtype="bf16", progress: bool = False):
+    """The pipeline's T5 / umT5 encoder in `dtype` on the default device."""
+    from convert.t5 import abstract_params, encoder_from_leaves, load_t5_encoder
+    from sixbit_jax.models.t5 import T5Config
+
+    folder = pipeline / TEXT_ENCODER
+    if not (folder / INFO_NAME).exists():
+        return load_t5_encoder(folder, dtype=dtype, progress=progress)
+    info = _read_component(folder, T5_COMPONENT)
+    cfg = T5Config.from_dict(info["config"])
+    return encoder_from_leaves(cfg, restore_leaves(folder, abstract_params(cfg, info["dtype"])), dtype)
+
+
+def load_vae(pipeline: Path, *, dtype="bf16", progress: bool = False):
+    """The pipeline's CogVideoX VAE in `dtype` on the default device."""
+    from convert.vae_cogvideox import load_vae as convert_vae
+    from convert.vae_cogvideox import vae_from_leaves
+    from sixbit_jax.models.vae_cogvideox import CogVideoXVAEConfig, abstract_vae_params
+
+    folder = pipeline / VAE
+    if not (folder / INFO_NAME).exists():
+        return convert_vae(folder, dtype=dtype, progress=progress)
+    info = _read_component(folder, COGVIDEOX_VAE_COMPONENT)
+    cfg = CogVideoXVAEConfig.from_dict(info["config"])
+    return vae_from_leaves(cfg, restore_leaves(folder, abstract_vae_params(cfg, parse_dtype(info["dtype"]))), dtype)

@@ -1,0 +1,98 @@
+"""`sixbit generate`: prompt -> frames with a whole CogVideoX pipeline folder, against diffusers' CogVideoXPipeline
+on tiny random pipelines saved with save_pretrained; `sixbit convert` of a whole pipeline; bad pipelines named."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline_ref import reference_frames, tiny_pipeline
+
+from sixbit_jax.cli import main
+
+PROMPT = "a red circle moving left"
+STEPS, GUIDANCE = 3, 6.0
+
+
+@pytest.fixture(scope="module", params=["2b", "5b"])
+def pipeline(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"pipe-{request.param}")
+    pipe = tiny_pipeline(folder / "diffusers", request.param, seed=3)
+    latents = np.random.default_rng(5).standard_normal((1, 3, 4, 8, 12)).astype(np.float32)
+    np.save(folder / "latents.npy", latents)
+    return folder, pipe, reference_frames(pipe, PROMPT, latents, steps=STEPS, guidance=GUIDANCE)
+
+
+def _generate(folder, src, name, *extra):
+    args = ["generate", str(src), "--prompt", PROMPT, "--steps", str(STEPS), "--guidance", str(GUIDANCE),
+            "--dtype", "fp32", "--latents-in", str(folder / "latents.npy"), "--out", str(folder / f"{name}.mp4"),
+            "--frames-out", str(folder / f"{name}.npy"), "--quiet", *extra]
+    assert main(args) == 0
+    return np.load(folder / f"{name}.npy")
+
+
+def test_generate_matches_diffusers_pipeline(pipeline, capsys):
+    folder, _, reference = pipeline
+    frames = _generate(folder, folder / "diffusers", "ours")
+    assert frames.shape == reference.shape == (9, 64, 96, 3)
+    assert np.abs(frames - reference).max() < 2e-3
+    assert (folder / "ours.mp4").stat().st_size > 0
+    summary = capsys.readouterr().out
+    for part in ("encode", "denoise", "decode", "memory", "precision", "ours.mp4"):
+        assert part in summary
+
+
+def test_converted_pipeline_generates_the_same_and_quantized_modes_run(pipeline, tmp_path):
+    folder, _, reference = pipeline
+    converted = tmp_path / "converted"
+    assert main(["convert", str(folder / "diffusers"), str(converted), "--dtype", "fp32", "--quiet"]) == 0
+    for part in ("text_encoder/sixbit.json", "vae/sixbit.json", "tokenizer/spiece.model",
+                 "scheduler/scheduler_config.json", "model_index.json", "sixbit.json"):
+        assert (converted / part).exists(), part
+    np.testing.assert_allclose(_generate(tmp_path, converted, "converted"), reference, atol=2e-3)
+    quantized = tmp_path / "quantized"
+    assert main(["convert", str(folder / "diffusers"), str(quantized), "--dtype", "fp32", "--quant", "nvfp4",
+                 "--quiet"]) == 0
+    frames = _generate(tmp_path, quantized, "int8", "--mode", "int8", "--tdc", "--tau-c", "0.5")
+    assert frames.shape == reference.shape and np.isfinite(frames).all()
+    assert np.abs(frames - reference).mean() < 0.1  # 4-bit weights and 8-bit activations: close, not equal
+
+
+def _broken(pipeline, tmp_path, change):
+    src = tmp_path / "broken"
+    shutil.copytree(pipeline[0] / "diffusers", src)
+    change(src)
+    return src
+
+
+def _edit_json(path, **values):
+    raw = json.loads(path.read_text())
+    raw.update(values)
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda p: shutil.rmtree(p / "vae"), "missing its vae/ folder"),
+    (lambda p: _edit_json(p / "text_encoder" / "config.json", model_type="bert"), "model_type"),
+    (lambda p: _edit_json(p / "tokenizer" / "tokenizer_config.json", extra_ids=300), "do not belong together"),
+    (lambda p: _edit_json(p / "model_index.json", _class_name="CogVideoXImageToVideoPipeline"),
+     "CogVideoXImageToVideoPipeline"),
+], ids=["missing-component", "foreign-text-encoder", "tokenizer-mismatch", "other-pipeline"])
+def test_bad_pipelines_are_named(pipeline, tmp_path, capsys, change, message):
+    src = _broken(pipeline, tmp_path, change)
+    assert main(["generate", str(src), "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--frames", "10"], "--frames 10: must be 4k + 1"),
+    (["--height", "60"], "--height 60: must be a positive multiple of 16"),
+    (["--prompt", " "], "--prompt is empty"),
+    (["--out", "video.gif"], "use a .mp4 file name"),
+    (["--guidance", "-1"], "--guidance -1.0: must be >= 0"),
+])
+def test_bad_arguments_fail_before_loading(tmp_path, capsys, flags, message):
+    args = ["generate", str(tmp_path / "does-not-exist"), "--prompt", PROMPT, "--out", str(tmp_path / "v.mp4")]
+    assert main(args + flags) == 2
+    assert message in capsys.readouterr().err
