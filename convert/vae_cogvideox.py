@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from convert.source import TensorSource
@@ -108,3 +109,19 @@ def load_vae(folder: str | Path, *, dtype="bf16", progress: bool = False) -> Cog
               converted_vae_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
                                    nbytes=source.nbytes))
     return vae_from_params(cfg, nest_leaves(leaves), dtype)
+
+
+def vae_leaves(folder: str | Path, *, dtype="bf16", progress: bool = False) -> Iterator[tuple[tuple, np.ndarray]]:
+    """Converted (path, numpy leaf) pairs of a diffusers `vae/` folder: what a component checkpoint writer takes."""
+    folder = vae_folder(folder)
+    source = TensorSource.from_folder(folder)
+    return converted_vae_leaves(read_vae_config(folder), source.names(), source.shape, source.read, dtype,
+                                progress=progress, nbytes=source.nbytes)
+
+
+def vae_from_leaves(cfg: CogVideoXVAEConfig, leaves, dtype) -> CogVideoXVAE:
+    """A VAE in `dtype` on the default device from (path, leaf) pairs (e.g. restored from a component checkpoint)."""
+    from sixbit_jax.checkpoint import module_from_leaves
+
+    dtype = parse_dtype(dtype)
+    return module_from_leaves(lambda: CogVideoXVAE(cfg, dtype=dtype, rngs=nnx.Rngs(0)), leaves, "VAE")

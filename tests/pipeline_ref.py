@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,8 @@ def tiny_pipeline(folder: Path, flavour: str, seed: int = 0):
     """A diffusers CogVideoXPipeline with tiny random components (DDIM scheduler, the flavour's SNR shift), saved
     to `folder` with save_pretrained; returns the pipeline."""
     gen = torch.Generator().manual_seed(seed)
-    tokenizer = transformers.T5Tokenizer(str(write_spm_model(folder / "_spm") / "spiece.model"), extra_ids=100)
+    spm_folder = write_spm_model(folder.parent / f"{folder.name}-spm")
+    tokenizer = transformers.T5Tokenizer.from_pretrained(str(spm_folder))
     text_encoder = transformers.T5EncoderModel(transformers.T5Config(**T5_TINY)).eval()
     with torch.no_grad():
         for name, p in text_encoder.named_parameters():
@@ -64,6 +66,8 @@ def tiny_pipeline(folder: Path, flavour: str, seed: int = 0):
                                        transformer=tiny_diffusers_model(flavour, seed=seed + 1),
                                        scheduler=scheduler)
     pipe.save_pretrained(folder)
+    # transformers 5 saves tokenizer.json only; the hub's CogVideoX folders ship spiece.model, which is what we read
+    shutil.copy2(spm_folder / "spiece.model", folder / "tokenizer" / "spiece.model")
     return pipe
 
 
