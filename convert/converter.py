@@ -24,12 +24,13 @@ from sixbit_jax.quant.model import quantize_leaves
 from sixbit_jax.shapes.text import is_shapes_text_encoder
 
 
-def check_tensors(specs: dict[str, TensorSpec], names: list[str], shape_of: Callable[[str], tuple]) -> None:
-    """Raise one CheckpointError naming every missing, unexpected or mis-shaped tensor."""
+def check_tensors(specs: dict, names: list[str], shape_of: Callable[[str], tuple], what: str = "checkpoint") -> None:
+    """Raise one CheckpointError naming every missing, unexpected or mis-shaped tensor (specs: any family's key
+    map, entries with a `source_shape`)."""
     problems = shape_problems({k: s.source_shape for k, s in specs.items()}, {k: shape_of(k) for k in names},
                               "tensor")
     if problems:
-        raise CheckpointError(f"checkpoint does not match the config ({len(problems)} problems):\n  "
+        raise CheckpointError(f"{what} does not match the config ({len(problems)} problems):\n  "
                               + "\n  ".join(problems))
 
 

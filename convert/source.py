@@ -103,6 +103,19 @@ def _open(path: Path):
             from None
 
 
+def component_folder(folder: str | Path, component: str, what: str) -> Path:
+    """A model folder holding config.json, or a pipeline folder holding one in `component/`; a CheckpointError
+    naming `what` was expected otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{what} source {folder} is not a folder")
+    if not (folder / "config.json").exists() and (folder / component / "config.json").exists():
+        return folder / component
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"no config.json in {folder} (expected a {what} {component}/ folder)")
+    return folder
+
+
 def read_config(folder: str | Path) -> CogVideoXConfig:
     path = Path(folder) / "config.json"
     if not Path(folder).is_dir():

@@ -25,7 +25,7 @@ from flax import nnx
 
 from convert.source import TensorSpec
 from convert.converter import stacked_leaves
-from convert.source import TRANSFORMERS_WEIGHTS_NAME, TensorSource
+from convert.source import TRANSFORMERS_WEIGHTS_NAME, TensorSource, component_folder
 from sixbit_jax.checkpoint import abstract_state, flat_leaves, module_from_leaves, parse_dtype
 from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models.t5 import T5Config, T5Encoder
@@ -120,14 +120,7 @@ def encoder_from_leaves(cfg: T5Config, leaves: Iterable[tuple[tuple[str, ...], n
 
 def resolve_folder(folder: str | Path) -> Path:
     """A text encoder folder (config.json + safetensors), or a pipeline folder holding one in `text_encoder/`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"text encoder source {folder} is not a folder")
-    if not (folder / "config.json").exists() and (folder / "text_encoder" / "config.json").exists():
-        return folder / "text_encoder"
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"no config.json in {folder} (expected a transformers T5/umT5 text_encoder/ folder)")
-    return folder
+    return component_folder(folder, "text_encoder", "transformers T5/umT5")
 
 
 def read_t5_config(folder: str | Path) -> T5Config:

@@ -11,16 +11,16 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from convert.source import TensorSource
-from sixbit_jax.checkpoint import flat_leaves, nest_leaves, parse_dtype, shape_problems
+from convert.converter import check_tensors
+from convert.source import TensorSource, component_folder
+from sixbit_jax.checkpoint import flat_leaves, parse_dtype
 from sixbit_jax.errors import CheckpointError
-from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, CogVideoXVAEConfig, abstract_vae_params, vae_from_params
+from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, CogVideoXVAEConfig, abstract_vae_params
 
 # ours -> torch axis order, by kernel rank (the inverse permutation takes torch to ours)
 _TORCH_AXES = {5: (4, 3, 0, 1, 2), 4: (3, 2, 0, 1)}
@@ -49,15 +49,6 @@ def expected_tensors(cfg: CogVideoXVAEConfig, dtype=jnp.float32) -> dict[str, VA
                                       for path, leaf in flat_leaves(abstract_vae_params(cfg, dtype)))}
 
 
-def check_tensors(specs: dict[str, VAETensorSpec], names: list[str], shape_of: Callable[[str], tuple]) -> None:
-    """Raise one CheckpointError naming every missing, unexpected or mis-shaped tensor."""
-    problems = shape_problems({k: s.source_shape for k, s in specs.items()}, {k: shape_of(k) for k in names},
-                              "tensor")
-    if problems:
-        raise CheckpointError(f"VAE checkpoint does not match its config ({len(problems)} problems):\n  "
-                              + "\n  ".join(problems))
-
-
 def converted_vae_leaves(cfg: CogVideoXVAEConfig, names: list[str], shape_of: Callable[[str], tuple],
                          read: Callable[[str], np.ndarray], dtype, *, progress: bool = False,
                          nbytes: Callable[[str], int] | None = None) -> Iterator[tuple[tuple, np.ndarray]]:
@@ -66,7 +57,7 @@ def converted_vae_leaves(cfg: CogVideoXVAEConfig, names: list[str], shape_of: Ca
     tensor's name and shape is checked before the first is read."""
     dtype = parse_dtype(dtype)
     specs = expected_tensors(cfg, dtype)
-    check_tensors(specs, names, shape_of)
+    check_tensors(specs, names, shape_of, "VAE checkpoint")
     total = sum(nbytes(k) for k in specs) if nbytes else len(specs)
     with tqdm(total=total, disable=not progress, unit="B" if nbytes else "tensor", unit_scale=bool(nbytes),
               desc="converting VAE") as bar:
@@ -82,14 +73,7 @@ def converted_vae_leaves(cfg: CogVideoXVAEConfig, names: list[str], shape_of: Ca
 
 def vae_folder(folder: str | Path) -> Path:
     """A diffusers `vae/` folder, or a pipeline folder holding one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"VAE source {folder} is not a folder (expected a diffusers vae/ folder)")
-    if not (folder / "config.json").exists() and (folder / "vae" / "config.json").exists():
-        return folder / "vae"
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"no config.json in {folder} (expected a diffusers vae/ folder)")
-    return folder
+    return component_folder(folder, "vae", "diffusers VAE")
 
 
 def read_vae_config(folder: str | Path) -> CogVideoXVAEConfig:
@@ -101,14 +85,7 @@ def load_vae(folder: str | Path, *, dtype="bf16", progress: bool = False) -> Cog
     or a pipeline folder holding one -> CogVideoXVAE with parameters in `dtype` on the default device. All names
     and shapes are checked first; tensors are then read and converted one at a time."""
     folder = vae_folder(folder)
-    cfg = read_vae_config(folder)
-    source = TensorSource.from_folder(folder)
-    dtype = parse_dtype(dtype)
-    device = jax.devices()[0]
-    leaves = ((path, jax.device_put(leaf, device)) for path, leaf in
-              converted_vae_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
-                                   nbytes=source.nbytes))
-    return vae_from_params(cfg, nest_leaves(leaves), dtype)
+    return vae_from_leaves(read_vae_config(folder), vae_leaves(folder, dtype=dtype, progress=progress), dtype)
 
 
 def vae_leaves(folder: str | Path, *, dtype="bf16", progress: bool = False) -> Iterator[tuple[tuple, np.ndarray]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -191,8 +192,6 @@ def _writable_file(path: str, what: str, suffixes: tuple[str, ...]) -> Path:
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise InputError(f"{what} {path}: {parent} is a file, not a folder")
-    import os
-
     if not os.access(parent, os.W_OK):
         raise InputError(f"{what} {path}: cannot write in {parent}")
     return path

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers.dense import full_precision
 
@@ -134,14 +134,7 @@ class CogVideoXVAEConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "CogVideoXVAEConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"VAE config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"VAE config file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json(path, "VAE config file"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,16 +468,6 @@ def _skeleton(cfg: CogVideoXVAEConfig, dtype) -> tuple:
 def abstract_vae_params(cfg: CogVideoXVAEConfig, dtype) -> dict:
     """The parameter tree (`nnx.to_pure_dict` layout, list indices as int keys) as ShapeDtypeStructs."""
     return nnx.to_pure_dict(_skeleton(cfg, jnp.dtype(dtype))[1])
-
-
-def vae_from_params(cfg: CogVideoXVAEConfig, params: dict, dtype) -> CogVideoXVAE:
-    """A VAE holding `params` (`nnx.to_pure_dict` layout, numpy or jax leaves; checked by the caller) in `dtype`."""
-    dtype = jnp.dtype(dtype)
-    graphdef, abstract = _skeleton(cfg, dtype)
-    state = jax.tree.map(lambda x: x, abstract)  # a fresh copy: replace_by_pure_dict fills it in place
-    device = jax.devices()[0]
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: jax.device_put(x, device).astype(dtype), params))
-    return nnx.merge(graphdef, state)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -55,11 +55,17 @@ def component_record(component: str, cfg, dtype) -> dict:
     return {"component": component, "dtype": parse_dtype(dtype).name, "config": cfg.to_dict()}
 
 
-def _read_component(folder: Path, component: str) -> dict:
+def _load(pipeline: Path, name: str, component: str, *, convert, config_class, abstract, build, dtype):
+    """Component `name` of a pipeline: converted in memory from a diffusers/transformers folder (`convert(folder)`),
+    or restored from the sixbit-jax component checkpoint `sixbit convert` wrote there."""
+    folder = pipeline / name
+    if not (folder / INFO_NAME).exists():
+        return convert(folder)
     info = read_info(folder)
     if info.get("component") != component:
         raise CheckpointError(f"{folder} holds {info.get('component') or 'a transformer'!r}, expected {component!r}")
-    return info
+    cfg = config_class.from_dict(info["config"])
+    return build(cfg, restore_leaves(folder, abstract(cfg, parse_dtype(info["dtype"]))), dtype)
 
 
 def load_text_encoder(pipeline: Path, *, dtype="bf16", progress: bool = False):
@@ -67,12 +73,8 @@ def load_text_encoder(pipeline: Path, *, dtype="bf16", progress: bool = False):
     from convert.t5 import abstract_params, encoder_from_leaves, load_t5_encoder
     from sixbit_jax.models.t5 import T5Config
 
-    folder = pipeline / TEXT_ENCODER
-    if not (folder / INFO_NAME).exists():
-        return load_t5_encoder(folder, dtype=dtype, progress=progress)
-    info = _read_component(folder, T5_COMPONENT)
-    cfg = T5Config.from_dict(info["config"])
-    return encoder_from_leaves(cfg, restore_leaves(folder, abstract_params(cfg, info["dtype"])), dtype)
+    return _load(pipeline, TEXT_ENCODER, T5_COMPONENT, dtype=dtype, config_class=T5Config, abstract=abstract_params,
+                 build=encoder_from_leaves, convert=lambda f: load_t5_encoder(f, dtype=dtype, progress=progress))
 
 
 def load_vae(pipeline: Path, *, dtype="bf16", progress: bool = False):
@@ -81,9 +83,6 @@ def load_vae(pipeline: Path, *, dtype="bf16", progress: bool = False):
     from convert.vae_cogvideox import vae_from_leaves
     from sixbit_jax.models.vae_cogvideox import CogVideoXVAEConfig, abstract_vae_params
 
-    folder = pipeline / VAE
-    if not (folder / INFO_NAME).exists():
-        return convert_vae(folder, dtype=dtype, progress=progress)
-    info = _read_component(folder, COGVIDEOX_VAE_COMPONENT)
-    cfg = CogVideoXVAEConfig.from_dict(info["config"])
-    return vae_from_leaves(cfg, restore_leaves(folder, abstract_vae_params(cfg, parse_dtype(info["dtype"]))), dtype)
+    return _load(pipeline, VAE, COGVIDEOX_VAE_COMPONENT, dtype=dtype, config_class=CogVideoXVAEConfig,
+                 abstract=abstract_vae_params, build=vae_from_leaves,
+                 convert=lambda f: convert_vae(f, dtype=dtype, progress=progress))
