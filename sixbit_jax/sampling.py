@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from sixbit_jax import rng
 from sixbit_jax.errors import InputError, SamplingError
 from sixbit_jax.models import CogVideoXTransformer3D, PositionalTables
 from sixbit_jax.models.block_control import BlockControl
@@ -92,7 +93,7 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
         cfg = model.config
         shape = latent_shape(model, prompt_embeds.shape[0], frames or cfg.sample_frames,
                              height or 8 * cfg.sample_height, width or 8 * cfg.sample_width)
-        latents = jax.random.normal(key_latents, shape, jnp.float32)
+        latents = rng.normal(key_latents, shape, jnp.float32)
     latents = jnp.asarray(latents).astype(model.dtype)
     if latents.shape[0] != prompt_embeds.shape[0]:
         raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch "
@@ -170,7 +171,7 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
         if not stochastic:
             noise = jnp.zeros((), latents.dtype)
         elif noise is None:
-            noise = jax.random.normal(jax.random.fold_in(key_noise, index), latents.shape, jnp.float32)
+            noise = rng.normal(jax.random.fold_in(key_noise, index), latents.shape, jnp.float32)
         new_latents, x0 = step(c, latents, v, x0_prev, noise.astype(latents.dtype))
         new_latents = new_latents.astype(latents.dtype)
         jax.debug.callback(_tick, index)

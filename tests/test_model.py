@@ -12,6 +12,7 @@ from flax import nnx
 from conftest import HAS_GPU, rel_err
 from diffusers_ref import diffusers_forward, jax_model_from_diffusers, tiny_diffusers_model, torch
 
+from sixbit_jax import rng
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.models.cogvideox import rope_tables, sincos_table
@@ -117,7 +118,7 @@ def test_chunked_attention_equals_direct(monkeypatch):
     from sixbit_jax.layers import attention
 
     keys = jax.random.split(jax.random.key(0), 3)
-    q, k, v = (jax.random.normal(key, (2, 37, 3, 16)) for key in keys)
+    q, k, v = (rng.normal(key, (2, 37, 3, 16)) for key in keys)
     direct = attention.dot_product_attention(q, k, v, implementation="xla")
     monkeypatch.setattr(attention, "_MAX_LOGITS_ELEMENTS", 2 * 3 * 37 * 5)  # forces chunks of 5 queries
     chunked = attention.dot_product_attention(q, k, v, implementation="xla")

@@ -53,6 +53,8 @@ def test_converted_pipeline_generates_the_same_and_quantized_modes_run(pipeline,
                  "scheduler/scheduler_config.json", "model_index.json", "sixbit.json"):
         assert (converted / part).exists(), part
     np.testing.assert_allclose(_generate(folder, converted, "converted", out=tmp_path), reference, atol=2e-3)
+    if folder.name.startswith("pipe-5b"):
+        return  # the quantized leg is the same code for both flavours: one is enough (CI time)
     quantized = tmp_path / "quantized"
     assert main(["convert", str(folder / "diffusers"), str(quantized), "--dtype", "fp32", "--quant", "nvfp4",
                  "--hadamard-block", "16", "--quiet"]) == 0

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from conftest import HAS_GPU
 from pallas_kernels import int8_gemm
+from sixbit_jax import rng
 from sixbit_jax.errors import InputError
 from sixbit_jax.quant import formats as F
 from sixbit_jax.quant import linear
@@ -23,8 +24,8 @@ ACTIVATION_ERROR_BOUND = {"int8": 0.02, "nvfp4": 0.15, "weight_only": 0.01}
 
 def _problem(seed, lead=(2, 35), k=256, n=96):
     kx, kw, kb, ko = jax.random.split(jax.random.PRNGKey(seed), 4)
-    x = jax.random.normal(kx, (*lead, k))
-    x = jnp.where(jax.random.uniform(ko, x.shape) < 0.01, 20 * x, x).astype(jnp.bfloat16)
+    x = rng.normal(kx, (*lead, k))
+    x = jnp.where(rng.uniform(ko, x.shape) < 0.01, 20 * x, x).astype(jnp.bfloat16)
     w = jax.random.normal(kw, (n, k)) * k**-0.5
     b = jax.random.normal(kb, (n,))
     exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + np.asarray(b, np.float64)
@@ -83,6 +84,19 @@ def test_bad_inputs_name_the_problem():
         linear.int8_linear(jnp.ones((4, 64)), prepared)
     with pytest.raises(InputError, match="unknown quantized backend 'cuda'"):
         linear.nvfp4_linear(jnp.ones((4, 128)), prepared, backend="cuda")
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_layers_the_kernels_cannot_tile_run_the_reference_by_default(path, monkeypatch):
+    """K = 48 (tiny test models): with the kernels as the default backend (a GPU), the default quietly runs the
+    reference, which computes the same function; asking for the kernels by name names the constraint."""
+    x, w, b, _ = _problem(seed=5, k=48, n=40)
+    prepared = F.prepare_weight(w, hadamard_block=16)
+    want = np.asarray(PATHS[path](x, prepared, b, backend="reference"))
+    monkeypatch.setattr(linear, "default_backend", lambda: "pallas")
+    np.testing.assert_array_equal(np.asarray(PATHS[path](x, prepared, b)), want)
+    with pytest.raises(InputError, match="multiple of"):
+        PATHS[path](x, prepared, b, backend="pallas")
 
 
 def test_int8_input_quantized_once_feeds_every_linear_of_that_k():

@@ -39,6 +39,25 @@ def float_model():
 
 
 @pytest.fixture(scope="module")
+def quantized(float_model):
+    """float_model with NVFP4 block linears (quantizing is not free: one copy for the module)."""
+    return quantize_model(float_model)
+
+
+def controlled_forward(model):
+    """model(latents, text, t, control=BlockControl(routes, cache)) as one compiled program with the routes and the
+    cache traced: every call after the first reuses it (eager, each forward of the quantized model takes seconds)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, latents, text, t, routes, cache):
+        return nnx.merge(graphdef, state)(latents, text, t, control=BlockControl(routes, cache))
+
+    return lambda latents, text, t, routes, cache: forward(state, latents, text, t,
+                                                           jnp.asarray(routes, jnp.int32), cache)
+
+
+@pytest.fixture(scope="module")
 def inputs():
     rng = np.random.default_rng(0)
     return (jnp.asarray(rng.standard_normal((1, 2, 4, 8, 8)), jnp.float32),
@@ -55,7 +74,7 @@ def test_quantized_weights_are_at_most_a_3_32th_of_bf16(name):
     assert ratio >= 3.32, f"{name}: quantized weights are 1/{ratio:.3f} of bf16"
 
 
-def test_quantized_checkpoint_round_trips_and_matches_in_memory_quantization(float_model, inputs, tmp_path):
+def test_quantized_checkpoint_round_trips_and_matches_in_memory_quantization(float_model, quantized, inputs, tmp_path):
     cfg = float_model.config
     params = nnx.to_pure_dict(nnx.state(float_model))
     folder = write_diffusers_folder(tmp_path / "transformer", cfg, diffusers_tensors(cfg, params, np.float32))
@@ -63,7 +82,7 @@ def test_quantized_checkpoint_round_trips_and_matches_in_memory_quantization(flo
     loaded = load_checkpoint(ckpt)
     assert loaded.quant == QuantSpec() and isinstance(loaded.transformer_blocks.attn1.to_q, QuantDense)
     assert loaded.transformer_blocks.norm1.linear.weight_only
-    in_memory = quantize_model(float_model)
+    in_memory = quantized
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(loaded)),
                  nnx.to_pure_dict(nnx.state(in_memory)))
     latents, text, _ = inputs
@@ -72,8 +91,8 @@ def test_quantized_checkpoint_round_trips_and_matches_in_memory_quantization(flo
 
 
 # ------------------------------------------------------------------------------------------------ linear paths
-def test_pdr_falls_back_to_bf16_only_on_outlier_inputs(float_model):
-    layer = quantize_model(float_model).transformer_blocks.attn1.to_q  # stacked over blocks: take block 0
+def test_pdr_falls_back_to_bf16_only_on_outlier_inputs(quantized):
+    layer = quantized.transformer_blocks.attn1.to_q  # stacked over blocks: take block 0
     state = jax.tree.map(lambda x: x[0], nnx.state(layer))
     single = nnx.merge(nnx.graphdef(layer), state)
     rng = np.random.default_rng()
@@ -86,18 +105,17 @@ def test_pdr_falls_back_to_bf16_only_on_outlier_inputs(float_model):
         assert [float(f) for f in runtime.fallbacks] == [fallback]
 
 
-def test_quantized_paths_stay_close_to_float(float_model, inputs):
+def test_quantized_paths_stay_close_to_float(float_model, quantized, inputs):
     """One forward: each quantized path within a stated relative L1 error of the float model."""
-    quantized = quantize_model(float_model)
     latents, text, _ = inputs
     t = jnp.array([400])
-    reference = np.asarray(float_model(latents, text, t), np.float64)
+    reference = np.asarray(nnx.jit(lambda m: m(latents, text, t))(float_model), np.float64)
     bounds = {BF16: 0.08, INT8: 0.08, NVFP4: 0.15}  # W4A16 / W4A8 / W4A4 on random weights
     layers = float_model.config.num_layers
     state = init_state(layers, 1, 2 * 16, 8, float_model.config.inner_dim, RuntimeConfig(mode="int8"))
+    forward = controlled_forward(quantized)
     for route, bound in bounds.items():
-        control = BlockControl(jnp.full((layers,), route, jnp.int32), state.cache)
-        out, report = quantized(latents, text, t, control=control)
+        out, report = forward(latents, text, t, [route] * layers, state.cache)
         err = np.abs(np.asarray(out, np.float64) - reference).sum() / np.abs(reference).sum()
         assert err < bound, f"route {route}: relative L1 error {err:.3f}"
         assert np.asarray(report.gamma).min() > 0
@@ -118,13 +136,14 @@ def test_calibrate_route_measures_nvfp4_sensitivity_at_the_block_output(float_mo
     run_block = lambda block, v, x, runtime: block(v, x, temb_act, tables, runtime)  # noqa: E731
     cache = DeltaCache.create(1, None, None, jnp.float32)
 
+    @jax.jit
     def run(route):
         return run_controlled_blocks(block_def, state, video, text_tokens, run_block,
-                                     BlockControl(jnp.array([route], jnp.int32), cache))
+                                     BlockControl(jnp.reshape(route, (1,)), cache))
 
-    y_video, y_text, _ = run(BF16)
-    q_video, q_text, _ = run(NVFP4)
-    _, _, report = run(CALIBRATE)
+    y_video, y_text, _ = run(jnp.int32(BF16))
+    q_video, q_text, _ = run(jnp.int32(NVFP4))
+    _, _, report = run(jnp.int32(CALIBRATE))
     l1 = lambda x: np.abs(np.asarray(x, np.float64)).sum()  # noqa: E731
     want = (l1(q_video - y_video) + l1(q_text - y_text)) / (l1(y_video) + l1(y_text))
     assert float(report.nvfp4_error[0]) == pytest.approx(want, rel=1e-4)
@@ -206,29 +225,28 @@ def test_summary_counts_skips_as_zero_bits():
 
 
 @pytest.mark.parametrize("cache_dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2), ("float8_e4m3fn", 8e-2)])
-def test_a_skipped_block_adds_the_delta_its_last_compute_cached(float_model, inputs, cache_dtype, tolerance):
+def test_a_skipped_block_adds_the_delta_its_last_compute_cached(quantized, inputs, cache_dtype, tolerance):
     """Model level: a compute caches Δ = Y - X (and reports r against the old Δ); skipping from the same input with
     that cache reproduces the computed output, to the cache dtype's precision."""
-    model = quantize_model(float_model)
     latents, text, _ = inputs
-    cfg, t = model.config, jnp.array([500])
+    cfg, t = quantized.config, jnp.array([500])
     layers = cfg.num_layers
     empty = init_state(layers, 1, 2 * 4 * 4, 8, cfg.inner_dim, RuntimeConfig(mode="calibrate", cache_dtype=cache_dtype))
-    control = lambda routes, cache: BlockControl(jnp.asarray(routes, jnp.int32), cache)  # noqa: E731
-    computed, first = model(latents, text, t, control=control([BF16] * layers, empty.cache))
+    forward = controlled_forward(quantized)
+    computed, first = forward(latents, text, t, [BF16] * layers, empty.cache)
     assert float(first.gamma.min()) > 0
     assert all(float(jnp.abs(first.cache.read(i)[0]).sum()) > 0 for i in range(layers)), "every block caches Δ"
     expected = np.asarray(computed, np.float64)
     for skipped_block in range(layers):
         routes = [BF16] * layers
         routes[skipped_block] = SKIP
-        out, report = model(latents, text, t, control=control(routes, first.cache))
+        out, report = forward(latents, text, t, routes, first.cache)
         err = np.abs(np.asarray(out, np.float64) - expected).sum() / np.abs(expected).sum()
         assert err < tolerance, f"skipping block {skipped_block}: relative L1 error {err:.2e}"
         for new, old in zip(report.cache, first.cache):  # a skip leaves its cache entry as it was
             np.testing.assert_array_equal(np.asarray(new[skipped_block]), np.asarray(old[skipped_block]))
     halved = first.cache._replace(scale=first.cache.scale * 0.5)
-    _, again = model(latents, text, t, control=control([BF16] * layers, halved))
+    _, again = forward(latents, text, t, [BF16] * layers, halved)
     np.testing.assert_allclose(np.asarray(again.change), 1.0, rtol=tolerance)  # |Δ - Δ/2| / |Δ/2|
 
 
@@ -245,8 +263,7 @@ def test_fp8_delta_cache_scales_large_deltas_instead_of_overflowing():
 
 
 # ------------------------------------------------------------------------------------------------ sampler
-def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_model, inputs):
-    quantized = quantize_model(float_model)
+def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_model, quantized, inputs):
     latents, text, negative = inputs
     cfg = RuntimeConfig(mode="int8", tdc=True, tau_c=1e9, max_skips=2)  # skip whenever the rules allow
     settings = SamplerSettings(num_steps=9, guidance_scale=3.0, seed=0)
@@ -267,8 +284,7 @@ def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_
     assert (change[1:][routes[1:] != SKIP] > 0).all(), "r measured on every compute after the first"
 
 
-def test_delta_cache_without_skips_changes_nothing(float_model, inputs):
-    quantized = quantize_model(float_model)
+def test_delta_cache_without_skips_changes_nothing(quantized, inputs):
     latents, text, negative = inputs
     settings = SamplerSettings(num_steps=5, guidance_scale=3.0)
     plain = sample(quantized, text, negative, latents=latents, settings=settings, runtime=RuntimeConfig(mode="int8"))
@@ -278,8 +294,7 @@ def test_delta_cache_without_skips_changes_nothing(float_model, inputs):
     np.testing.assert_array_equal(np.asarray(cached.latents), np.asarray(plain.latents))
 
 
-def test_replaying_a_recorded_schedule_reproduces_the_run(float_model, inputs):
-    quantized = quantize_model(float_model)
+def test_replaying_a_recorded_schedule_reproduces_the_run(float_model, quantized, inputs):
     latents, text, negative = inputs
     settings = SamplerSettings(num_steps=7, guidance_scale=3.0)
     layers = float_model.config.num_layers
@@ -304,20 +319,19 @@ def test_resampled_schedule_keeps_the_mix():
     np.testing.assert_array_equal(stretched[-1], [PDR, PDR, SKIP, SKIP, NVFP4, NVFP4])
 
 
-def test_calibration_rollouts_measure_the_delta_change(float_model, inputs):
+def test_calibration_rollouts_measure_the_delta_change(quantized, inputs):
     """tau_c is solved from r on calibration rollouts, so the calibrate mode caches deltas although it never skips."""
     latents, text, negative = inputs
-    result = sample(quantize_model(float_model), text, negative, latents=latents,
+    result = sample(quantized, text, negative, latents=latents,
                     settings=SamplerSettings(num_steps=4, guidance_scale=3.0), runtime=RuntimeConfig(mode="calibrate"))
     change = np.asarray(result.stats.change)
     assert result.summary.skip_fraction == 0 and np.isnan(change[0]).all()
     assert (change[1:] > 0).all() and np.isfinite(change[1:]).all()
 
 
-def test_quantized_sampler_stays_close_to_bf16(float_model, inputs):
+def test_quantized_sampler_stays_close_to_bf16(float_model, quantized, inputs):
     """A stated bound: 6 DDIM steps on the small random model, INT8 and DMPQ final latents within 10% relative L1
     of the float run."""
-    quantized = quantize_model(float_model)
     latents, text, negative = inputs
     settings = SamplerSettings(num_steps=6, guidance_scale=3.0)
     reference = np.asarray(sample(float_model, text, negative, latents=latents, settings=settings).latents, np.float64)
@@ -336,11 +350,11 @@ def test_quantized_mode_on_a_float_model_names_the_fix(float_model, inputs):
         sample(float_model, text, negative, latents=latents, runtime=RuntimeConfig(mode="int8"))
 
 
-def test_a_calibration_for_another_model_is_refused(float_model, inputs):
+def test_a_calibration_for_another_model_is_refused(quantized, inputs):
     latents, text, negative = inputs
     other = RuntimeConfig(mode="sixbit", alpha=(1.0,) * 6, beta=(0.0,) * 6, tau_q=0.1)
     with pytest.raises(InputError, match="calibration has 6 blocks but this model has 3"):
-        sample(quantize_model(float_model), text, negative, latents=latents, runtime=other)
+        sample(quantized, text, negative, latents=latents, runtime=other)
 
 
 # ------------------------------------------------------------------------------------------------ calibration

@@ -15,6 +15,7 @@ from diffusers_ref import diffusers, diffusers_forward
 
 from convert import convert_checkpoint
 from convert.export import diffusers_tensors, write_diffusers_folder
+from sixbit_jax import rng
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.cli import main
 from sixbit_jax.config import CogVideoXConfig
@@ -36,7 +37,7 @@ def test_export_is_real_diffusers_layout_and_round_trips(tmp_path):
     cfg = small_shapes_config(sample_height=16, sample_width=16)
     model = CogVideoXTransformer3D(cfg, dtype=jnp.float32, rngs=nnx.Rngs(np.random.SeedSequence().entropy % 2**31))
     params = nnx.to_pure_dict(nnx.state(model))
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)  # no zeros
+    params = jax.tree.map(lambda p: p + 0.05 * rng.normal(jax.random.key(1), p.shape), params)  # no zeros
     folder = write_diffusers_folder(tmp_path / "transformer", cfg, diffusers_tensors(cfg, params, np.float32))
 
     reference = diffusers.CogVideoXTransformer3DModel.from_pretrained(folder).eval()

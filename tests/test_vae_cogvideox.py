@@ -148,7 +148,9 @@ def test_tiled_encode_matches_diffusers(vae, torch_vae):
 
 def test_bf16_decode(folder, torch_vae):
     """bf16 parameters and activations (GroupNorm statistics in float32): about as far from the float32 result as
-    diffusers' own bf16 decode is (2.7% of the range on this model)."""
+    diffusers' own bf16 decode on the CPU is (1.9-2.7% of the range on this model). Within 2x of it: on a GPU, XLA
+    picks each bf16 convolution's algorithm by autotuning, and its accumulation order varies from run to run (1.6x
+    measured on an H200)."""
     vae16 = load_vae(folder, dtype="bf16")
     leaves = jax.tree.leaves(nnx.state(vae16))
     assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
@@ -159,7 +161,7 @@ def test_bf16_decode(folder, torch_vae):
             torch.from_numpy(z).permute(0, 2, 1, 3, 4).bfloat16()).sample.float().permute(0, 2, 3, 4, 1).numpy()
     out = np.asarray(decode(vae16, jnp.asarray(z)))
     assert out.dtype == np.float32
-    assert rel_err(out, ref) < max(1.5 * rel_err(torch16, ref), 1e-2)
+    assert rel_err(out, ref) < max(2 * rel_err(torch16, ref), 1e-2)
 
 
 def test_chunk_bounds_follow_diffusers():

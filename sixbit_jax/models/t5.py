@@ -29,6 +29,7 @@ Precision follows transformers:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sixbit_jax import rng
 from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers.dense import full_precision
@@ -153,7 +155,7 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
 # Layers
 # ----------------------------------------------------------------------------------------------------------------
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], scale: float, dtype) -> nnx.Param:
-    return nnx.Param((jax.random.normal(rngs.params(), shape, jnp.float32) * scale).astype(dtype))
+    return nnx.Param((rng.normal(rngs.params(), shape, jnp.float32) * scale).astype(dtype))
 
 
 class Linear(nnx.Module):
@@ -328,3 +330,16 @@ class T5Encoder(nnx.Module):
 
         x, _ = jax.lax.scan(run_block, x, block_state)
         return self.final_layer_norm(x).astype(self.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, input_ids, attention_mask):
+    return nnx.merge(graphdef, state)(input_ids, attention_mask)
+
+
+def encode(encoder: T5Encoder, input_ids, attention_mask=None) -> jax.Array:
+    """The encoder as one compiled program per input shape (calling the module directly runs it op by op). Host
+    (numpy) ids are range-checked first: out of range, a traced lookup would silently read a NaN row."""
+    encoder.check_inputs(input_ids, attention_mask)
+    graphdef, state = nnx.split(encoder)
+    return _encode(graphdef, state, jnp.asarray(input_ids), attention_mask)

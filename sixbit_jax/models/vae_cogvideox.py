@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sixbit_jax import rng
 from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers.dense import full_precision
@@ -190,7 +191,7 @@ class Conv(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...], *, stride: int = 1,
                  padding: tuple[tuple[int, int], ...] | None = None, dtype, rngs: nnx.Rngs):
         fan_in = in_channels * math.prod(kernel)
-        self.weight = nnx.Param((jax.random.normal(rngs.params(), (*kernel, in_channels, out_channels), jnp.float32)
+        self.weight = nnx.Param((rng.normal(rngs.params(), (*kernel, in_channels, out_channels), jnp.float32)
                                  * fan_in**-0.5).astype(dtype))
         self.bias = nnx.Param(jnp.zeros((out_channels,), dtype))
         self.stride = stride

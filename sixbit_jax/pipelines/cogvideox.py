@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
-from sixbit_jax.models import CogVideoXTransformer3D
+from sixbit_jax.models import CogVideoXTransformer3D, t5
 from sixbit_jax.models.cogvideox import QuantSpec
 from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, decode_latents, postprocess
 from sixbit_jax.pipelines import components
@@ -94,7 +93,7 @@ class CogVideoXPipeline:
         if self.text_encoder is None:
             raise InputError("the text encoder was released after encoding (release_text_encoder=True)")
         ids = self.tokenizer.encode(list(prompts), self.transformer.config.max_text_seq_length)
-        return self.text_encoder(jnp.asarray(ids)).astype(self.transformer.dtype)
+        return t5.encode(self.text_encoder, np.asarray(ids)).astype(self.transformer.dtype)
 
     def __call__(self, prompts: list[str] | str, negative_prompts: list[str] | str | None = None, *,
                  frames: int | None = None, height: int | None = None, width: int | None = None,

@@ -35,16 +35,21 @@ def default_backend() -> Backend:
     return "pallas" if jax.default_backend() == "gpu" else "reference"
 
 
-def _resolve(backend: Backend | None) -> Backend:
-    backend = backend or default_backend()
+def _resolve(backend: Backend | None, k: int | None = None, n: int | None = None) -> Backend:
+    """The backend asked for, or by default the kernels on a GPU and the references elsewhere. The kernels tile K
+    by 128 and N by 16: a layer of another shape (the tiny test models) runs the reference by default, and fails
+    with a message naming the constraint only when the kernels were asked for explicitly."""
+    if backend is None:
+        fits = (k is None or k % K_TILE == 0) and (n is None or n % 16 == 0)
+        backend = default_backend() if fits else "reference"
     if backend not in BACKENDS:
         raise InputError(f"unknown quantized backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
 
 
 def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None):
-    backend = _resolve(backend)
     n, k = weight.shape
+    backend = _resolve(backend, k, n)
     if x.shape[-1] != k:
         raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")
     # Quantized paths take bf16 activations: the kernels rotate them on bf16 tensor cores, and 4- or 8-bit
@@ -73,8 +78,8 @@ class Int8Input:
 def quantize_int8_input(x: jax.Array, hadamard_block: int, *, group_size: int | None = None,
                         backend: Backend | None = None) -> Int8Input:
     """The activation half of `int8_linear`: bf16 [..., K] -> Int8Input."""
-    backend = _resolve(backend)
     k = x.shape[-1]
+    backend = _resolve(backend, k)
     rows = x.reshape(-1, k).astype(jnp.bfloat16)
     if backend == "reference":
         q = act_quant.int8_reference(rows, hadamard_block, group_size)
@@ -100,8 +105,8 @@ def int8_linear(
     operand derived from the NVFP4 weight. x is bf16 [..., K] or an Int8Input from `quantize_int8_input`.
     `activation` (a name in `pallas_kernels.common.ACTIVATIONS`) is applied in float32 before rounding: fused into
     the Mosaic GPU GEMM's epilogue, after the GEMM elsewhere. bf16 [..., N]."""
-    backend = _resolve(backend)
     n, k = weight.shape
+    backend = _resolve(backend, k, n)
     if not isinstance(x, Int8Input):
         if x.shape[-1] != k:
             raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sixbit_jax import rng
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models import CogVideoXTransformer3D
@@ -52,7 +53,7 @@ class ShapesPipeline:
         return cls(load_checkpoint(path, dtype=dtype), TextEncoder.load(path / "text_encoder"))
 
     def noise(self, batch: int, seed: int) -> jax.Array:
-        return jax.random.normal(jax.random.key(seed), (batch, world.FRAMES, self.model.config.in_channels,
+        return rng.normal(jax.random.key(seed), (batch, world.FRAMES, self.model.config.in_channels,
                                                         world.SIZE, world.SIZE), jnp.float32)
 
     def __call__(self, prompts: list[str] | str, *, seed: int = 0, steps: int = DEFAULT_STEPS,

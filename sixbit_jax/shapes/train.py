@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 from convert.export import diffusers_tensors, write_diffusers_folder
+from sixbit_jax import rng
 from sixbit_jax.checkpoint import atomic_folder
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.media import line_chart
@@ -92,7 +93,7 @@ def make_train_step(cfg: CogVideoXConfig, settings: TrainSettings):
         ids = jnp.where(dropped[:, None], 0, ids)
         text = nnx.merge(encoder_def, params["text"])(ids)
         t = jax.random.randint(k_t, (settings.batch,), 0, sqrt_ac.shape[0])
-        noise = jax.random.normal(k_noise, x0.shape)
+        noise = rng.normal(k_noise, x0.shape)
         a, s = sqrt_ac[t][:, None, None, None, None], sqrt_1m_ac[t][:, None, None, None, None]
         noisy, target = a * x0 + s * noise, a * noise - s * x0
         model = nnx.merge(model_def, jax.tree.map(lambda p: p.astype(compute), params["transformer"]))
