@@ -5,6 +5,7 @@ written: never the whole model."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,26 +25,49 @@ from sixbit_jax.quant.model import quantize_leaves
 from sixbit_jax.shapes.text import is_shapes_text_encoder
 
 
-def check_tensors(specs: dict, names: list[str], shape_of: Callable[[str], tuple], what: str = "checkpoint") -> None:
-    """Raise one CheckpointError naming every missing, unexpected or mis-shaped tensor (specs: any family's key
-    map, entries with a `source_shape`)."""
+MAX_PROBLEM_LINES = 12
+
+
+def check_tensors(specs: dict, names: list[str], shape_of: Callable[[str], tuple], what: str = "checkpoint",
+                  hint: str | None = None) -> None:
+    """Raise one CheckpointError naming the missing, unexpected or mis-shaped tensors (specs: any family's key map,
+    entries with a `source_shape`): the first MAX_PROBLEM_LINES and a count of the rest, after `hint` (what in the
+    config the mismatch points at, when the family can tell)."""
     problems = shape_problems({k: s.source_shape for k, s in specs.items()}, {k: shape_of(k) for k in names},
                               "tensor")
     if problems:
-        raise CheckpointError(f"{what} does not match the config ({len(problems)} problems):\n  "
-                              + "\n  ".join(problems))
+        shown = problems[:MAX_PROBLEM_LINES]
+        more = len(problems) - len(shown)
+        raise CheckpointError(f"{what} does not match the config ({len(problems)} problem"
+                              f"{'' if len(problems) == 1 else 's'})" + (f": {hint}" if hint else "") + ":\n  "
+                              + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""))
+
+
+def config_hint(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple]) -> str | None:
+    """Which CogVideoX config.json fields the tensors contradict (a wrong field mis-shapes hundreds of tensors)."""
+    hints = []
+    layers = {int(m.group(1)) for n in names if (m := re.match(r"transformer_blocks\.(\d+)\.", n))}
+    if layers and max(layers) + 1 != cfg.num_layers:
+        hints.append(f"the checkpoint has {max(layers) + 1} transformer blocks but num_layers is {cfg.num_layers}")
+    if "norm_final.weight" in names and shape_of("norm_final.weight")[0] != cfg.inner_dim:
+        hints.append(f"the blocks are {shape_of('norm_final.weight')[0]} wide but num_attention_heads x "
+                     f"attention_head_dim is {cfg.num_attention_heads} x {cfg.attention_head_dim} = {cfg.inner_dim}")
+    if "patch_embed.text_proj.weight" in names and shape_of("patch_embed.text_proj.weight")[1] != cfg.text_embed_dim:
+        hints.append(f"the text projection takes {shape_of('patch_embed.text_proj.weight')[1]} features but "
+                     f"text_embed_dim is {cfg.text_embed_dim}")
+    return "; ".join(hints) + " (config.json)" if hints else None
 
 
 def stacked_leaves(specs: dict[str, TensorSpec], abstract: dict[tuple[str, ...], Any], names: list[str],
                    shape_of: Callable[[str], tuple], read: Callable[[str], np.ndarray], dtype, *,
                    progress: bool = False, nbytes: Callable[[str], int] | None = None, desc: str = "converting",
-                   stored_name: Callable[[str], str] = lambda key: key
+                   stored_name: Callable[[str], str] = lambda key: key, hint: str | None = None
                    ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Any model family's conversion loop: yield (parameter path, numpy leaf in `dtype`) one leaf at a time, a
     stacked leaf gathering the tensors of every layer. `specs` is the family's key map, `abstract` its flat
     parameter tree (ShapeDtypeStructs); `stored_name` maps a spec's key to the name the file stores it under (a tied
     embedding saved under another name). Every tensor is checked (names and shapes) before the first is read."""
-    check_tensors(specs, names, lambda key: shape_of(stored_name(key)))
+    check_tensors(specs, names, lambda key: shape_of(stored_name(key)), hint=hint)
     dtype = parse_dtype(dtype)
     by_leaf: dict[tuple[str, ...], list[TensorSpec]] = {}
     for spec in specs.values():
@@ -73,7 +97,7 @@ def converted_leaves(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[
     """The CogVideoX transformer's leaves (see `stacked_leaves`), e.g. all layers' to_q weights stacked."""
     abstract = dict(flat_leaves(abstract_params(cfg, parse_dtype(dtype))))
     return stacked_leaves(expected_tensors(cfg), abstract, names, shape_of, read, dtype, progress=progress,
-                          nbytes=nbytes)
+                          nbytes=nbytes, hint=config_hint(cfg, names, shape_of))
 
 
 def convert_tensors(cfg: CogVideoXConfig, names: list[str], shape_of: Callable[[str], tuple],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import json
 import os
 import shutil
@@ -146,24 +147,60 @@ def check_destination(dst: str | Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(dst: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a temporary folder beside `dst`; renames it to `dst` if the block succeeds, deletes it otherwise."""
+    """Yields a temporary folder beside `dst`; renames it to `dst` if the block succeeds, deletes it otherwise.
+
+    One writer per destination: a lock on `.DST.lock` beside `dst` is held for the whole write (the kernel drops it
+    when the process dies, even by SIGKILL), and a second writer fails at once naming the first. Temporary folders
+    left by killed writers are removed by the next writer."""
     dst = Path(dst).absolute()
     check_destination(dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(dst, old)
-            os.rename(tmp, dst)
-            _remove_tree(old)
-        else:
-            os.rename(tmp, dst)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
+    with exclusive_lock(dst.parent / f".{dst.name}.lock", f"{dst} is being written"):
+        _remove_stale_partials(dst)
+        tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            if dst.exists() and not overwrite:
+                raise CheckpointError(f"destination {dst} appeared while this run was writing; nothing was replaced")
+            if dst.exists():
+                old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(dst, old)
+                os.rename(tmp, dst)
+                _remove_tree(old)
+            else:
+                os.rename(tmp, dst)
+        except BaseException:
+            _remove_tree(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path, busy: str, *, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created if missing) for the block. Taken: CheckpointError saying
+    `busy` and by whom, or with `wait`, block until it is free. The file stays afterwards: unlinking it would let
+    two processes lock two different files of one name."""
+    import fcntl
+
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise CheckpointError(f"{busy} by {holder}; wait for it to finish or choose another destination") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"sixbit process {os.getpid()}")
+        lock.flush()
+        yield  # closing the file releases the lock
+
+
+def _remove_stale_partials(dst: Path) -> None:
+    """Temporary folders of writers that died (SIGKILL, power loss) before they could clean up. Only called under
+    the writer lock, so no live writer owns one."""
+    for partial in dst.parent.glob(f".{glob.escape(dst.name)}.partial-*"):
+        _remove_tree(partial)
 
 
 def _remove_tree(path: Path, attempts: int = 5) -> None:

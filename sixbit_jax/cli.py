@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -11,21 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from sixbit_jax.arguments import (activation_bits, existing_file, existing_folder, fraction, hadamard_block,
+                                  non_negative_float, non_negative_int, positive_int, writable_file, writable_folder)
 from sixbit_jax.errors import InputError, SixbitError
 
 DESCRIPTION = """\
-sixbit-jax: CogVideoX video diffusion transformers in JAX.
+sixbit-jax: CogVideoX video diffusion transformers in JAX, with the 6Bit-Diffusion runtime.
 
-  sixbit demo                    the shipped shapes model (trained here): convert, sample a prompt, write a GIF
-  sixbit eval                    quality of each precision mode against BF16 on a fixed prompt set
-  sixbit generate PIPELINE ...   prompt -> MP4 with a real CogVideoX pipeline folder (T5, transformer, VAE in JAX)
-  sixbit convert SRC DST         diffusers CogVideoX folder -> sixbit-jax checkpoint (--quant nvfp4: 4-bit weights)
-  sixbit calibrate CKPT          fit the DMPQ precision predictor (alpha, beta per block; tau_q for ~6 bits)
-  sixbit sample CKPT ...         sample latents from T5 embeddings (the transformer alone)
-
-Precision modes (demo, generate, sample): --mode bf16 | int8 (W4A8) | nvfp4 (W4A4) | sixbit (DMPQ routing per block and step),
-with --tdc (temporal delta cache: skip blocks whose output delta barely changes) and --no-pdr (no purified refresh).
-"""
+Start with `sixbit demo` (the shipped shapes model; CPU is fine). Each command has its own --help.
+Precision modes (demo, generate, sample): --mode bf16 | int8 (W4A8) | nvfp4 (W4A4) | sixbit (DMPQ routing per block
+and step), with --tdc (temporal delta cache: skip blocks whose output delta barely changes) and --no-pdr (no
+purified refresh)."""
 
 
 def _peak_memory() -> str:
@@ -40,6 +35,11 @@ def _peak_memory() -> str:
 def cmd_convert(args) -> None:
     from convert import convert_checkpoint
 
+    existing_folder(args.src, "SRC")
+    dst = Path(args.dst)
+    if dst.exists() and not args.force:
+        raise InputError(f"DST {dst} already exists (pass --force to replace it)")
+    writable_folder(dst.absolute().parent, "DST's folder")
     start = time.perf_counter()
     from sixbit_jax.models.cogvideox import QuantSpec
 
@@ -52,17 +52,22 @@ def cmd_convert(args) -> None:
 
 
 def _weight_bytes(ckpt) -> str:
-    """Resident DiT weight bytes of a checkpoint, and the ratio to the same model in bf16."""
+    """Resident DiT weight bytes of a checkpoint as stored; for NVFP4 ones also the ratio to the same model in bf16."""
+    import jax
+
     from sixbit_jax.checkpoint import abstract_params, read_info
     from sixbit_jax.config import CogVideoXConfig
     from sixbit_jax.models.cogvideox import QuantSpec
-    import jax
 
     info = read_info(ckpt)
     cfg = CogVideoXConfig.from_dict(info["config"])
+    quant = QuantSpec.from_dict(info.get("quant"))
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
-    stored = nbytes(abstract_params(cfg, "bf16", QuantSpec.from_dict(info.get("quant"))))
-    return f"weights {stored / 2**20:.1f} MiB at bf16 for float leaves, 1/{nbytes(abstract_params(cfg, 'bf16')) / stored:.2f} of bf16"
+    stored = nbytes(abstract_params(cfg, info.get("dtype", "bf16"), quant))
+    line = f"transformer weights {stored / 2**20:.1f} MiB"
+    if quant is not None:
+        line += f", 1/{nbytes(abstract_params(cfg, 'bf16')) / stored:.2f} of the same model in bf16"
+    return line
 
 
 def _load_embeds(path, what: str, model) -> np.ndarray:
@@ -87,8 +92,14 @@ def cmd_sample(args) -> None:
 
     settings = SamplerSettings(scheduler=args.scheduler, num_steps=args.steps, guidance_scale=args.guidance,
                                use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
-    if Path(args.out).suffix not in (".npy", ".safetensors"):
-        raise InputError(f"--out {args.out}: use a .npy or .safetensors file name")
+    _check_checkpoint(args.checkpoint)
+    _check_video_size(args)
+    writable_file(args.out, "--out", (".npy", ".safetensors"))
+    for flag in ("embeds", "negative_embeds", "latents_in"):
+        if getattr(args, flag):
+            existing_file(getattr(args, flag), f"--{flag.replace('_', '-')}", (".npy", ".safetensors"))
+    if args.calibration:
+        existing_file(args.calibration, "--calibration", (".json",))
     model, runtime = _runtime(args, Path(args.checkpoint), load_checkpoint(args.checkpoint))
     embeds = _load_embeds(args.embeds, "prompt", model)
     negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
@@ -106,6 +117,23 @@ def cmd_sample(args) -> None:
           f"| wrote {args.out} {list(out.shape)} float32")
 
 
+def _check_checkpoint(path) -> Path:
+    folder = existing_folder(path, "checkpoint")
+    if not (folder / "sixbit.json").exists():
+        raise InputError(f"checkpoint {folder} is not a converted checkpoint (no sixbit.json); convert it with "
+                         f"`sixbit convert`")
+    return folder
+
+
+def _check_video_size(args) -> None:
+    if args.frames is not None and (args.frames - 1) % 4:
+        raise InputError(f"--frames {args.frames}: must be 4k + 1 (e.g. 49)")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and value % 16:
+            raise InputError(f"--{name} {value}: must be a multiple of 16")
+
+
 def _runtime(args, ckpt: Path | None, model):
     """(model, RuntimeConfig or None) for --mode/--tdc/--no-pdr/--calibration/--tau-c. A float model is quantized
     in memory when a quantized mode asks for it; on a quantized checkpoint, bf16 means W4A16."""
@@ -116,8 +144,6 @@ def _runtime(args, ckpt: Path | None, model):
 
     if args.mode == "bf16" and not args.tdc and model.quant is None:
         return model, None
-    if args.mode != "bf16" and model.quant is None:
-        model = quantize_model(model)
     fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr}
     if args.cache_dtype:
         fields["cache_dtype"] = args.cache_dtype
@@ -130,28 +156,39 @@ def _runtime(args, ckpt: Path | None, model):
                              f"CKPT/{CALIBRATION_NAME}) or pass --calibration FILE")
         if calibration is not None:
             fields.update(fields_for_run(calibration, args.mode, args.tdc))
+    if args.mode != "bf16" and model.quant is None:
+        model = quantize_model(model)
     if args.tau_c is not None:
         fields["tau_c"] = args.tau_c
     return model, RuntimeConfig(**fields)
+
+
+_MODE_NAMES = {"bf16": "bf16", "int8": "W4A8 (int8)", "nvfp4": "W4A4 (nvfp4)",
+               "sixbit": "6Bit DMPQ (W4A4 / W4A8 per block and step)"}
 
 
 def _precision(args, result, model, runtime) -> str:
     if result.summary is None:
         short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(model.dtype.name, model.dtype.name)
         return f"precision: {short} 100% of linears"
-    name = args.mode + (" +TDC" if args.tdc else "") + (" +PDR" if args.tdc and not args.no_pdr else "")
+    name = _MODE_NAMES[args.mode] if args.mode != "bf16" or model.quant is None else "W4A16 (NVFP4 weights, bf16 "\
+        "activations)"
+    name += (" +TDC" if args.tdc else "") + (" +PDR" if args.tdc and not args.no_pdr else "")
     if runtime.tdc:
         name += f" (tau_c {runtime.tau_c:.3g}, {runtime.cache_dtype} cache)"
     return f"precision: {name}, {result.summary.line()}"
 
 
-def _packaged_checkpoint(out: Path, quiet: bool) -> Path:
-    """The shipped shapes pipeline, converted (float32, so every mode can cast from it) to out/checkpoint."""
-    from sixbit_jax.shapes.pipeline import PACKAGED_MODEL
-
-    ckpt = out / "checkpoint"
-    cmd_convert(argparse.Namespace(src=PACKAGED_MODEL, dst=ckpt, dtype="fp32", force=True, quiet=quiet))
-    return ckpt
+def _check_shapes_run(args) -> None:
+    """demo / eval: the checkpoint and calibration they name exist, and their output folder can be written."""
+    if args.checkpoint:
+        folder = existing_folder(args.checkpoint, "checkpoint")
+        if not (folder / "sixbit.json").exists():
+            raise InputError(f"checkpoint {folder} is not a converted checkpoint (no sixbit.json); convert it with "
+                             f"`sixbit convert`")
+    if getattr(args, "calibration", None):
+        existing_file(args.calibration, "--calibration", (".json",))
+    writable_folder(args.out, "--out")
 
 
 def cmd_demo(args) -> None:
@@ -161,10 +198,12 @@ def cmd_demo(args) -> None:
     from sixbit_jax.media import write_gif, write_mp4
     from sixbit_jax.shapes import world
     from sixbit_jax.shapes.detect import NOTHING, detect
-    from sixbit_jax.shapes.pipeline import ShapesPipeline
+    from sixbit_jax.shapes.pipeline import ShapesPipeline, packaged_checkpoint
 
+    world.parse_caption(args.prompt)  # the shapes text encoder reads only its grammar
+    _check_shapes_run(args)
     out = Path(args.out)
-    ckpt = Path(args.checkpoint) if args.checkpoint else _packaged_checkpoint(out, args.quiet)
+    ckpt = Path(args.checkpoint) if args.checkpoint else packaged_checkpoint(progress=not args.quiet)
     pipe = ShapesPipeline.from_checkpoint(ckpt, dtype="bf16")
     pipe.model, runtime = _runtime(args, Path(args.checkpoint) if args.checkpoint else None, pipe.model)
     output = pipe(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, progress=not args.quiet,
@@ -181,41 +220,21 @@ def cmd_demo(args) -> None:
           + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
 
 
-def _writable_file(path: str, what: str, suffixes: tuple[str, ...]) -> Path:
-    """A path the run will be able to write, checked before any work: the suffix, and a folder (existing or
-    creatable) that is not a file."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise InputError(f"{what} {path}: use a {' or '.join(suffixes)} file name")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a folder; give a file name")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise InputError(f"{what} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{what} {path}: cannot write in {parent}")
-    return path
-
-
 def _check_generate_args(args) -> None:
     """Everything about the arguments that can be checked before loading gigabytes."""
     from sixbit_jax.media import ffmpeg_binary
 
     if not args.prompt.strip():
         raise InputError("--prompt is empty")
-    if args.frames is not None and (args.frames < 1 or (args.frames - 1) % 4):
-        raise InputError(f"--frames {args.frames}: must be 4k + 1 (e.g. 49)")
-    for name in ("height", "width"):
-        value = getattr(args, name)
-        if value is not None and (value <= 0 or value % 16):
-            raise InputError(f"--{name} {value}: must be a positive multiple of 16")
-    if args.steps < 1:
-        raise InputError(f"--steps {args.steps}: must be at least 1")
-    if args.guidance < 0:
-        raise InputError(f"--guidance {args.guidance}: must be >= 0 (1 or less samples without CFG)")
-    _writable_file(args.out, "--out", (".mp4",))
+    existing_folder(args.pipeline, "PIPELINE")
+    _check_video_size(args)
+    if args.latents_in:
+        existing_file(args.latents_in, "--latents-in", (".npy", ".safetensors"))
+    if args.calibration:
+        existing_file(args.calibration, "--calibration", (".json",))
+    writable_file(args.out, "--out", (".mp4",))
     if args.frames_out:
-        _writable_file(args.frames_out, "--frames-out", (".npy",))
+        writable_file(args.frames_out, "--frames-out", (".npy",))
     if ffmpeg_binary() is None:
         raise InputError("writing MP4 needs the ffmpeg that ships with imageio-ffmpeg: pip install "
                          "'sixbit-jax[video]'")
@@ -257,9 +276,11 @@ def cmd_generate(args) -> None:
 def cmd_eval(args) -> None:
     from sixbit_jax.shapes.evaluate import eval_prompts, evaluate
 
+    from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION, packaged_checkpoint
+
+    _check_shapes_run(args)
     out = Path(args.out)
-    ckpt = Path(args.checkpoint) if args.checkpoint else _packaged_checkpoint(out, args.quiet)
-    from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
+    ckpt = Path(args.checkpoint) if args.checkpoint else packaged_checkpoint(progress=not args.quiet)
 
     calibration = args.calibration or (PACKAGED_CALIBRATION if PACKAGED_CALIBRATION.exists() else None)
     overrides = {"cache_dtype": args.cache_dtype} if args.cache_dtype else None
@@ -282,9 +303,13 @@ def cmd_calibrate(args) -> None:
     from sixbit_jax.shapes.pipeline import ShapesPipeline, calibration_rollouts
     from sixbit_jax.shapes.text import TextEncoder, is_shapes_text_encoder
 
-    ckpt = Path(args.checkpoint)
-    if args.plot and (not args.plot.lower().endswith(".png") or not Path(args.plot).absolute().parent.is_dir()):
-        raise InputError(f"--plot {args.plot}: name a .png file in an existing folder")
+    ckpt = _check_checkpoint(args.checkpoint)
+    if args.plot:
+        writable_file(args.plot, "--plot", (".png",))
+    writable_file(args.out or ckpt / CALIBRATION_NAME, "--out", (".json",))
+    for flag in ("embeds", "negative_embeds"):
+        if getattr(args, flag):
+            existing_file(getattr(args, flag), f"--{flag.replace('_', '-')}", (".npy", ".safetensors"))
     model = load_checkpoint(ckpt, dtype="bf16")
     if model.quant is None:
         model = quantize_model(model)
@@ -327,7 +352,7 @@ def _add_runtime_flags(p) -> None:
                                                           "fallback on outlier inputs when a block is recomputed)")
     p.add_argument("--calibration", help="calibration file for --mode sixbit and for --tdc's tau_c (default: "
                                          "CKPT/calibration.json)")
-    p.add_argument("--tau-c", type=float, help="TDC skip threshold (default: the calibration's, else 0.3)")
+    p.add_argument("--tau-c", type=non_negative_float, help="TDC skip threshold (default: the calibration's, else 0.3)")
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),
                    help="with --tdc: how the block deltas are stored (float8_e4m3fn, scaled per block; bfloat16 "
                         "doubles the cache)")
@@ -351,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="stored weight dtype (bf16)")
     p.add_argument("--quant", choices=["none", "nvfp4"], default="none",
                    help="nvfp4: store the block linears once in NVFP4 (Hadamard folded in; AdaLN weight-only)")
-    p.add_argument("--hadamard-block", type=int, default=128, help="Hadamard block along K for --quant (128)")
+    p.add_argument("--hadamard-block", type=hadamard_block, default=128, help="Hadamard block along K for --quant (128)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
@@ -368,14 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeds", help="T5 prompt embeddings [B, L, D] (real CogVideoX); shapes checkpoints draw "
                                     "prompts from the generator instead")
     p.add_argument("--negative-embeds", help="negative-prompt embeddings (needed when guidance > 1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="rollout seeds with --embeds (0 1)")
-    p.add_argument("--prompts", type=int, default=32, help="shapes prompts (32; 4 per rollout)")
-    p.add_argument("--prompt-seed", type=int, default=7, help="generator seed of the shapes prompts (7; the eval "
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1], help="rollout seeds with --embeds (0 1)")
+    p.add_argument("--prompts", type=positive_int, default=32, help="shapes prompts (32; 4 per rollout)")
+    p.add_argument("--prompt-seed", type=non_negative_int, default=7, help="generator seed of the shapes prompts (7; the eval "
                                                               "set uses another)")
-    p.add_argument("--steps", type=int, default=30, help="sampling steps per rollout (30)")
-    p.add_argument("--guidance", type=float, default=2.0, help="CFG scale (2)")
-    p.add_argument("--target-bits", type=float, default=6.0, help="average activation bits to solve tau_q for (6)")
-    p.add_argument("--target-skip", type=float, default=0.3,
+    p.add_argument("--steps", type=positive_int, default=30, help="sampling steps per rollout (30)")
+    p.add_argument("--guidance", type=non_negative_float, default=2.0, help="CFG scale (2)")
+    p.add_argument("--target-bits", type=activation_bits, default=6.0, help="average activation bits to solve tau_q for (6)")
+    p.add_argument("--target-skip", type=fraction, default=0.3,
                    help="fraction of block-steps the delta cache should skip, to solve tau_c for (0.3)")
     p.add_argument("--signal", choices=["block", "linear"], default="block",
                    help="the sensitivity E: at the block output (block, default) or the mean of its linears' own "
@@ -385,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tau_q per block, each block sending its most stable steps to NVFP4 at the target bits")
     p.add_argument("--out", help="calibration file to write (default CKPT/calibration.json)")
     p.add_argument("--plot", help="also write a PNG of Γ(t-1) against the chosen route, per block")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)
 
     from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, DEFAULT_GUIDANCE as PIPE_GUIDANCE, DEFAULT_STEPS as PIPE_STEPS
@@ -404,16 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="what to show")
     p.add_argument("--negative-prompt", default="", help="what not to show (default: '', as diffusers)")
     p.add_argument("--out", default="out/video.mp4", help="the MP4 to write (out/video.mp4)")
-    p.add_argument("--frames", type=int, help="video frames, 4k + 1 (default: the model's, 49)")
-    p.add_argument("--height", type=int, help="video height in pixels, a multiple of 16 (default: the model's, 480)")
-    p.add_argument("--width", type=int, help="video width in pixels, a multiple of 16 (default: the model's, 720)")
-    p.add_argument("--steps", type=int, default=PIPE_STEPS, help=f"denoising steps ({PIPE_STEPS})")
-    p.add_argument("--guidance", type=float, default=PIPE_GUIDANCE,
+    p.add_argument("--frames", type=positive_int, help="video frames, 4k + 1 (default: the model's, 49)")
+    p.add_argument("--height", type=positive_int, help="video height in pixels, a multiple of 16 (default: the model's, 480)")
+    p.add_argument("--width", type=positive_int, help="video width in pixels, a multiple of 16 (default: the model's, 720)")
+    p.add_argument("--steps", type=positive_int, default=PIPE_STEPS, help=f"denoising steps ({PIPE_STEPS})")
+    p.add_argument("--guidance", type=non_negative_float, default=PIPE_GUIDANCE,
                    help=f"classifier-free guidance scale ({PIPE_GUIDANCE}; 1 disables CFG)")
     p.add_argument("--scheduler", choices=["ddim", "dpm"],
                    help="default: the folder's (CogVideoX-2b ships DDIM, CogVideoX-5b DPM)")
     p.add_argument("--dynamic-cfg", action="store_true", help="diffusers' use_dynamic_cfg guidance schedule")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (and DPM's step noise) (0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial noise (and DPM's step noise) (0)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
                    help="dtype of T5, the transformer's float parts and the VAE (bf16)")
     p.add_argument("--tile", action="store_true",
@@ -431,21 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample with one jitted lax.scan over timesteps and classifier-free guidance.\n"
                                    "Inputs are T5 text embeddings [B, L, text_dim] (226 tokens for CogVideoX) in\n"
                                    ".npy or .safetensors; the output is the final latent [B, F, C, H, W] (float32).\n"
-                                   "Text encoding and VAE decoding are not included yet (a later release).")
+                                   "For prompt -> MP4 with T5 and the VAE, use `sixbit generate`.")
     p.add_argument("checkpoint", help="converted checkpoint folder (see `sixbit convert`)")
     p.add_argument("--embeds", required=True, help="prompt embeddings (.npy/.safetensors)")
     p.add_argument("--negative-embeds", help="negative-prompt embeddings; required when guidance > 1 "
                                              "(diffusers uses the T5 encoding of '')")
     p.add_argument("--latents-in", help="initial latents [B, F, C, H, W] instead of noise drawn from --seed")
-    p.add_argument("--frames", type=int, help="video frames (1 + 4k; default: the model's 49)")
-    p.add_argument("--height", type=int, help="video height in pixels (multiple of 16; default 480)")
-    p.add_argument("--width", type=int, help="video width in pixels (multiple of 16; default 720)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (50)")
-    p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (6; 1 disables CFG)")
+    p.add_argument("--frames", type=positive_int, help="video frames, 4k + 1 (default: the model's sample size; "
+                                                            "49 for CogVideoX)")
+    p.add_argument("--height", type=positive_int, help="video height in pixels, a multiple of 16 (default: the "
+                                                            "model's; 480 for CogVideoX)")
+    p.add_argument("--width", type=positive_int, help="video width in pixels, a multiple of 16 (default: the "
+                                                           "model's; 720 for CogVideoX)")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps (50)")
+    p.add_argument("--guidance", type=non_negative_float, default=6.0, help="classifier-free guidance scale (6; 1 disables CFG)")
     p.add_argument("--dynamic-cfg", action="store_true", help="diffusers' use_dynamic_cfg guidance schedule")
     p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim",
                    help="ddim (deterministic; recommended for 2B) or dpm (stochastic SDE-DPM-Solver++ 2M; 5B)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial latents and DPM noise (0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initial latents and DPM noise (0)")
     p.add_argument("--out", required=True, help="output latents file (.npy or .safetensors)")
     _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -457,20 +485,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the shipped shapes model: prompt -> out/demo.gif (CPU is fine)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Converts the shapes model that ships with sixbit-jax (a small CogVideoX trained\n"
-                                   "here on procedural clips) to OUT/checkpoint, samples the prompt and writes\n"
-                                   "OUT/demo.gif (and OUT/demo.mp4 when imageio-ffmpeg is installed).\n"
+                       description="Samples the shapes model that ships with sixbit-jax (a small CogVideoX trained\n"
+                                   "here on procedural clips; converted once into the cache, see SIXBIT_CACHE_DIR)\n"
+                                   "and writes OUT/demo.gif (and OUT/demo.mp4 when imageio-ffmpeg is installed).\n"
                                    "Prompts follow one grammar: a <colour> <shape> (moving <left|right|up|down> |\n"
                                    "standing still) [on a <gray|navy|brown> background].")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"what to draw ({DEFAULT_PROMPT!r})")
     p.add_argument("--out", default="out", help="output folder (out)")
     p.add_argument("--checkpoint", help="a converted shapes checkpoint instead of the shipped model")
     _add_runtime_flags(p)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (0)")
-    p.add_argument("--scale", type=int, default=8, help="pixel size in the GIF/MP4 (8: 256x256 frames)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=non_negative_float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (0)")
+    p.add_argument("--scale", type=positive_int, default=8, help="pixel size in the GIF/MP4 (8: 256x256 frames)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("eval", help="precision modes vs BF16: PSNR, SSIM, prompt accuracy",
@@ -484,17 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"ablation: nvfp4 int8 dmpq dmpq+tdc dmpq+tdc+pdr; w4a16 is NVFP4 weights with bf16 "
                         f"activations. All: {' '.join(MODES)}")
     p.add_argument("--calibration", help="calibration file for the dmpq modes (default: the shipped model's)")
-    p.add_argument("--tau-c", type=float, nargs="+", help="TDC skip threshold (default: the calibration's); several "
+    p.add_argument("--tau-c", type=non_negative_float, nargs="+", help="TDC skip threshold (default: the calibration's); several "
                                                          "values run each TDC mode once per value")
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),
                    help="TDC modes: how the block deltas are stored (float8_e4m3fn, scaled per block; bfloat16 "
                         "doubles the cache)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts in the set (16)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (0)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
+    p.add_argument("--prompts", type=positive_int, default=16, help="prompts in the set (16)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0], help="noise seeds (0)")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"DDIM steps ({DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=non_negative_float, default=DEFAULT_GUIDANCE, help=f"CFG scale ({DEFAULT_GUIDANCE})")
     p.add_argument("--out", default="out/eval", help="output folder (out/eval)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
     return parser
 
@@ -506,6 +534,14 @@ def main(argv: list[str] | None = None) -> int:
     except SixbitError as e:
         print(f"sixbit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sixbit {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine, not the input: full disk, permissions changed mid-run, I/O errors
+        where = f": {e.filename}" if e.filename else ""
+        print(f"sixbit {args.command}: error: {e.strerror or e}{where} (nothing half-written was left behind)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,14 +27,10 @@ def load_array(path: str | Path, preferred_names: tuple[str, ...] = ()) -> np.nd
     _check_format(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a {path.suffix} file")
     if path.suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise InputError(f"{path}: not a plain .npy array ({e})") from None
-        if array.dtype.kind == "V" and array.dtype.itemsize == 2:  # bf16 saved through ml_dtypes
-            array = array.view(ml_dtypes.bfloat16)
-        return array
+        return _numeric(path, _load_npy(path))
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -43,12 +39,34 @@ def load_array(path: str | Path, preferred_names: tuple[str, ...] = ()) -> np.nd
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable safetensors file ({e})") from None
     if len(tensors) == 1:
-        return next(iter(tensors.values()))
+        return _numeric(path, next(iter(tensors.values())))
     for name in preferred_names:
         if name in tensors:
-            return tensors[name]
+            return _numeric(path, tensors[name])
     raise InputError(f"{path} holds tensors {sorted(tensors)}; expected one, or one named "
                      f"{' / '.join(preferred_names)}")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise InputError(f"{path}: not a .npy file (no NumPy header; save arrays with numpy.save)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickled" in str(e) or "Object arrays" in str(e):
+            raise InputError(f"{path}: holds Python objects, which are never unpickled; save a numeric array") from None
+        raise InputError(f"{path}: a damaged .npy file ({e})") from None
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2:  # bf16 saved through ml_dtypes
+        array = array.view(ml_dtypes.bfloat16)
+    return array
+
+
+def _numeric(path: Path, array: np.ndarray) -> np.ndarray:
+    """Embeddings and latents are floating point; integers or strings mean the wrong file."""
+    if not np.issubdtype(array.dtype, np.floating) and array.dtype != ml_dtypes.bfloat16:
+        raise InputError(f"{path}: holds {array.dtype} values; expected floating-point numbers")
+    return array
 
 
 def save_array(path: str | Path, array: np.ndarray, name: str) -> Path:

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import pytest
 
@@ -10,6 +12,13 @@ def _has_gpu() -> bool:
 
 
 HAS_GPU = _has_gpu()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Commands that cache their own conversions (demo, eval) write into a session folder instead of the user's
+    ~/.cache; one conversion of the shipped model then serves every test."""
+    os.environ["SIXBIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sixbit-cache"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,10 +22,10 @@ SHAPES = [(1, 3, 8, 12), (2, 5, 10, 6), (1, 1, 6, 6), (2, 4, 12, 8)]
 
 
 def _inputs(seed, b, f, h, w, text_len=8):
-    rng = np.random.default_rng(seed)
-    latents = rng.standard_normal((b, f, 4, h, w)).astype(np.float32)
-    text = rng.standard_normal((b, text_len, 32)).astype(np.float32)
-    timesteps = rng.integers(0, 1000, size=b)
+    np_rng = np.random.default_rng(seed)
+    latents = np_rng.standard_normal((b, f, 4, h, w)).astype(np.float32)
+    text = np_rng.standard_normal((b, text_len, 32)).astype(np.float32)
+    timesteps = np_rng.integers(0, 1000, size=b)
     return latents, text, timesteps
 
 

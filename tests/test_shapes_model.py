@@ -23,7 +23,7 @@ from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models import CogVideoXTransformer3D
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.detect import detect
-from sixbit_jax.shapes.pipeline import PACKAGED_MODEL, ShapesPipeline
+from sixbit_jax.shapes.pipeline import PACKAGED_MODEL, ShapesPipeline, packaged_checkpoint
 from sixbit_jax.shapes.train import TrainSettings, learning_rate, train
 
 SMALL = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, time_embed_dim=32)
@@ -46,9 +46,9 @@ def test_export_is_real_diffusers_layout_and_round_trips(tmp_path):
     assert exported == set(diffusers_tensors(cfg, params)), "export and diffusers disagree on the tensor names"
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(ours)), params)
 
-    rng = np.random.default_rng()
-    latents = rng.standard_normal((2, 8, 3, 16, 16)).astype(np.float32)
-    text = rng.standard_normal((2, 12, cfg.text_embed_dim)).astype(np.float32)
+    np_rng = np.random.default_rng()
+    latents = np_rng.standard_normal((2, 8, 3, 16, 16)).astype(np.float32)
+    text = np_rng.standard_normal((2, 12, cfg.text_embed_dim)).astype(np.float32)
     timesteps = np.array([999, 10])
     expected = diffusers_forward(reference, latents, text, timesteps)
     assert rel_err(ours(jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timesteps)), expected) < 1e-5
@@ -113,10 +113,9 @@ def test_a_t5_text_encoder_is_not_copied_into_the_checkpoint(trained, tmp_path):
 # The shipped model
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
+def shipped():
     assert (PACKAGED_MODEL / "transformer" / "config.json").exists(), f"the shipped model is missing: {PACKAGED_MODEL}"
-    return convert_checkpoint(PACKAGED_MODEL, tmp_path_factory.mktemp("shipped") / "ckpt", dtype="fp32",
-                              progress=False)
+    return packaged_checkpoint(progress=False)  # the cached conversion the demo and eval commands use
 
 
 def test_shipped_model_is_small_and_samples_without_nan(shipped):
@@ -174,4 +173,4 @@ def test_the_full_method_on_the_shipped_model_draws_the_prompt(tmp_path, capsys)
     prompt = "a red circle moving right"
     assert main(["demo", "--out", str(tmp_path), "--mode", "sixbit", "--tdc", "--prompt", prompt, "--quiet"]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "precision: sixbit +TDC +PDR" in summary and f"detectors read: {prompt!r}" in summary, summary
+    assert "precision: 6Bit DMPQ (W4A4 / W4A8 per block and step) +TDC +PDR" in summary and f"detectors read: {prompt!r}" in summary, summary

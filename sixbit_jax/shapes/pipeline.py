@@ -37,6 +37,20 @@ class ShapesOutput:
     result: SampleResult  # latents, timing, schedule
 
 
+def packaged_checkpoint(*, progress: bool = True) -> Path:
+    """The shipped model converted (float32, so every mode can cast from it) into the cache (sixbit_jax.cache):
+    made on first use, reused after; never in a folder the user owns."""
+    from convert import convert_checkpoint
+    from sixbit_jax.cache import cached_checkpoint
+
+    def convert(dst: Path) -> None:
+        if progress:
+            print(f"converting the shipped model once into the cache: {dst}")
+        convert_checkpoint(PACKAGED_MODEL, dst, dtype="fp32", progress=progress)
+
+    return cached_checkpoint(PACKAGED_MODEL, {"dtype": "fp32"}, convert)
+
+
 class ShapesPipeline:
     def __init__(self, model: CogVideoXTransformer3D, text_encoder: TextEncoder):
         if text_encoder.dim != model.config.text_embed_dim:

@@ -159,6 +159,8 @@ def parse_caption(text: str) -> Truth:
     grammar = ("a <colour> <shape> (moving <left|right|up|down> | standing still) [on a <background> background]; "
                f"colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}; backgrounds: "
                f"{', '.join(list(BACKGROUNDS)[1:])}")
+    if not words:
+        raise InputError(f"the prompt is empty; the shapes model draws prompts of its grammar: {grammar}")
     try:
         a, colour, shape, verb, motion, *rest = words
         ok = (a == "a" and colour in COLOURS and shape in SHAPES
@@ -170,5 +172,8 @@ def parse_caption(text: str) -> Truth:
     except ValueError:
         ok = False
     if not ok:
-        raise InputError(f"prompt {text!r} is not in the shapes grammar: {grammar}")
+        known = {"a", "on", "moving", "standing", "still", "background", *COLOURS, *SHAPES, *MOTIONS, *BACKGROUNDS}
+        unknown = [w for w in words if w not in known]
+        which = f" (unknown word(s) {', '.join(map(repr, unknown))})" if unknown else ""
+        raise InputError(f"prompt {text!r} is not in the shapes grammar{which}: {grammar}")
     return Truth(shape, colour, motion, background)
