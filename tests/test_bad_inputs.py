@@ -158,6 +158,11 @@ CASES = {
                                     "--frames-out", "{d}/f.png"], "use a .npy"),
     "generate-latents-missing": (["generate", "{d}/ckpt", "--prompt", "a cat", "--out", "{d}/v.mp4",
                                   "--latents-in", "{d}/missing.npy"], "file not found"),
+    "generate-latents-shape": (["generate", "{d}/ckpt", "--prompt", "a cat", "--out", "{d}/v.mp4",
+                                "--latents-in", "{d}/latents4.npy"], "initial latents must be [B, F, C, H, W]"),
+    "generate-steps-zero": (["generate", "{d}/ckpt", "--prompt", "a cat", "--steps", "0"], "argument --steps"),
+    "generate-guidance-negative": (["generate", "{d}/ckpt", "--prompt", "a cat", "--guidance", "-1"],
+                                   "argument --guidance"),
     "generate-not-a-pipeline": (["generate", "{d}/ckpt", "--prompt", "a cat", "--out", "{d}/v.mp4"],
                                 "model_index.json"),
     # the command itself
