@@ -25,7 +25,7 @@ from convert.t5 import abstract_params, converted_leaves, expected_tensors, load
 from sixbit_jax.checkpoint import flat_leaves
 from sixbit_jax.errors import CheckpointError, ConfigError, InputError
 from sixbit_jax.models.t5 import T5Config, clamp_fp16, relative_position_buckets
-from sixbit_jax.tokenizer import SentencePieceTokenizer
+from sixbit_jax.tokenizer import JsonTokenizer, SentencePieceTokenizer, load_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -344,19 +344,26 @@ def spm_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("extra_ids", [None, 10])
-def test_tokenizer_matches_transformers(spm_folder, tmp_path, extra_ids):
-    """extra_ids: None = a bare spiece.model (transformers' default of 100 sentinels), else tokenizer_config.json's."""
+@pytest.mark.parametrize("extra_ids, stored", [(None, "spiece"), (10, "spiece"), (10, "json")])
+def test_tokenizer_matches_transformers(spm_folder, tmp_path, extra_ids, stored):
+    """extra_ids: None = a bare spiece.model (transformers' default of 100 sentinels), else tokenizer_config.json's.
+    stored: the folder holds spiece.model (the hub's folders), or only the tokenizer.json that transformers 5's
+    save_pretrained writes."""
     if extra_ids is not None:
         spm_folder = Path(shutil.copytree(spm_folder, tmp_path / "tokenizer"))
         (spm_folder / "tokenizer_config.json").write_text(json.dumps({"extra_ids": extra_ids}))
-    ref = transformers.T5Tokenizer.from_pretrained(spm_folder)(
-        TEXTS, padding="max_length", max_length=MAX_LENGTH, truncation=True, add_special_tokens=True)
-    tokenizer = SentencePieceTokenizer.from_folder(spm_folder)
+    reference = transformers.T5Tokenizer.from_pretrained(spm_folder)
+    ref = reference(TEXTS, padding="max_length", max_length=MAX_LENGTH, truncation=True, add_special_tokens=True)
+    if stored == "json":
+        reference.save_pretrained(tmp_path / "saved")
+        assert not (tmp_path / "saved" / "spiece.model").exists()
+        spm_folder = tmp_path / "saved"
+    tokenizer = load_tokenizer(spm_folder)
+    assert isinstance(tokenizer, JsonTokenizer if stored == "json" else SentencePieceTokenizer)
     ids, mask = tokenizer.encode_with_mask(TEXTS, MAX_LENGTH)
     assert ids.dtype == mask.dtype == np.int32 and ids.shape == (len(TEXTS), MAX_LENGTH)
     for text, row, ref_row in zip(TEXTS, ids.tolist(), ref["input_ids"]):
-        assert row == ref_row, text
+        assert row == ref_row, f"{text!r}: {row} != {ref_row}"
     np.testing.assert_array_equal(mask, np.asarray(ref["attention_mask"]))
     np.testing.assert_array_equal(tokenizer.encode(TEXTS, MAX_LENGTH), ids)
     assert ids[1].tolist() == [1] + [0] * (MAX_LENGTH - 1)  # "" -> EOS, pads
@@ -365,11 +372,11 @@ def test_tokenizer_matches_transformers(spm_folder, tmp_path, extra_ids):
 
 
 def test_tokenizer_folder_errors(spm_folder, tmp_path):
-    with pytest.raises(CheckpointError, match="no spiece.model"):
-        SentencePieceTokenizer.from_folder(tmp_path)
+    with pytest.raises(CheckpointError, match="no spiece.model or tokenizer.json"):
+        load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="only sentencepiece models"):
-        SentencePieceTokenizer.from_folder(tmp_path)
+    with pytest.raises(CheckpointError, match="not a readable tokenizer.json"):
+        load_tokenizer(tmp_path)
     (tmp_path / "spiece.model").write_bytes((spm_folder / "spiece.model").read_bytes()[:50])
     with pytest.raises(CheckpointError, match="not a readable sentencepiece model"):
         SentencePieceTokenizer.from_folder(tmp_path)

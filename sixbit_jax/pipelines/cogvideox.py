@@ -29,7 +29,7 @@ from sixbit_jax.pipelines import components
 from sixbit_jax.runtime import RuntimeConfig
 from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
 from sixbit_jax.schedulers import SchedulerConfig
-from sixbit_jax.tokenizer import SentencePieceTokenizer
+from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
 PIPELINE_CLASSES = ("CogVideoXPipeline",)
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_FPS = 50, 6.0, 8  # CogVideoXPipeline's and its example's
@@ -44,7 +44,7 @@ class PipelineOutput:
 
 
 class CogVideoXPipeline:
-    def __init__(self, transformer: CogVideoXTransformer3D, text_encoder, tokenizer: SentencePieceTokenizer,
+    def __init__(self, transformer: CogVideoXTransformer3D, text_encoder, tokenizer: T5Tokenizer,
                  vae: CogVideoXVAE, scheduler: SchedulerConfig):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
         self.vae, self.scheduler = vae, scheduler
@@ -69,7 +69,7 @@ class CogVideoXPipeline:
                                            quant=quant)
         return cls(transformer,
                    components.load_text_encoder(folder, dtype=dtype, progress=progress),
-                   SentencePieceTokenizer.from_folder(folder / components.TOKENIZER),
+                   load_tokenizer(folder / components.TOKENIZER),
                    components.load_vae(folder, dtype=dtype, progress=progress),
                    SchedulerConfig.from_json(folder / components.SCHEDULER / "scheduler_config.json"))
 
