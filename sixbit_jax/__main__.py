@@ -1,5 +1,3 @@
-import sys
+from sixbit_jax.cli import run
 
-from sixbit_jax.cli import main
-
-sys.exit(main())
+run()

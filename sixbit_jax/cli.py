@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -527,6 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+
+
+def run() -> None:
+    """The console entry point (`sixbit`, `python -m sixbit_jax`): main(), then exit with its code. After a Ctrl-C
+    the process ends at once (os._exit) once main has cleaned up: the interpreter's shutdown would otherwise join the
+    checkpoint writer's threads, and a signal pending there ends the process by SIGINT instead of code 130."""
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -536,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"sixbit {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except OSError as e:  # the machine, not the input: full disk, permissions changed mid-run, I/O errors
         where = f": {e.filename}" if e.filename else ""
         print(f"sixbit {args.command}: error: {e.strerror or e}{where} (nothing half-written was left behind)",
@@ -546,4 +562,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

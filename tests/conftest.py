@@ -1,7 +1,11 @@
 import os
 
-import jax
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes on one GPU: none may take 75% of its memory up front (JAX's default).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 def _has_gpu() -> bool:
@@ -21,7 +25,15 @@ def isolated_cache(tmp_path_factory):
     os.environ["SIXBIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sixbit-cache"))
 
 
+# The longest test files, run first: with the suite split over two processes one file at a time (pytest-xdist's
+# loadfile), a long file scheduled last leaves the other process idle while it finishes.
+LONGEST_FIRST = ("test_shapes_model.py", "test_pipeline_cogvideox.py", "test_runtime.py", "test_quant_linear.py",
+                 "test_faults.py", "test_kernels.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
     if HAS_GPU:
         return
     skip = pytest.mark.skip(reason="needs a GPU (marker gpu); runs compiled on GPU runners")

@@ -1,5 +1,6 @@
 """The `sixbit` command: help, convert + sample through files, and errors printed as one named message."""
 
+import argparse
 import subprocess
 import sys
 
@@ -9,17 +10,24 @@ from safetensors.numpy import save_file
 
 from diffusers_ref import tiny_diffusers_model
 
-from sixbit_jax.cli import main
+from sixbit_jax.cli import build_parser, main
 
 
-def test_help_explains_each_command():
+def test_help_explains_each_command(capsys):
     out = subprocess.run([sys.executable, "-m", "sixbit_jax", "--help"], capture_output=True, text=True, check=True)
     assert all(command in out.stdout for command in ("generate", "convert", "calibrate", "sample", "demo", "eval"))
-    out = subprocess.run([sys.executable, "-m", "sixbit_jax", "sample", "--help"], capture_output=True, text=True,
-                         check=True)
+    assert out.stdout.count("calibrate") == 1, "each command is listed once"
+    with pytest.raises(SystemExit) as exit_code:
+        main(["sample", "--help"])
+    assert exit_code.value.code == 0
+    sample_help = capsys.readouterr().out
     for flag in ("--embeds", "--negative-embeds", "--latents-in", "--frames", "--steps", "--guidance", "--scheduler",
                  "--seed", "--out"):
-        assert flag in out.stdout
+        assert flag in sample_help
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subcommands.choices.items():
+        unexplained = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+        assert not unexplained, f"sixbit {name}: options without help text: {unexplained}"
 
 
 @pytest.fixture(scope="module")

@@ -160,10 +160,10 @@ def test_eval_command_writes_table_and_sheet(shipped, tmp_path, capsys):
 
 
 def test_eval_sweeps_tau_c_for_the_delta_cache_modes(shipped, tmp_path):
-    assert main(["eval", str(shipped), "--modes", "int8", "dmpq+tdc", "--tau-c", "0", "1e9", "--prompts", "2",
+    assert main(["eval", str(shipped), "--modes", "dmpq+tdc", "--tau-c", "0", "1e9", "--prompts", "2",
                  "--steps", "6", "--out", str(tmp_path), "--quiet"]) == 0
     rows = {r["mode"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
-    assert list(rows) == ["bf16", "int8", "dmpq+tdc tau_c=0", "dmpq+tdc tau_c=1e+09"]
+    assert list(rows) == ["bf16", "dmpq+tdc tau_c=0", "dmpq+tdc tau_c=1e+09"]
     assert rows["dmpq+tdc tau_c=0"]["summary"]["skip_fraction"] == 0
     assert rows["dmpq+tdc tau_c=1e+09"]["summary"]["skip_fraction"] > 0.2
 
