@@ -86,16 +86,17 @@ def test_bad_inputs_name_the_problem():
         linear.nvfp4_linear(jnp.ones((4, 128)), prepared, backend="cuda")
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-def test_layers_the_kernels_cannot_tile_run_the_reference_by_default(path, monkeypatch):
-    """K = 48 (tiny test models): with the kernels as the default backend (a GPU), the default quietly runs the
-    reference, which computes the same function; asking for the kernels by name names the constraint."""
-    x, w, b, _ = _problem(seed=5, k=48, n=40)
+@pytest.mark.parametrize("path, k, n", [(path, 48, 40) for path in PATHS] + [("int8", 128, 32), ("nvfp4", 128, 32)])
+def test_layers_the_kernels_cannot_tile_run_the_reference_by_default(path, k, n, monkeypatch):
+    """K = 48, or K and N that fit but a 16-wide Hadamard block (tiny test models): with the kernels as the default
+    backend (a GPU), the default quietly runs the reference, which computes the same function; asking for the
+    kernels by name names the constraint. (The weight-only path rotates in jnp, so only its K matters.)"""
+    x, w, b, _ = _problem(seed=5, k=k, n=n)
     prepared = F.prepare_weight(w, hadamard_block=16)
     want = np.asarray(PATHS[path](x, prepared, b, backend="reference"))
     monkeypatch.setattr(linear, "default_backend", lambda: "pallas")
     np.testing.assert_array_equal(np.asarray(PATHS[path](x, prepared, b)), want)
-    with pytest.raises(InputError, match="multiple of"):
+    with pytest.raises(InputError, match="multiple of|not supported by the kernels"):
         PATHS[path](x, prepared, b, backend="pallas")
 
 

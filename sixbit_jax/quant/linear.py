@@ -35,21 +35,25 @@ def default_backend() -> Backend:
     return "pallas" if jax.default_backend() == "gpu" else "reference"
 
 
-def _resolve(backend: Backend | None, k: int | None = None, n: int | None = None) -> Backend:
+def _resolve(backend: Backend | None, k: int | None = None, n: int | None = None,
+             hadamard_block: int | None = None) -> Backend:
     """The backend asked for, or by default the kernels on a GPU and the references elsewhere. The kernels tile K
-    by 128 and N by 16: a layer of another shape (the tiny test models) runs the reference by default, and fails
-    with a message naming the constraint only when the kernels were asked for explicitly."""
+    by 128 and N by 16 and rotate activations in 128-wide Hadamard blocks (or not at all): a layer outside that (the
+    tiny test models) runs the reference by default, and fails with a message naming the constraint only when the
+    kernels were asked for explicitly."""
     if backend is None:
-        fits = (k is None or k % K_TILE == 0) and (n is None or n % 16 == 0)
+        fits = ((k is None or k % K_TILE == 0) and (n is None or n % 16 == 0)
+                and (hadamard_block is None or hadamard_block in (0, K_TILE)))
         backend = default_backend() if fits else "reference"
     if backend not in BACKENDS:
         raise InputError(f"unknown quantized backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
 
 
-def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None):
+def _as_rows(x: jax.Array, weight: QuantizedWeight, backend: Backend | None, *, rotates: bool = True):
+    """(bf16 rows, leading shape, N, backend). `rotates`: the path's kernels apply the weight's Hadamard block."""
     n, k = weight.shape
-    backend = _resolve(backend, k, n)
+    backend = _resolve(backend, k, n, weight.hadamard_block if rotates else None)
     if x.shape[-1] != k:
         raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")
     # Quantized paths take bf16 activations: the kernels rotate them on bf16 tensor cores, and 4- or 8-bit
@@ -79,7 +83,7 @@ def quantize_int8_input(x: jax.Array, hadamard_block: int, *, group_size: int | 
                         backend: Backend | None = None) -> Int8Input:
     """The activation half of `int8_linear`: bf16 [..., K] -> Int8Input."""
     k = x.shape[-1]
-    backend = _resolve(backend, k)
+    backend = _resolve(backend, k, hadamard_block=hadamard_block)
     rows = x.reshape(-1, k).astype(jnp.bfloat16)
     if backend == "reference":
         q = act_quant.int8_reference(rows, hadamard_block, group_size)
@@ -106,7 +110,7 @@ def int8_linear(
     `activation` (a name in `pallas_kernels.common.ACTIVATIONS`) is applied in float32 before rounding: fused into
     the Mosaic GPU GEMM's epilogue, after the GEMM elsewhere. bf16 [..., N]."""
     n, k = weight.shape
-    backend = _resolve(backend, k, n)
+    backend = _resolve(backend, k, n, weight.hadamard_block)
     if not isinstance(x, Int8Input):
         if x.shape[-1] != k:
             raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")
@@ -159,7 +163,7 @@ def weight_only_linear(
 ) -> jax.Array:
     """y = x W^T + b with bf16 activations and the NVFP4 weight (for small M). bf16 [..., N].
     The weight's folded Hadamard transform is applied to x in jnp first (cheap at one row per sample)."""
-    rows, lead, n, backend = _as_rows(x, weight, backend)
+    rows, lead, n, backend = _as_rows(x, weight, backend, rotates=False)
     if weight.hadamard_block:
         rows = formats.block_hadamard(rows, weight.hadamard_block).astype(jnp.bfloat16)
     if backend == "reference":
