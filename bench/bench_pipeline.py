@@ -122,6 +122,7 @@ def run_torch(args) -> dict:
 
 def run_jax(args) -> dict:
     import jax
+    from flax import nnx
 
     from sixbit_jax.models import t5
     from sixbit_jax.models.cogvideox import QuantSpec
@@ -138,7 +139,7 @@ def run_jax(args) -> dict:
 
     start = time.perf_counter()
     pipe = CogVideoXPipeline.from_folder(folder, dtype="bf16")
-    jax.block_until_ready([nnx_state_of(m) for m in (pipe.transformer, pipe.text_encoder, pipe.vae)])
+    jax.block_until_ready([nnx.state(m) for m in (pipe.transformer, pipe.text_encoder, pipe.vae)])
     out["load_s"] = time.perf_counter() - start
 
     ids = pipe.tokenizer.encode([PROMPT], pipe.transformer.config.max_text_seq_length)
@@ -186,12 +187,13 @@ def vae_alone(folder: Path, latents: np.ndarray, iters: int) -> dict:
     """Tiled, then untiled VAE decode times and working memory (the allocator's peak above the resident weights;
     JAX's peak cannot be reset, so the smaller, tiled, run goes first, in a process that has loaded only the VAE)."""
     import jax
+    from flax import nnx
 
     from sixbit_jax.models.vae_cogvideox import decode_latents, postprocess
     from sixbit_jax.pipelines import components
 
     vae = components.load_vae(folder, dtype="bf16")
-    jax.block_until_ready(nnx_state_of(vae))
+    jax.block_until_ready(nnx.state(vae))
     resident = jax.devices()[0].memory_stats()["bytes_in_use"]
     z = jax.numpy.asarray(latents * vae.config.scaling_factor, jax.numpy.bfloat16)
     out = {}
@@ -201,12 +203,6 @@ def vae_alone(folder: Path, latents: np.ndarray, iters: int) -> dict:
                                          jax.block_until_ready, iters)
         out[f"{key}_working_gib"] = (jax.devices()[0].memory_stats()["peak_bytes_in_use"] - resident) / 2**30
     return out
-
-
-def nnx_state_of(module):
-    from flax import nnx
-
-    return nnx.state(module)
 
 
 def main() -> None:

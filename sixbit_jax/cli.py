@@ -183,10 +183,7 @@ def _precision(args, result, model, runtime) -> str:
 def _check_shapes_run(args) -> None:
     """demo / eval: the checkpoint and calibration they name exist, and their output folder can be written."""
     if args.checkpoint:
-        folder = existing_folder(args.checkpoint, "checkpoint")
-        if not (folder / "sixbit.json").exists():
-            raise InputError(f"checkpoint {folder} is not a converted checkpoint (no sixbit.json); convert it with "
-                             f"`sixbit convert`")
+        _check_checkpoint(args.checkpoint)
     if getattr(args, "calibration", None):
         existing_file(args.calibration, "--calibration", (".json",))
     writable_folder(args.out, "--out")

@@ -126,3 +126,12 @@ def test_demo_keeps_its_checkpoint_in_the_cache_and_never_touches_the_users_file
     assert "converting" not in capsys.readouterr().out, "the second run reuses the cached conversion"
     assert (entries[0] / "sixbit.json").stat().st_mtime_ns == stamp
     assert (out / "demo.gif").exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("SIXBIT_CACHE_DIR", str(tmp_path / "afile" / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the cache folder" in err and "SIXBIT_CACHE_DIR" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
