@@ -31,6 +31,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="tune.json")
     parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--shapes", nargs="+", default=["1920x1920", "1920x7680", "7680x1920"],
+                        help="K x N of the GEMMs (1920x5760: CogVideoX-2B's q, k and v as one GEMM)")
     args = parser.parse_args()
     rows = []
 
@@ -39,7 +41,7 @@ def main():
         print(json.dumps(row), flush=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
 
-    for k, n in [(1920, 1920), (1920, 7680), (7680, 1920)]:
+    for k, n in (tuple(int(v) for v in shape.split("x")) for shape in args.shapes):
         x = jax.random.normal(jax.random.PRNGKey(k + n), (M, k), jnp.bfloat16)
         w = formats.prepare_weight(jax.random.normal(jax.random.PRNGKey(1), (n, k)) * k**-0.5)
         a8, w8 = act_quant_mgpu.quantize_int8(x), formats.int8_weight(w)
@@ -51,7 +53,7 @@ def main():
                 record(kind="gemm", k=k, n=n, config=str(config), ms=t * 1e3, tops=tflops(k, n, t))
             except Exception as error:  # noqa: BLE001
                 record(kind="gemm", k=k, n=n, config=str(config), error=str(error)[:200])
-        if n == 1920 or k == 7680:
+        if n == 1920 or k == 7680:  # the activation kernel once per K
             for stages, ctas in ACT:
                 try:
                     fn = jax.jit(lambda x, s=stages, c=ctas: act_quant_mgpu.quantize_int8(x, stages=s, ctas_per_sm=c))

@@ -155,54 +155,6 @@ def quantize_int8(
     return INT8(values, scale)
 
 
-def _tile_amax_kernel(x_ref, h_ref, amax_ref, *, m: int):
-    """One 128-wide tile of one row block: the amax of each row of x H over this tile."""
-    y = _rotated_tile(x_ref, h_ref[...], 0, valid_rows(pl.program_id(0), x_ref.shape[0], m))
-    amax_ref[...] = jnp.max(jnp.abs(y), axis=1)
-
-
-def _tile_codes_kernel(x_ref, h_ref, amax_ref, q_ref, *, m: int):
-    """One 128-wide tile of one row block: the INT8 codes of x H, given each row's amax over all of K."""
-    y = _rotated_tile(x_ref, h_ref[...], 0, valid_rows(pl.program_id(0), x_ref.shape[0], m))
-    q_ref[...], _ = formats.int8_encode(y, amax_ref[...][:, None])
-
-
-def quantize_int8_tiles(x: jax.Array, *, config: BlockConfig | None = None, interpret: bool | None = None) -> INT8:
-    """bf16 [M, K] -> INT8 of x H (128-wide Hadamard blocks) with per-row scales, rows padded to ROW_ALIGN.
-
-    Same function as `quantize_int8`, decomposed for parallelism instead of locality: one program per
-    (row block, 128-wide tile), in two kernels. The first writes each tile's row amax ([K/128, rows] floats), XLA
-    reduces those to the row amax, and the second rotates each tile again and writes its codes. A program does one
-    tile and no loop, so the GPU holds thousands of independent tiles in flight where the row-walking kernels keep
-    one chain of dependent tile steps per program (latency-bound: BENCHMARKS.md, issue 11). x is read twice."""
-    what = "INT8 activation quantization (tiles)"
-    m, k, rows, config, _, _ = _prepare(x, K_TILE, what, "act_quant_int8_tiles", config)
-    bm, tiles = config.block_m, k // K_TILE
-    grid = (rows // bm, tiles)
-    x_spec = pl.BlockSpec((bm, K_TILE), lambda i, t: (i, t))
-    h_spec = pl.BlockSpec((K_TILE, K_TILE), lambda i, t: (0, 0))
-    operands = (x.astype(jnp.bfloat16), jnp.asarray(formats.hadamard_matrix(K_TILE), jnp.bfloat16))
-    params = dict(grid=grid, compiler_params=compiler_params(config), interpret=resolve_interpret(interpret))
-    tile_amax = pl.pallas_call(
-        functools.partial(_tile_amax_kernel, m=m),
-        out_shape=jax.ShapeDtypeStruct((tiles, rows), jnp.float32),
-        in_specs=[x_spec, h_spec],
-        out_specs=pl.BlockSpec((None, bm), lambda i, t: (t, i)),
-        name="act_quant_int8_tile_amax",
-        **params,
-    )(*operands)
-    amax = tile_amax.max(axis=0)
-    values = pl.pallas_call(
-        functools.partial(_tile_codes_kernel, m=m),
-        out_shape=jax.ShapeDtypeStruct((rows, k), jnp.int8),
-        in_specs=[x_spec, h_spec, pl.BlockSpec((bm,), lambda i, t: (i,))],
-        out_specs=x_spec,
-        name="act_quant_int8_tile_codes",
-        **params,
-    )(*operands, amax)
-    return INT8(values, amax / formats.INT8_MAX)
-
-
 def quantize_nvfp4(
     x: jax.Array,
     *,

@@ -74,7 +74,6 @@ def mosaic_gemm_config(k: int, n: int, dtype="int8") -> MatmulConfig:
 # Measured defaults for shapes not in the table.
 DEFAULTS: dict[str, BlockConfig] = {
     "act_quant_int8": BlockConfig(block_m=64, num_warps=4, num_stages=3),
-    "act_quant_int8_tiles": BlockConfig(block_m=64, num_warps=4, num_stages=1),
     "act_quant_nvfp4": BlockConfig(block_m=64, num_warps=8, num_stages=2),
     "int8_gemm": BlockConfig(block_m=128, block_n=128, block_k=64, num_warps=4, num_stages=5, n_outer=True),
     "nvfp4_gemm": BlockConfig(block_m=256, block_n=128, block_k=128, num_warps=8, num_stages=3, n_outer=True),

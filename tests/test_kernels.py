@@ -75,19 +75,6 @@ def test_int8_activation_quantization_matches_reference(interpret, m, k, group_s
 
 
 @pytest.mark.parametrize("interpret", KERNEL_MODES)
-@pytest.mark.parametrize("m,k,block_m", [(1, 128, 64), (70, 384, 32), (300, 256, 64), (513, 640, 128)])
-def test_tile_parallel_int8_activation_quantization_matches_reference(interpret, m, k, block_m):
-    x = activations(m, k)
-    poison_device_memory()
-    q = act_quant.quantize_int8_tiles(x, config=BlockConfig(block_m=block_m, num_stages=1), interpret=interpret)
-    ref = act_quant.int8_reference(x, 128)
-    assert q.values.shape == (-(-m // ROW_ALIGN) * ROW_ALIGN, k)
-    assert_codes_close(q.values[:m], ref.values, "int8 codes")
-    np.testing.assert_allclose(np.asarray(q.scale[:m]), np.asarray(ref.scale), rtol=1e-5)
-    assert np.all(np.asarray(q.values[m:]) == 0) and np.all(np.asarray(q.scale[m:]) == 0), "padding rows: zeros"
-
-
-@pytest.mark.parametrize("interpret", KERNEL_MODES)
 @pytest.mark.parametrize("m,k", SHAPES_MK)
 @pytest.mark.parametrize("hadamard", [128, 0])
 def test_nvfp4_activation_quantization_matches_reference(interpret, m, k, hadamard):

@@ -114,6 +114,23 @@ def test_int8_input_quantized_once_feeds_every_linear_of_that_k():
         linear.int8_linear(linear.quantize_int8_input(x, 128), F.prepare_weight(jnp.ones((32, 128))))
 
 
+def test_int8_linears_as_one_gemm_equal_each_linear_alone():
+    """q, k and v as one GEMM over stacked INT8 weights give each linear's own output exactly (the same integer
+    products and scales), with and without biases, on every backend; mismatched K is named."""
+    x, w, b, _ = _problem(seed=25, n=256)
+    weights = [F.prepare_weight(w), F.prepare_weight(w[:128] * 3), F.prepare_weight(-w)]
+    biases = [b, None, b[:256] * 2]
+    for backend in BACKENDS:
+        shared = linear.quantize_int8_input(x, 128, backend=backend)
+        ys = linear.int8_linears(shared, weights, biases, backend=backend)
+        assert [y.shape[-1] for y in ys] == [256, 128, 256]
+        for y, weight, bias in zip(ys, weights, biases):
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(linear.int8_linear(shared, weight, bias,
+                                                                                        backend=backend)))
+    with pytest.raises(InputError, match="must share K"):
+        linear.int8_linears(x, [weights[0], F.prepare_weight(jnp.ones((32, 512)))], [None, None])
+
+
 def test_int8_activation_is_applied_in_float32_before_rounding():
     x, w, b, _ = _problem(seed=23, n=256)
     prepared = F.prepare_weight(w)

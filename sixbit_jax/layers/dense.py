@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from pallas_kernels.common import activation_fn
+from sixbit_jax.layers.quant_dense import project_quantized
 
 
 def full_precision(dtype):
@@ -46,11 +47,10 @@ class Dense(nnx.Module):
 def project(layers, x: jax.Array, runtime=None) -> list[jax.Array]:
     """x through several linears that all read it (attention's q, k and v). Float layers run as one GEMM over their
     concatenated weights (one wide GEMM keeps the tensor cores busier than three narrow ones; the concatenation is a
-    copy of the weights, small next to the products); quantized layers share one `prepare`d input."""
+    copy of the weights, small next to the products); quantized layers as `quant_dense.project_quantized` runs them."""
     if all(isinstance(layer, Dense) for layer in layers):
         w = jnp.concatenate([layer.weight[...] for layer in layers])
         b = jnp.concatenate([layer.bias[...] for layer in layers])
         y = jnp.einsum("...k,nk->...n", x.astype(w.dtype), w, precision=full_precision(w.dtype)) + b
         return jnp.split(y, np.cumsum([layer.out_features for layer in layers])[:-1].tolist(), axis=-1)
-    shared = layers[0].prepare(x, runtime)
-    return [layer(shared, runtime) for layer in layers]
+    return project_quantized(layers, x, runtime)

@@ -129,3 +129,15 @@ class QuantDense(nnx.Module):
         self.packed[...] = q.nvfp4.packed
         self.block_scales[...] = jax.lax.bitcast_convert_type(q.nvfp4.block_scales, jnp.uint8)
         self.scale[...] = q.nvfp4.scale
+
+
+def project_quantized(layers: list[QuantDense], x: jax.Array, runtime: LinearRuntime | None = None) -> list[jax.Array]:
+    """x through several quantized linears that all read it (attention's q, k and v): the input is prepared once,
+    and on the int8 path the products run as one GEMM over the stacked weights (`linear.int8_linears`)."""
+    runtime = runtime or LinearRuntime()
+    shared = layers[0].prepare(x, runtime)
+    if not isinstance(shared, linear.Int8Input):
+        return [layer(shared, runtime) for layer in layers]
+    ys = linear.int8_linears(shared, [layer.weight for layer in layers], [layer.bias[...] for layer in layers],
+                             backend=runtime.backend)
+    return [y.astype(layer.bias[...].dtype) for y, layer in zip(ys, layers)]

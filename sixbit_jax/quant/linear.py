@@ -19,10 +19,11 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels import act_quant, act_quant_mgpu, int8_gemm, mosaic, nvfp4_gemm, nvfp4_weight_only, tuning
 from pallas_kernels import scaled_matmul_mgpu
-from pallas_kernels.common import K_TILE, activation_fn
+from pallas_kernels.common import K_TILE, activation_fn, bias_or_zeros
 from sixbit_jax.errors import InputError
 from sixbit_jax.quant import formats
 from sixbit_jax.quant.formats import INT8, QuantizedWeight
@@ -109,16 +110,38 @@ def int8_linear(
     operand derived from the NVFP4 weight. x is bf16 [..., K] or an Int8Input from `quantize_int8_input`.
     `activation` (a name in `pallas_kernels.common.ACTIVATIONS`) is applied in float32 before rounding: fused into
     the Mosaic GPU GEMM's epilogue, after the GEMM elsewhere. bf16 [..., N]."""
-    n, k = weight.shape
-    backend = _resolve(backend, k, n, weight.hadamard_block)
+    return int8_linears(x, [weight], [bias], group_size=group_size, activation=activation, backend=backend)[0]
+
+
+def int8_linears(
+    x: jax.Array | Int8Input,
+    weights: list[QuantizedWeight],
+    biases: list[jax.Array | None],
+    *,
+    group_size: int | None = None,
+    activation: str | None = None,
+    backend: Backend | None = None,
+) -> list[jax.Array]:
+    """Several W4A8 linears that read the same x (attention's q, k and v), as one GEMM over their stacked INT8
+    weights: one wide GEMM keeps the tensor cores busier than several narrow ones, and the stacking copies only the
+    transient INT8 operands. Each output as `int8_linear` gives it."""
+    k, hadamard_block = weights[0].shape[1], weights[0].hadamard_block
+    if any(w.shape[1] != k or w.hadamard_block != hadamard_block for w in weights):
+        raise InputError("linears computed as one GEMM must share K and the Hadamard block, got "
+                         + ", ".join(f"K = {w.shape[1]} (block {w.hadamard_block})" for w in weights))
+    widths = [w.shape[0] for w in weights]
+    n = sum(widths)
+    backend = _resolve(backend, k, min(widths), hadamard_block)
     if not isinstance(x, Int8Input):
         if x.shape[-1] != k:
             raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")
-        x = quantize_int8_input(x, weight.hadamard_block, group_size=group_size, backend=backend)
-    if x.q.values.shape[-1] != k or x.hadamard_block != weight.hadamard_block:
+        x = quantize_int8_input(x, hadamard_block, group_size=group_size, backend=backend)
+    if x.q.values.shape[-1] != k or x.hadamard_block != hadamard_block:
         raise InputError(f"a quantized input of K = {x.q.values.shape[-1]} (Hadamard block {x.hadamard_block}) "
-                         f"cannot feed a weight of K = {k} (Hadamard block {weight.hadamard_block})")
-    w8 = formats.int8_weight(weight)
+                         f"cannot feed a weight of K = {k} (Hadamard block {hadamard_block})")
+    w8 = _stacked(formats.int8_weight(w) for w in weights)
+    bias = None if all(b is None for b in biases) else jnp.concatenate(
+        [bias_or_zeros(b, width).astype(jnp.float32) for b, width in zip(biases, widths)])
     if backend == "pallas" and x.group_size in (None, K_TILE) and x.q.values.shape[0] % 256 == 0 \
             and _mosaic_gemm(k, n):
         y = scaled_matmul_mgpu.scaled_matmul(x.q.values, w8.values, x.q.scale, w8.scale, bias, m=x.m,
@@ -130,7 +153,16 @@ def int8_linear(
         else:
             y = int8_gemm.int8_matmul(x.q, w8, bias, m=x.m, out_dtype=out_dtype, interpret=backend == "interpret")
         y = activation_fn(activation)(y).astype(jnp.bfloat16)
-    return y.reshape(*x.lead, n)
+    y = y.reshape(*x.lead, n)
+    return jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1) if len(widths) > 1 else [y]
+
+
+def _stacked(operands) -> INT8:
+    """INT8 weights [N_i, K] with per-row scales -> one [sum N_i, K]."""
+    operands = list(operands)
+    if len(operands) == 1:
+        return operands[0]
+    return INT8(jnp.concatenate([w.values for w in operands]), jnp.concatenate([w.scale for w in operands]))
 
 
 def nvfp4_linear(
