@@ -44,6 +44,8 @@ MOSAIC_GEMM_TABLE: dict[tuple[int, int], MatmulConfig] = {
     (1920, 1920): _TILE_64x192,  # 773 TOP/s (default 626)
     (1920, 7680): _TILE_64x192,  # 997 TOP/s (default 935)
     (7680, 1920): _TILE_64x192,  # 1086 TOP/s (default 1037)
+    # q, k and v as one GEMM; 2026-12-03, same probe: the default won (64 x 192: 801, 64 x 128 x 6 stages: 888)
+    (1920, 5760): MatmulConfig(),  # 1095 TOP/s
 }
 
 # K -> (pipeline stages, CTAs per SM) of the Mosaic GPU INT8 activation kernel, same run (input bytes per second).
