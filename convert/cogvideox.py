@@ -2,7 +2,7 @@
 
 Every diffusers tensor maps to one leaf of the model's parameter tree (`nnx.to_pure_dict` layout); per-block tensors
 `transformer_blocks.{i}.*` land in row i of a leaf stacked over layers. Linear weights keep PyTorch's [out, in]
-layout; the patch Conv2d weight [D, C, p, p] is flattened to the dense weight [D, C*p*p]."""
+layout; 1.0's patch Conv2d weight [D, C, p, p] is flattened to the dense weight [D, C*p*p]."""
 
 from __future__ import annotations
 
@@ -57,19 +57,23 @@ def _block_specs(cfg: CogVideoXConfig, i: int) -> list[TensorSpec]:
 
 
 def expected_tensors(cfg: CogVideoXConfig) -> dict[str, TensorSpec]:
-    """Every tensor a diffusers CogVideoX 1.0 checkpoint of this config holds, keyed by its diffusers name."""
+    """Every tensor a diffusers CogVideoX (1.0 or 1.5) checkpoint of this config holds, keyed by its diffusers name."""
     d, p, c_in, temb = cfg.inner_dim, cfg.patch_size, cfg.in_channels, cfg.time_embed_dim
+    if cfg.patch_size_t is None:  # 1.0: Conv2d(k=s=p) per frame
+        patch_embed = [TensorSpec("patch_embed.proj.weight", (d, c_in, p, p), ("patch_embed", "proj", "weight"),
+                                  target_shape=(d, c_in * p * p)),
+                       TensorSpec("patch_embed.proj.bias", (d,), ("patch_embed", "proj", "bias"))]
+    else:  # 1.5: a Linear over (c, pt, py, px) patches, with a bias whatever patch_bias says
+        patch_embed = _linear("patch_embed.proj", ("patch_embed", "proj"), d, c_in * cfg.patch_volume)
     specs = [
-        TensorSpec("patch_embed.proj.weight", (d, c_in, p, p), ("patch_embed", "proj", "weight"),
-                   target_shape=(d, c_in * p * p)),
-        TensorSpec("patch_embed.proj.bias", (d,), ("patch_embed", "proj", "bias")),
+        *patch_embed,
         *_linear("patch_embed.text_proj", ("patch_embed", "text_proj"), d, cfg.text_embed_dim),
         *_linear("time_embedding.linear_1", ("time_embedding", "linear_1"), temb, d),
         *_linear("time_embedding.linear_2", ("time_embedding", "linear_2"), temb, temb),
         *_norm("norm_final", ("norm_final",), d),
         *_linear("norm_out.linear", ("norm_out", "linear"), 2 * d, temb),
         *_norm("norm_out.norm", ("norm_out", "norm"), d),
-        *_linear("proj_out", ("proj_out",), cfg.out_channels * p * p, d),
+        *_linear("proj_out", ("proj_out",), cfg.out_channels * cfg.patch_volume, d),
     ]
     for i in range(cfg.num_layers):
         specs += _block_specs(cfg, i)

@@ -30,7 +30,8 @@ def read_json(path: str | Path, what: str = "config file") -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class CogVideoXConfig:
-    """CogVideoX 1.0 transformer (2B: 3D sincos positions; 5B: 3D RoPE)."""
+    """CogVideoX transformer: 1.0 (2B: 3D sincos positions; 5B: 3D RoPE) and 1.5 (`patch_size_t` 2: patches of two
+    latent frames through a Linear embedding, RoPE on the "slice" grid)."""
 
     num_attention_heads: int = 30
     attention_head_dim: int = 64
@@ -41,6 +42,8 @@ class CogVideoXConfig:
     max_text_seq_length: int = 226
     time_embed_dim: int = 512
     patch_size: int = 2
+    patch_size_t: int | None = None  # CogVideoX 1.5: latent frames per patch (None: 1.0, one frame per patch)
+    patch_bias: bool = True  # 1.0's patch Conv2d bias (1.5's Linear always has one)
     sample_frames: int = 49  # pixel frames; latent frames = (sample_frames - 1) // temporal_compression_ratio + 1
     sample_height: int = 60  # latent height
     sample_width: int = 90  # latent width
@@ -57,6 +60,15 @@ class CogVideoXConfig:
             raise ConfigError(f"inner dim {self.inner_dim} must be a multiple of 16 (3D sincos positions split it)")
         if self.use_rotary_positional_embeddings and self.attention_head_dim % 8:
             raise ConfigError(f"attention_head_dim {self.attention_head_dim} must be a multiple of 8 for 3D RoPE")
+        if self.patch_size_t is not None:
+            if self.patch_size_t < 1:
+                raise ConfigError(f"patch_size_t must be a positive number of latent frames; got {self.patch_size_t}")
+            if not self.use_rotary_positional_embeddings:
+                raise ConfigError("patch_size_t (CogVideoX 1.5) is implemented with 3D RoPE only "
+                                  "(use_rotary_positional_embeddings=true)")
+        elif not self.patch_bias:
+            raise ConfigError("unsupported config: patch_bias=false (a CogVideoX 1.0 patch embedding without bias "
+                              "is not implemented)")
 
     @property
     def inner_dim(self) -> int:
@@ -66,8 +78,26 @@ class CogVideoXConfig:
     def flavour(self) -> str:
         return "5b" if self.use_rotary_positional_embeddings else "2b"
 
+    @property
+    def frames_per_patch(self) -> int:
+        return self.patch_size_t or 1
+
+    @property
+    def patch_volume(self) -> int:
+        """Latent elements of one channel in one video token."""
+        return self.frames_per_patch * self.patch_size**2
+
+    def video_tokens(self, latent_frames: int, latent_height: int, latent_width: int) -> int:
+        return (latent_frames // self.frames_per_patch) * (latent_height // self.patch_size) * (
+            latent_width // self.patch_size)
+
     def latent_frames(self, pixel_frames: int) -> int:
         return (pixel_frames - 1) // self.temporal_compression_ratio + 1
+
+    def frame_padding(self, pixel_frames: int) -> int:
+        """Latent frames CogVideoX 1.5's pipeline puts in front (and drops before decoding) so that the latent frames
+        fill whole temporal patches; 0 for 1.0."""
+        return -self.latent_frames(pixel_frames) % self.frames_per_patch
 
     def to_dict(self) -> dict[str, Any]:
         return {"_class_name": "CogVideoXTransformer3DModel", **dataclasses.asdict(self)}
@@ -79,14 +109,12 @@ class CogVideoXConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"a model config must be a JSON object; got {type(raw).__name__}")
         unsupported = {
-            "patch_size_t": (None, "CogVideoX 1.5 (temporal patching)"),
             "use_learned_positional_embeddings": (False, "CogVideoX-5b-I2V learned positional embeddings"),
             "ofs_embed_dim": (None, "CogVideoX 1.5 I2V ofs embedding"),
             "activation_fn": ("gelu-approximate", "activations other than gelu-approximate"),
             "timestep_activation_fn": ("silu", "timestep activations other than silu"),
             "norm_elementwise_affine": (True, "non-affine norms"),
             "attention_bias": (True, "attention projections without bias"),
-            "patch_bias": (True, "patch embedding without bias"),
         }
         for key, (supported, what) in unsupported.items():
             if key in raw and raw[key] != supported:
@@ -97,7 +125,7 @@ class CogVideoXConfig:
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in fields}
         for key, value in kwargs.items():
-            if value is None or isinstance(value, (dict, list)):
+            if (value is None and key != "patch_size_t") or isinstance(value, (dict, list)):
                 raise ConfigError(f"config field {key} has an invalid value {value!r}")
         return cls(**kwargs)
 

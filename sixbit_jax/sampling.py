@@ -60,14 +60,15 @@ def _tick(_step_index) -> None:
 
 
 def latent_shape(model: CogVideoXTransformer3D, batch: int, frames: int, height: int, width: int):
-    """Pixel-space video size -> latent shape [B, F, C, H, W] (VAE: 4x in time, 8x in space)."""
+    """Pixel-space video size -> latent shape [B, F, C, H, W] (VAE: 4x in time, 8x in space), with CogVideoX 1.5's
+    padding frames in front (`CogVideoXConfig.frame_padding`)."""
     cfg = model.config
     if (frames - 1) % cfg.temporal_compression_ratio:
         raise InputError(f"frames must be 1 + a multiple of {cfg.temporal_compression_ratio} (e.g. 49); got {frames}")
     spatial = 8 * cfg.patch_size
     if height % spatial or width % spatial:
         raise InputError(f"height and width must be multiples of {spatial}; got {height}x{width}")
-    return (batch, cfg.latent_frames(frames), cfg.in_channels, height // 8, width // 8)
+    return (batch, cfg.latent_frames(frames) + cfg.frame_padding(frames), cfg.in_channels, height // 8, width // 8)
 
 
 def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *, latents=None,
@@ -181,8 +182,8 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
     if runtime is not None:
         cfg = model.config
         _, f, _, h, w = latents.shape
-        blocks = init_state(cfg.num_layers, batch * (2 if use_cfg else 1), f * (h // cfg.patch_size) *
-                            (w // cfg.patch_size), text.shape[1], cfg.inner_dim, runtime)
+        blocks = init_state(cfg.num_layers, batch * (2 if use_cfg else 1), cfg.video_tokens(f, h, w),
+                            text.shape[1], cfg.inner_dim, runtime)
     steps = jnp.arange(num_steps)
     xs = (steps, timesteps, coefficients, guidance, step_noise)
     (latents, _, _), (block_finite, latents_finite, stats) = jax.lax.scan(

@@ -20,8 +20,11 @@ TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, text_emb
 
 def tiny_diffusers_model(flavour: str, seed: int = 0, **overrides):
     """A diffusers CogVideoXTransformer3DModel with every tensor re-randomised (so biases, norm affines and the
-    modulation are all non-trivial). flavour '2b': 3D sin-cos positions; '5b': 3D RoPE."""
-    kwargs = dict(TINY, use_rotary_positional_embeddings=(flavour == "5b"), **overrides)
+    modulation are all non-trivial). flavour '2b': 3D sin-cos positions; '5b': 3D RoPE; '1.5': CogVideoX 1.5
+    (patches of two latent frames, RoPE on the slice grid)."""
+    kwargs = dict(TINY, use_rotary_positional_embeddings=flavour in ("5b", "1.5"), **overrides)
+    if flavour == "1.5":
+        kwargs.update(patch_size_t=2, patch_bias=False)
     model = diffusers.CogVideoXTransformer3DModel(**kwargs).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -42,7 +45,8 @@ def jax_model_from_diffusers(model, dtype="fp32", **kwargs):
 
 
 def rope_for(model, frames: int, height: int, width: int):
-    """The pipeline's RoPE tables for a latent grid, computed by diffusers itself."""
+    """The pipeline's RoPE tables for a latent grid, computed by diffusers itself (as the pipeline's
+    `_prepare_rotary_positional_embeddings` calls it)."""
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
     from sixbit_jax.models.cogvideox import _crop_region
@@ -50,6 +54,10 @@ def rope_for(model, frames: int, height: int, width: int):
     cfg = model.config
     p = cfg.patch_size
     gh, gw = height // p, width // p
+    if cfg.patch_size_t is not None:
+        return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=None, grid_size=(gh, gw),
+                                       temporal_size=-(-frames // cfg.patch_size_t), grid_type="slice",
+                                       max_size=(cfg.sample_height // p, cfg.sample_width // p))
     crops = _crop_region(gh, gw, cfg.sample_height // p, cfg.sample_width // p)
     return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=crops, grid_size=(gh, gw),
                                    temporal_size=frames)

@@ -72,10 +72,12 @@ def tiny_pipeline(folder: Path, flavour: str, seed: int = 0):
 
 
 def reference_frames(pipe, prompt: str, latents: np.ndarray, *, steps: int, guidance: float,
-                     negative_prompt: str = "") -> np.ndarray:
-    """diffusers' CogVideoXPipeline from the given initial latents [B, F, C, h, w]: frames [F, H, W, 3] in [0, 1]."""
+                     negative_prompt: str = "", frames: int | None = None) -> np.ndarray:
+    """diffusers' CogVideoXPipeline from the given initial latents [B, F, C, h, w]: frames [F, H, W, 3] in [0, 1].
+    `frames` (video frames) defaults to what F latent frames decode to; CogVideoX 1.5's latents carry its padding
+    frames, so give `frames` there."""
     _, f, _, h, w = latents.shape
-    frames = (f - 1) * pipe.vae_scale_factor_temporal + 1
+    frames = frames or (f - 1) * pipe.vae_scale_factor_temporal + 1
     with torch.no_grad():
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames,
                    height=h * pipe.vae_scale_factor_spatial, width=w * pipe.vae_scale_factor_spatial,

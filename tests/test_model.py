@@ -29,8 +29,12 @@ def _inputs(seed, b, f, h, w, text_len=8):
     return latents, text, timesteps
 
 
-@pytest.mark.parametrize("flavour", ["2b", "5b"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+# CogVideoX 1.5 patches two latent frames at a time, and its positions cover at most the sample grid (4 x 6 here)
+SHAPES_15 = [(1, 2, 8, 12), (2, 4, 6, 10)]
+CASES = [(flavour, shape) for flavour in ("2b", "5b") for shape in SHAPES] + [("1.5", shape) for shape in SHAPES_15]
+
+
+@pytest.mark.parametrize("flavour,shape", CASES, ids=lambda c: c if isinstance(c, str) else "x".join(map(str, c)))
 def test_fp32_matches_diffusers(flavour, shape):
     seed = zlib.crc32(repr((flavour, shape)).encode()) % 2**16
     ref_model = tiny_diffusers_model(flavour, seed=seed)
@@ -43,10 +47,10 @@ def test_fp32_matches_diffusers(flavour, shape):
     assert rel_err(out, expected) < 2e-5
 
 
-@pytest.mark.parametrize("flavour", ["2b", "5b"])
+@pytest.mark.parametrize("flavour", ["2b", "5b", "1.5"])
 def test_bf16_matches_diffusers_bf16(flavour):
     ref_model = tiny_diffusers_model(flavour, seed=7)
-    latents, text, timesteps = _inputs(11, 2, 3, 8, 12)
+    latents, text, timesteps = _inputs(11, 2, 4 if flavour == "1.5" else 3, 8, 12)
     expected = diffusers_forward(ref_model, latents, text, timesteps, dtype=torch.bfloat16)
     model = jax_model_from_diffusers(ref_model, "bf16")
     out = model(jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timesteps))
@@ -75,6 +79,12 @@ def test_bad_input_shapes_are_named():
         model(jnp.asarray(latents[..., :7]), jnp.asarray(text), jnp.asarray(timesteps))
     with pytest.raises(InputError, match=r"\[B, L, 32\]"):
         model(jnp.asarray(latents), jnp.asarray(text[..., :16]), jnp.asarray(timesteps))
+    model_15 = jax_model_from_diffusers(tiny_diffusers_model("1.5"), "fp32")
+    with pytest.raises(InputError, match="patches 2 latent frames at a time; got 3 .* 1 more"):
+        model_15(jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timesteps))
+    latents, text, timesteps = _inputs(1, 1, 2, 10, 12)  # 5 patch rows where the sample grid has 4
+    with pytest.raises(InputError, match="at most 4 x 6 patches"):
+        model_15(jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timesteps))
 
 
 def test_position_tables_match_diffusers():
@@ -95,8 +105,10 @@ def test_position_tables_match_diffusers():
 
 def test_unsupported_configs_are_refused():
     base = CogVideoXConfig().to_dict()
-    with pytest.raises(ConfigError, match="patch_size_t"):
+    with pytest.raises(ConfigError, match="patch_size_t .* 3D RoPE only"):
         CogVideoXConfig.from_dict({**base, "patch_size_t": 2})
+    with pytest.raises(ConfigError, match="patch_bias=false"):
+        CogVideoXConfig.from_dict({**base, "patch_bias": False})
     with pytest.raises(ConfigError, match="use_learned_positional_embeddings"):
         CogVideoXConfig.from_dict({**base, "use_learned_positional_embeddings": True})
     with pytest.raises(ConfigError, match="WanTransformer3DModel"):
@@ -105,13 +117,15 @@ def test_unsupported_configs_are_refused():
 
 def test_shipped_configs_are_the_real_models():
     cfg_2b, cfg_5b = CogVideoXConfig.named("cogvideox-2b"), CogVideoXConfig.named("cogvideox-5b")
+    cfg_15 = CogVideoXConfig.named("cogvideox1.5-5b")
     assert (cfg_2b.inner_dim, cfg_2b.num_layers, cfg_2b.use_rotary_positional_embeddings) == (1920, 30, False)
     assert (cfg_5b.inner_dim, cfg_5b.num_layers, cfg_5b.use_rotary_positional_embeddings) == (3072, 42, True)
+    assert (cfg_15.inner_dim, cfg_15.num_layers, cfg_15.patch_size_t) == (3072, 42, 2)
     from sixbit_jax.checkpoint import abstract_params
 
     counts = [sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(c, jnp.bfloat16)))
-              for c in (cfg_2b, cfg_5b)]
-    assert counts == [1_693_783_872, 5_570_283_072]  # diffusers' parameter counts (cogvideox.md section 1)
+              for c in (cfg_2b, cfg_5b, cfg_15)]
+    assert counts == [1_693_783_872, 5_570_283_072, 5_570_676_352]  # diffusers' counts (cogvideox.md section 1)
 
 
 def test_chunked_attention_equals_direct(monkeypatch):

@@ -1,4 +1,4 @@
-"""CogVideoX 1.0 transformer (2B and 5B) in Flax NNX.
+"""CogVideoX transformers in Flax NNX: 1.0 (2B and 5B) and 1.5 (5B, temporal patches).
 
 Mirrors diffusers' `CogVideoXTransformer3DModel`; module and parameter names follow the diffusers checkpoint
 (`patch_embed.proj`, `transformer_blocks.norm1.linear`, `attn1.to_q`, ...), with two differences that the converter
@@ -91,14 +91,29 @@ def _rope_1d(dim: int, positions: np.ndarray):
     return np.repeat(np.cos(args), 2, axis=1), np.repeat(np.sin(args), 2, axis=1)
 
 
-def rope_tables(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
-    """The pipeline's 3D RoPE (CogVideoX 1.0, "linspace" grid): head dim split [t: d/4 | h: 3d/8 | w: 3d/8], cos and
-    sin repeated per (even, odd) pair. Returns float64 (cos, sin), each [frames * grid_h * grid_w, head_dim]."""
+def _rope_positions(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
+    """Token positions along (t, h, w). CogVideoX 1.0: the "linspace" grid, the video's grid fitted into the base
+    grid (sample size); 1.5: the "slice" grid, integer positions (no larger than the base grid, as diffusers slices
+    its base tables), one temporal position per patch of frames."""
     p = cfg.patch_size
-    (top, left), (bottom, right) = _crop_region(grid_h, grid_w, cfg.sample_height // p, cfg.sample_width // p)
-    pos_h = np.linspace(top, bottom * (grid_h - 1) / grid_h, grid_h)
-    pos_w = np.linspace(left, right * (grid_w - 1) / grid_w, grid_w)
-    pos_t = np.linspace(0, frames * (frames - 1) / frames, frames)
+    base_h, base_w = cfg.sample_height // p, cfg.sample_width // p
+    if cfg.patch_size_t is not None:
+        if grid_h > base_h or grid_w > base_w:
+            raise InputError(f"CogVideoX 1.5 positions cover at most {base_h} x {base_w} patches (sample_height x "
+                             f"sample_width / patch_size); got {grid_h} x {grid_w}")
+        return np.arange(frames, dtype=np.float64), np.arange(grid_h, dtype=np.float64), np.arange(grid_w,
+                                                                                                   dtype=np.float64)
+    (top, left), (bottom, right) = _crop_region(grid_h, grid_w, base_h, base_w)
+    return (np.linspace(0, frames * (frames - 1) / frames, frames),
+            np.linspace(top, bottom * (grid_h - 1) / grid_h, grid_h),
+            np.linspace(left, right * (grid_w - 1) / grid_w, grid_w))
+
+
+def rope_tables(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
+    """The pipeline's 3D RoPE: head dim split [t: d/4 | h: 3d/8 | w: 3d/8], cos and sin repeated per (even, odd)
+    pair. `frames` counts temporal positions (patches of frames in 1.5). Returns float64 (cos, sin), each
+    [frames * grid_h * grid_w, head_dim]."""
+    pos_t, pos_h, pos_w = _rope_positions(cfg, frames, grid_h, grid_w)
     hd = cfg.attention_head_dim
     parts = [(_rope_1d(hd // 4, pos_t), (slice(None), None, None)),
              (_rope_1d(hd // 8 * 3, pos_h), (None, slice(None), None)),
@@ -114,7 +129,7 @@ def positional_tables(cfg: CogVideoXConfig, frames: int, height: int, width: int
     diffusers does; RoPE tables stay float32 because the rotation runs in float32."""
     grid_h, grid_w = height // cfg.patch_size, width // cfg.patch_size
     if cfg.use_rotary_positional_embeddings:
-        cos, sin = rope_tables(cfg, frames, grid_h, grid_w)
+        cos, sin = rope_tables(cfg, frames // cfg.frames_per_patch, grid_h, grid_w)
         return PositionalTables(rope_cos=jnp.asarray(cos, jnp.float32), rope_sin=jnp.asarray(sin, jnp.float32))
     return PositionalTables(sincos=jnp.asarray(sincos_table(cfg, frames, grid_h, grid_w), dtype))
 
@@ -173,19 +188,22 @@ class TimestepEmbedding(nnx.Module):
 
 
 class PatchEmbed(nnx.Module):
-    """Text tokens through `text_proj`; each frame's p x p latent patches through `proj` (the checkpoint's
-    Conv2d(k=s=p), stored as a dense weight [D, C*p*p] over patch vectors in (c, py, px) order)."""
+    """Text tokens through `text_proj`; latent patches through `proj`. CogVideoX 1.0: each frame's p x p patches
+    (the checkpoint's Conv2d(k=s=p), stored as a dense weight [D, C*p*p] over patch vectors in (c, py, px) order);
+    1.5: patches of p_t frames x p x p through the checkpoint's Linear, in (c, pt, py, px) order. Tokens in
+    (frame or frame patch, h, w) order."""
 
     def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
-        self.patch_size = cfg.patch_size
-        self.proj = Dense(cfg.in_channels * cfg.patch_size**2, cfg.inner_dim, dtype=dtype, rngs=rngs)
+        self.patch_size, self.frames_per_patch = cfg.patch_size, cfg.frames_per_patch
+        self.proj = Dense(cfg.in_channels * cfg.patch_volume, cfg.inner_dim, dtype=dtype, rngs=rngs)
         self.text_proj = Dense(cfg.text_embed_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, text: jax.Array, latents: jax.Array):
         b, f, c, h, w = latents.shape
-        p = self.patch_size
-        patches = latents.reshape(b, f, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4, 6)
-        return self.text_proj(text), self.proj(patches.reshape(b, f * (h // p) * (w // p), c * p * p))
+        p, pt = self.patch_size, self.frames_per_patch
+        patches = latents.reshape(b, f // pt, pt, c, h // p, p, w // p, p).transpose(0, 1, 4, 6, 3, 2, 5, 7)
+        tokens = (f // pt) * (h // p) * (w // p)
+        return self.text_proj(text), self.proj(patches.reshape(b, tokens, c * pt * p * p))
 
 
 class LayerNormZero(nnx.Module):
@@ -302,16 +320,19 @@ class CogVideoXTransformer3D(nnx.Module):
         self.transformer_blocks = nnx.merge(block_def, stacked)
         self.norm_final = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
         self.norm_out = AdaLayerNormOut(cfg, dtype=dtype, rngs=rngs)
-        self.proj_out = Dense(cfg.inner_dim, cfg.out_channels * cfg.patch_size**2, dtype=dtype, rngs=rngs)
+        self.proj_out = Dense(cfg.inner_dim, cfg.out_channels * cfg.patch_volume, dtype=dtype, rngs=rngs)
 
     def check_inputs(self, latents_shape, text_shape) -> None:
         """Shape checks with messages that name the problem (called at trace time, so free at run time)."""
         cfg = self.config
         if len(latents_shape) != 5 or latents_shape[2] != cfg.in_channels:
             raise InputError(f"latents must be [B, F, {cfg.in_channels}, H, W]; got {tuple(latents_shape)}")
-        _, _, _, h, w = latents_shape
+        _, f, _, h, w = latents_shape
         if h % cfg.patch_size or w % cfg.patch_size:
             raise InputError(f"latent height and width must be multiples of patch_size {cfg.patch_size}; got {h}x{w}")
+        if f % cfg.frames_per_patch:
+            raise InputError(f"this model (CogVideoX 1.5) patches {cfg.frames_per_patch} latent frames at a time; got "
+                             f"{f} latent frames (its pipeline pads them in front: {-f % cfg.frames_per_patch} more)")
         if len(text_shape) != 3 or text_shape[-1] != cfg.text_embed_dim:
             raise InputError(f"text embeddings must be [B, L, {cfg.text_embed_dim}]; got {tuple(text_shape)}")
         if text_shape[0] != latents_shape[0]:
@@ -360,8 +381,9 @@ class CogVideoXTransformer3D(nnx.Module):
 
         video = self.norm_out(self.norm_final(video), temb_act)
         out = self.proj_out(video)
-        p, c_out = cfg.patch_size, cfg.out_channels
-        out = out.reshape(b, f, h // p, w // p, c_out, p, p).transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, f, c_out, h, w)
+        p, pt, c_out = cfg.patch_size, cfg.frames_per_patch, cfg.out_channels
+        out = out.reshape(b, f // pt, h // p, w // p, c_out, pt, p, p).transpose(0, 1, 5, 4, 2, 6, 3, 7)
+        out = out.reshape(b, f, c_out, h, w)
         if control is not None:
             return out, report
         return (out, block_finite) if return_block_finite else out

@@ -88,6 +88,19 @@ class CogVideoXPipeline:
         if problems:
             raise CheckpointError("pipeline components do not fit together: " + "; ".join(problems))
 
+    def _check_latent_frames(self, latents, frames: int | None) -> None:
+        """Given latents and a frame count must agree (diffusers would decode whatever the latents hold)."""
+        if latents is None or frames is None:
+            return
+        cfg = self.transformer.config
+        padding = cfg.frame_padding(frames)
+        expected = cfg.latent_frames(frames) + padding
+        if latents.shape[1] != expected:
+            padded = f" ({expected - padding} + {padding} padding frame in front, as CogVideoX 1.5 samples)" \
+                if padding else ""
+            raise InputError(f"{frames} frames need latents of {expected} frames{padded}; the given latents have "
+                             f"{latents.shape[1]}")
+
     def encode_prompts(self, prompts: list[str]) -> jax.Array:
         """T5 embeddings [B, max_text_seq_length, D] in the transformer's dtype, as the pipeline computes them."""
         if self.text_encoder is None:
@@ -108,6 +121,7 @@ class CogVideoXPipeline:
         if not prompts or len(negative_prompts) != len(prompts):
             raise InputError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
         settings = dataclasses.replace(settings or SamplerSettings(), scheduler_config=self.scheduler)
+        self._check_latent_frames(latents, frames)
         seconds = {}
         start = time.perf_counter()
         embeds = self.encode_prompts(prompts)
@@ -121,7 +135,9 @@ class CogVideoXPipeline:
                         height=height, width=width, progress=progress, runtime=runtime)
         seconds["denoise"] = result.seconds
         start = time.perf_counter()
-        video = postprocess(decode_latents(self.vae, result.latents, tile=tile))
+        # CogVideoX 1.5 samples whole temporal patches: the frames its pipeline padded in front are not decoded
+        padding = self.transformer.config.frame_padding(frames or self.transformer.config.sample_frames)
+        video = postprocess(decode_latents(self.vae, result.latents[:, padding:], tile=tile))
         frames_out = np.asarray(jax.device_get(video), np.float32)
         seconds["decode"] = time.perf_counter() - start
         return PipelineOutput(frames_out, result.latents, result, seconds)
