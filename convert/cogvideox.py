@@ -65,6 +65,15 @@ def expected_tensors(cfg: CogVideoXConfig) -> dict[str, TensorSpec]:
                        TensorSpec("patch_embed.proj.bias", (d,), ("patch_embed", "proj", "bias"))]
     else:  # 1.5: a Linear over (c, pt, py, px) patches, with a bias whatever patch_bias says
         patch_embed = _linear("patch_embed.proj", ("patch_embed", "proj"), d, c_in * cfg.patch_volume)
+    if cfg.use_learned_positional_embeddings:  # 5b-I2V
+        tokens = cfg.max_text_seq_length + cfg.video_tokens(cfg.latent_frames(cfg.sample_frames), cfg.sample_height,
+                                                            cfg.sample_width)
+        patch_embed.append(TensorSpec("patch_embed.pos_embedding", (1, tokens, d), ("patch_embed", "pos_embedding")))
+    if cfg.ofs_embed_dim is not None:  # 1.5-I2V
+        patch_embed += [*_linear("ofs_embedding.linear_1", ("ofs_embedding", "linear_1"), cfg.ofs_embed_dim,
+                                 cfg.ofs_embed_dim),
+                        *_linear("ofs_embedding.linear_2", ("ofs_embedding", "linear_2"), cfg.ofs_embed_dim,
+                                 cfg.ofs_embed_dim)]
     specs = [
         *patch_embed,
         *_linear("patch_embed.text_proj", ("patch_embed", "text_proj"), d, cfg.text_embed_dim),

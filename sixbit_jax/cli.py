@@ -228,6 +228,8 @@ def _check_generate_args(args) -> None:
     _check_video_size(args)
     if args.latents_in:
         existing_file(args.latents_in, "--latents-in", (".npy", ".safetensors"))
+    if args.image:
+        existing_file(args.image, "--image")
     if args.calibration:
         existing_file(args.calibration, "--calibration", (".json",))
     writable_file(args.out, "--out", (".mp4",))
@@ -241,7 +243,7 @@ def _check_generate_args(args) -> None:
 def cmd_generate(args) -> None:
     """Prompt -> MP4 with a CogVideoX pipeline folder (diffusers layout, or converted by `sixbit convert`)."""
     from sixbit_jax.io import load_array, save_array
-    from sixbit_jax.media import write_mp4
+    from sixbit_jax.media import read_image, write_mp4
     from sixbit_jax.models.cogvideox import QuantSpec
     from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline
     from sixbit_jax.sampling import SamplerSettings
@@ -257,9 +259,13 @@ def cmd_generate(args) -> None:
     pipe.transformer, runtime = _runtime(args, folder, pipe.transformer)  # calibration: FOLDER/calibration.json
     settings = SamplerSettings(scheduler=args.scheduler or pipe.scheduler.default_scheduler, num_steps=args.steps,
                                guidance_scale=args.guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
+    image = None
+    if args.image:
+        cfg = pipe.transformer.config
+        image = read_image(args.image, args.height or 8 * cfg.sample_height, args.width or 8 * cfg.sample_width)
     output = pipe([args.prompt], [args.negative_prompt], frames=args.frames, height=args.height, width=args.width,
                   settings=settings, latents=latents, runtime=runtime, tile=args.tile, progress=not args.quiet,
-                  release_text_encoder=True)
+                  release_text_encoder=True, image=image)
     written = [write_mp4(args.out, output.frames[0], fps=DEFAULT_FPS, scale=1)]
     if args.frames_out:
         written.append(save_array(args.frames_out, output.frames[0], "frames"))
@@ -415,8 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="prompt -> MP4 with a CogVideoX pipeline folder (T5, DiT, VAE)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Runs a whole CogVideoX pipeline in JAX: the folder's tokenizer and T5 encoder, the\n"
-                                   "transformer under the 6Bit runtime, the VAE decoder, then an MP4 at "
+                       description="Runs a whole CogVideoX pipeline in JAX (text-to-video, or image-to-video "
+                                   "with --image):\nthe folder's tokenizer and T5 encoder, the transformer under the "
+                                   "6Bit runtime, the VAE decoder,\nthen an MP4 at "
                                    f"{DEFAULT_FPS} fps.\nPIPELINE is a diffusers folder (model_index.json, tokenizer/, "
                                    "text_encoder/,\ntransformer/, vae/, scheduler/; converted in memory on every run) "
                                    "or one written\nby `sixbit convert PIPELINE OUT` (loads faster; --quant nvfp4 "
@@ -445,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents-in", help="initial noise [B, F, C, H, W] (.npy/.safetensors, diffusers' layout) "
                                         "instead of drawing it from --seed")
     p.add_argument("--frames-out", help="also write the frames as .npy, float32 [F, H, W, 3] in [0, 1]")
+    p.add_argument("--image", help="image-to-video pipelines (CogVideoX-5b-I2V, 1.5-5B-I2V): the first frame, any "
+                                   "image file (resized to the video's size as diffusers does)")
     _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_generate)

@@ -44,6 +44,8 @@ class CogVideoXConfig:
     patch_size: int = 2
     patch_size_t: int | None = None  # CogVideoX 1.5: latent frames per patch (None: 1.0, one frame per patch)
     patch_bias: bool = True  # 1.0's patch Conv2d bias (1.5's Linear always has one)
+    use_learned_positional_embeddings: bool = False  # CogVideoX-5b-I2V: a learned [text + video tokens, D] table
+    ofs_embed_dim: int | None = None  # CogVideoX1.5-5B-I2V: the "ofs" embedding added to the time embedding
     sample_frames: int = 49  # pixel frames; latent frames = (sample_frames - 1) // temporal_compression_ratio + 1
     sample_height: int = 60  # latent height
     sample_width: int = 90  # latent width
@@ -66,7 +68,10 @@ class CogVideoXConfig:
             if not self.use_rotary_positional_embeddings:
                 raise ConfigError("patch_size_t (CogVideoX 1.5) is implemented with 3D RoPE only "
                                   "(use_rotary_positional_embeddings=true)")
-        elif not self.patch_bias:
+        if self.ofs_embed_dim is not None and self.ofs_embed_dim != self.time_embed_dim:
+            raise ConfigError(f"ofs_embed_dim {self.ofs_embed_dim} must equal time_embed_dim {self.time_embed_dim} "
+                              f"(the ofs embedding is added to the time embedding)")
+        if self.patch_size_t is None and not self.patch_bias:
             raise ConfigError("unsupported config: patch_bias=false (a CogVideoX 1.0 patch embedding without bias "
                               "is not implemented)")
 
@@ -77,6 +82,11 @@ class CogVideoXConfig:
     @property
     def flavour(self) -> str:
         return "5b" if self.use_rotary_positional_embeddings else "2b"
+
+    @property
+    def image_conditioned(self) -> bool:
+        """Image-to-video checkpoints take the image latents concatenated to the noise on channels."""
+        return self.in_channels == 2 * self.out_channels
 
     @property
     def frames_per_patch(self) -> int:
@@ -109,8 +119,6 @@ class CogVideoXConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"a model config must be a JSON object; got {type(raw).__name__}")
         unsupported = {
-            "use_learned_positional_embeddings": (False, "CogVideoX-5b-I2V learned positional embeddings"),
-            "ofs_embed_dim": (None, "CogVideoX 1.5 I2V ofs embedding"),
             "activation_fn": ("gelu-approximate", "activations other than gelu-approximate"),
             "timestep_activation_fn": ("silu", "timestep activations other than silu"),
             "norm_elementwise_affine": (True, "non-affine norms"),
@@ -125,7 +133,7 @@ class CogVideoXConfig:
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in fields}
         for key, value in kwargs.items():
-            if (value is None and key != "patch_size_t") or isinstance(value, (dict, list)):
+            if (value is None and key not in ("patch_size_t", "ofs_embed_dim")) or isinstance(value, (dict, list)):
                 raise ConfigError(f"config field {key} has an invalid value {value!r}")
         return cls(**kwargs)
 

@@ -49,6 +49,19 @@ def _upscale(frame: np.ndarray, scale: int) -> Image.Image:
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
 
 
+def read_image(path: str | Path, height: int, width: int) -> np.ndarray:
+    """An image file as float32 [height, width, 3] in [0, 1], resized (Lanczos) when its size differs, as
+    diffusers' image processor prepares a PIL image for the image-to-video pipelines."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+            return np.asarray(image, np.float32) / 255.0
+    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"cannot read the image {path}: {error}") from None
+
+
 def write_gif(path: str | Path, frames, *, fps: float = 6.0, scale: int = 1) -> Path:
     """A looping GIF of one clip [F, H, W, 3]; `scale` enlarges each pixel to scale x scale."""
     frames = _check_clip(frames)

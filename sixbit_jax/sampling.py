@@ -68,19 +68,21 @@ def latent_shape(model: CogVideoXTransformer3D, batch: int, frames: int, height:
     spatial = 8 * cfg.patch_size
     if height % spatial or width % spatial:
         raise InputError(f"height and width must be multiples of {spatial}; got {height}x{width}")
-    return (batch, cfg.latent_frames(frames) + cfg.frame_padding(frames), cfg.in_channels, height // 8, width // 8)
+    return (batch, cfg.latent_frames(frames) + cfg.frame_padding(frames), cfg.out_channels, height // 8, width // 8)
 
 
 def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *, latents=None,
            settings: SamplerSettings = SamplerSettings(), frames: int | None = None, height: int | None = None,
            width: int | None = None, step_noise=None, progress: bool = False,
-           runtime: RuntimeConfig | None = None) -> SampleResult:
+           runtime: RuntimeConfig | None = None, condition=None) -> SampleResult:
     """Denoise from `latents` (or Gaussian noise drawn from `settings.seed`) and return the final latents.
 
     prompt_embeds / negative_embeds: T5 outputs [B, L, text_dim]; negative ones are needed when guidance > 1.
     frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
     step_noise: optional [num_steps, B, F, C, H, W] noise for the stochastic DPM scheduler (else drawn from seed).
-    runtime: the 6Bit runtime (mode, delta cache, PDR, calibration); None runs every block in the model's dtype."""
+    runtime: the 6Bit runtime (mode, delta cache, PDR, calibration); None runs every block in the model's dtype.
+    condition: image-to-video models' image latents [B, F, C, H, W], concatenated to the latents on channels at
+    every step (the pipeline's `image_latents`)."""
     if runtime is not None and runtime.quantized and model.quant is None:
         raise InputError(f"mode {runtime.mode} needs a quantized model: convert with `sixbit convert --quant nvfp4` "
                          f"or quantize a loaded one with sixbit_jax.quant.model.quantize_model")
@@ -99,7 +101,9 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     if latents.shape[0] != prompt_embeds.shape[0]:
         raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch "
                          f"{prompt_embeds.shape[0]}")
-    model.check_inputs(latents.shape, prompt_embeds.shape)
+    condition = _checked_condition(model, latents, condition)
+    model.check_inputs(latents.shape if condition is None else latents.shape[:2] + (
+        latents.shape[2] + condition.shape[2],) + latents.shape[3:], prompt_embeds.shape)
 
     schedule = make_schedule(settings.scheduler, settings.num_steps,
                              settings.scheduler_config or SchedulerConfig.for_model(model.config.flavour))
@@ -118,7 +122,7 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     try:
         out, block_finite, latents_finite, stats = _denoise(
             graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.int32),
-            schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise,
+            schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise, condition,
             use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, runtime=runtime)
         out.block_until_ready()
     finally:
@@ -128,6 +132,21 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     _raise_if_not_finite(np.asarray(block_finite), np.asarray(latents_finite), schedule.timesteps)
     stats = jax.device_get(stats)
     return SampleResult(out, seconds, schedule, guidance, stats, RunSummary.from_stats(stats) if stats else None)
+
+
+def _checked_condition(model: CogVideoXTransformer3D, latents, condition):
+    """The image latents an image-to-video model needs (in the model dtype), or None for a text-to-video one."""
+    if not model.config.image_conditioned:
+        if condition is not None:
+            raise InputError("image latents were given but this is a text-to-video model")
+        return None
+    if condition is None:
+        raise InputError("this is an image-to-video model (in_channels = 2 x out_channels): it needs the image "
+                         "latents (`sixbit generate PIPELINE --image FILE`)")
+    condition = jnp.asarray(condition)
+    if condition.shape != latents.shape:
+        raise InputError(f"image latents {tuple(condition.shape)} must have the latents' shape {tuple(latents.shape)}")
+    return condition.astype(model.dtype)
 
 
 def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype):
@@ -145,7 +164,8 @@ def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype
 
 
 def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, timesteps, coefficients: StepCoefficients,
-                  guidance, step_noise, key_noise, *, use_cfg: bool, stochastic: bool, runtime: RuntimeConfig | None):
+                  guidance, step_noise, key_noise, condition, *, use_cfg: bool, stochastic: bool,
+                  runtime: RuntimeConfig | None):
     model = nnx.merge(graphdef, state)
     batch = latents.shape[0]
     num_steps = timesteps.shape[0]
@@ -153,7 +173,8 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
     def one_step(carry, xs):
         latents, x0_prev, blocks = carry
         index, t, c, g, noise = xs
-        model_in = jnp.concatenate([latents, latents]) if use_cfg else latents
+        model_in = latents if condition is None else jnp.concatenate([latents, condition], axis=2)
+        model_in = jnp.concatenate([model_in, model_in]) if use_cfg else model_in
         t_in = jnp.full((model_in.shape[0],), t)
         if runtime is None:
             v, block_finite = model(model_in, text, t_in, tables, return_block_finite=True)

@@ -21,7 +21,8 @@ TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, text_emb
 def tiny_diffusers_model(flavour: str, seed: int = 0, **overrides):
     """A diffusers CogVideoXTransformer3DModel with every tensor re-randomised (so biases, norm affines and the
     modulation are all non-trivial). flavour '2b': 3D sin-cos positions; '5b': 3D RoPE; '1.5': CogVideoX 1.5
-    (patches of two latent frames, RoPE on the slice grid)."""
+    (patches of two latent frames, RoPE on the slice grid). Image-to-video variants through `overrides`
+    (in_channels doubled; use_learned_positional_embeddings for 5b-I2V, ofs_embed_dim for 1.5-I2V)."""
     kwargs = dict(TINY, use_rotary_positional_embeddings=flavour in ("5b", "1.5"), **overrides)
     if flavour == "1.5":
         kwargs.update(patch_size_t=2, patch_bias=False)
@@ -30,6 +31,8 @@ def tiny_diffusers_model(flavour: str, seed: int = 0, **overrides):
     with torch.no_grad():
         for prm in model.parameters():
             prm.copy_(torch.randn(prm.shape, generator=gen) * (0.3 if prm.ndim > 1 else 0.1))
+        if model.config.use_learned_positional_embeddings:  # a checkpoint buffer, learned: text rows too
+            model.patch_embed.pos_embedding.copy_(torch.randn(model.patch_embed.pos_embedding.shape, generator=gen))
     return model
 
 
@@ -72,5 +75,6 @@ def diffusers_forward(model, latents, text, timesteps, dtype=torch.float32):
         out = model(hidden_states=torch.from_numpy(np.asarray(latents)).to(dtype),
                     encoder_hidden_states=torch.from_numpy(np.asarray(text)).to(dtype),
                     timestep=torch.from_numpy(np.asarray(timesteps)),
-                    image_rotary_emb=rope, return_dict=False)[0]
+                    image_rotary_emb=rope, return_dict=False,
+                    ofs=None if model.config.ofs_embed_dim is None else torch.full((1,), 2.0))[0]
     return out.float().numpy()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 from pathlib import Path
@@ -45,9 +46,13 @@ def write_spm_model(folder: Path) -> Path:
     return folder
 
 
-def tiny_pipeline(folder: Path, flavour: str, seed: int = 0):
-    """A diffusers CogVideoXPipeline with tiny random components (DDIM scheduler, the flavour's SNR shift), saved
-    to `folder` with save_pretrained; returns the pipeline."""
+I2V_OVERRIDES = {"5b": dict(use_learned_positional_embeddings=True), "1.5": dict(ofs_embed_dim=TINY["time_embed_dim"])}
+
+
+def tiny_pipeline(folder: Path, flavour: str, seed: int = 0, *, image_to_video: bool = False):
+    """A diffusers CogVideoXPipeline (or CogVideoXImageToVideoPipeline: in-channels doubled, 5b's learned positions
+    or 1.5's ofs embedding) with tiny random components (DDIM scheduler, the flavour's SNR shift), saved to
+    `folder` with save_pretrained; returns the pipeline."""
     gen = torch.Generator().manual_seed(seed)
     spm_folder = write_spm_model(folder.parent / f"{folder.name}-spm")
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(spm_folder))
@@ -62,9 +67,10 @@ def tiny_pipeline(folder: Path, flavour: str, seed: int = 0):
             p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if "norm" in name and name.endswith("weight")
                     and p.ndim == 1 else torch.randn(p.shape, generator=gen) * (0.2 if p.ndim > 1 else 0.05))
     scheduler = diffusers.CogVideoXDDIMScheduler(**SCHEDULER, snr_shift_scale=3.0 if flavour == "2b" else 1.0)
-    pipe = diffusers.CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                                       transformer=tiny_diffusers_model(flavour, seed=seed + 1),
-                                       scheduler=scheduler)
+    overrides = dict(in_channels=2 * TINY["in_channels"], **I2V_OVERRIDES[flavour]) if image_to_video else {}
+    pipeline_class = diffusers.CogVideoXImageToVideoPipeline if image_to_video else diffusers.CogVideoXPipeline
+    pipe = pipeline_class(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                          transformer=tiny_diffusers_model(flavour, seed=seed + 1, **overrides))
     pipe.save_pretrained(folder)
     # transformers 5 saves tokenizer.json only; the hub's CogVideoX folders ship spiece.model, which is what we read
     shutil.copy2(spm_folder / "spiece.model", folder / "tokenizer" / "spiece.model")
@@ -72,14 +78,27 @@ def tiny_pipeline(folder: Path, flavour: str, seed: int = 0):
 
 
 def reference_frames(pipe, prompt: str, latents: np.ndarray, *, steps: int, guidance: float,
-                     negative_prompt: str = "", frames: int | None = None) -> np.ndarray:
+                     negative_prompt: str = "", frames: int | None = None, image=None,
+                     posterior_noise: np.ndarray | None = None) -> np.ndarray:
     """diffusers' CogVideoXPipeline from the given initial latents [B, F, C, h, w]: frames [F, H, W, 3] in [0, 1].
     `frames` (video frames) defaults to what F latent frames decode to; CogVideoX 1.5's latents carry its padding
-    frames, so give `frames` there."""
+    frames, so give `frames` there. Image-to-video: `image` (a PIL image) and `posterior_noise` [B, 1, C, h, w],
+    the draw the VAE posterior's sample then uses (diffusers would draw its own from a torch generator)."""
     _, f, _, h, w = latents.shape
     frames = frames or (f - 1) * pipe.vae_scale_factor_temporal + 1
-    with torch.no_grad():
-        out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames,
+    extra = {}
+    if image is not None:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        noise = torch.from_numpy(np.asarray(posterior_noise, np.float32).transpose(0, 2, 1, 3, 4).copy())
+        extra["image"] = image
+        patch = pytest.MonkeyPatch.context()
+    else:
+        patch = contextlib.nullcontext()
+    with torch.no_grad(), patch as mp:
+        if image is not None:
+            mp.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean + self.std * noise)
+        out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, **extra,
                    height=h * pipe.vae_scale_factor_spatial, width=w * pipe.vae_scale_factor_spatial,
                    num_inference_steps=steps, guidance_scale=guidance, latents=torch.from_numpy(latents),
                    output_type="np", max_sequence_length=pipe.transformer.config.max_text_seq_length)

@@ -306,7 +306,7 @@ def test_source_is_a_file(tmp_path, dst):
     conversion_error(src, dst, contains=(str(src), "not a folder"))
 
 
-@pytest.mark.parametrize("key,value", [("patch_size_t", 2), ("use_learned_positional_embeddings", True),
+@pytest.mark.parametrize("key,value", [("patch_size_t", 2), ("ofs_embed_dim", 64),
                                        ("_class_name", "CogVideoXTransformer3DModelV2")])
 def test_config_unsupported_value(tmp_path, dst, key, value):
     src = write_single_file_source(tmp_path / "src", model_for("2b"))

@@ -58,6 +58,24 @@ def test_bf16_matches_diffusers_bf16(flavour):
     assert rel_err(out, expected) < 2e-2
 
 
+@pytest.mark.parametrize("variant", ["5b-i2v", "1.5-i2v"])
+def test_image_to_video_models_match_diffusers(variant):
+    """In-channels doubled (noise and image latents); 5b-I2V adds a learned table to text and video tokens at its
+    sample size (the sin-cos table at another frame count, as diffusers does; other sizes are refused); 1.5-I2V
+    adds the ofs embedding to the time embedding."""
+    extra = dict(use_learned_positional_embeddings=True) if variant == "5b-i2v" else dict(ofs_embed_dim=32)
+    ref_model = tiny_diffusers_model(variant.split("-")[0], seed=13, in_channels=8, **extra)
+    model = jax_model_from_diffusers(ref_model, "fp32")
+    for frames in ((3, 2) if variant == "5b-i2v" else (2,)):  # 3: the sample size's latent frames
+        latents, text, timesteps = _inputs(frames, 2, frames, 8, 12)
+        latents = np.concatenate([latents, latents[:, :, ::-1] * 0.5], axis=2)
+        expected = diffusers_forward(ref_model, latents, text, timesteps)
+        assert rel_err(model(jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timesteps)), expected) < 2e-5
+    if variant == "5b-i2v":
+        with pytest.raises(InputError, match="samples only its own size, 8 x 12 latents"):
+            model(jnp.zeros((1, 3, 8, 8, 8)), jnp.asarray(text[:1]), jnp.asarray(timesteps[:1]))
+
+
 def test_5b_accepts_any_text_length_2b_does_not():
     ref_model = tiny_diffusers_model("5b", seed=3)
     latents, text, timesteps = _inputs(5, 1, 3, 8, 12, text_len=5)
@@ -109,8 +127,8 @@ def test_unsupported_configs_are_refused():
         CogVideoXConfig.from_dict({**base, "patch_size_t": 2})
     with pytest.raises(ConfigError, match="patch_bias=false"):
         CogVideoXConfig.from_dict({**base, "patch_bias": False})
-    with pytest.raises(ConfigError, match="use_learned_positional_embeddings"):
-        CogVideoXConfig.from_dict({**base, "use_learned_positional_embeddings": True})
+    with pytest.raises(ConfigError, match="ofs_embed_dim 64 must equal time_embed_dim"):
+        CogVideoXConfig.from_dict({**base, "ofs_embed_dim": 64})
     with pytest.raises(ConfigError, match="WanTransformer3DModel"):
         CogVideoXConfig.from_dict({**base, "_class_name": "WanTransformer3DModel"})
 

@@ -97,10 +97,44 @@ def _edit_json(path, **values):
     (lambda p: shutil.rmtree(p / "vae"), "missing its vae/ folder"),
     (lambda p: _edit_json(p / "text_encoder" / "config.json", model_type="bert"), "model_type"),
     (lambda p: _edit_json(p / "tokenizer" / "tokenizer_config.json", extra_ids=300), "do not belong together"),
-    (lambda p: _edit_json(p / "model_index.json", _class_name="CogVideoXImageToVideoPipeline"),
-     "CogVideoXImageToVideoPipeline"),
+    (lambda p: _edit_json(p / "model_index.json", _class_name="CogVideoXVideoToVideoPipeline"),
+     "CogVideoXVideoToVideoPipeline"),
 ], ids=["missing-component", "foreign-text-encoder", "tokenizer-mismatch", "other-pipeline"])
 def test_bad_pipelines_are_named(pipeline, tmp_path, capsys, change, message):
     src = _broken(pipeline, tmp_path, change)
     assert main(["generate", str(src), "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module", params=["5b", "1.5"])
+def i2v_pipeline(request, tmp_path_factory):
+    """A tiny image-to-video pipeline folder, its initial latents, a first-frame image of another size (resized on
+    both sides) and diffusers' frames, with the VAE posterior's draw that our seed 0 makes."""
+    from PIL import Image
+
+    from sixbit_jax.pipelines.cogvideox import image_posterior_noise
+
+    folder = tmp_path_factory.mktemp(f"i2v-{request.param}")
+    pipe = tiny_pipeline(folder / "diffusers", request.param, seed=4, image_to_video=True)
+    latents = np.random.default_rng(6).standard_normal((1, 4 if request.param == "1.5" else 3, 4, 8, 12))
+    np.save(folder / "latents.npy", latents.astype(np.float32))
+    pixels = np.random.default_rng(7).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "first.png")
+    noise = np.asarray(image_posterior_noise(0, (1, 1, 4, 8, 12)))
+    reference = reference_frames(pipe, PROMPT, latents.astype(np.float32), steps=STEPS, guidance=GUIDANCE,
+                                 frames=FRAMES, image=Image.open(folder / "first.png"), posterior_noise=noise)
+    return folder, reference
+
+
+def test_image_to_video_matches_diffusers_pipeline(i2v_pipeline, capsys):
+    folder, reference = i2v_pipeline
+    frames = _generate(folder, folder / "diffusers", "i2v", "--image", str(folder / "first.png"), "--seed", "0")
+    assert frames.shape == reference.shape == (FRAMES, 64, 96, 3)
+    assert np.abs(frames - reference).max() < 2e-3
+    args = ["generate", str(folder / "diffusers"), "--prompt", PROMPT, "--steps", "1", "--quiet",
+            "--out", str(folder / "none.mp4")]
+    assert main(args) == 2
+    assert "image-to-video pipeline: give the first frame (--image FILE)" in capsys.readouterr().err
+    (folder / "bad.png").write_bytes(b"not an image")
+    assert main(args + ["--image", str(folder / "bad.png")]) == 2
+    assert "cannot read the image" in capsys.readouterr().err

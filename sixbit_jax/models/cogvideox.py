@@ -43,9 +43,13 @@ def timestep_sinusoid(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool =
     return jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
 
 
+# CogVideoX1.5-I2V's "ofs" input: diffusers' image-to-video pipeline always passes 2.0.
+OFS = 2.0
+
+
 class PositionalTables(NamedTuple):
     """Host-computed positional information for one latent grid. 2B uses `sincos` [N_video, D]; 5B uses
-    `rope_cos`/`rope_sin` [N_video, head_dim]. Unused fields are None."""
+    `rope_cos`/`rope_sin` [N_video, head_dim]; 5b-I2V away from its frame count both. Unused fields are None."""
 
     sincos: jax.Array | None = None
     rope_cos: jax.Array | None = None
@@ -124,14 +128,31 @@ def rope_tables(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
     return cos.reshape(-1, hd), sin.reshape(-1, hd)
 
 
+def uses_learned_positions(cfg: CogVideoXConfig, frames: int, height: int, width: int) -> bool:
+    """Whether the learned table (5b-I2V) is added for this latent size. As in diffusers: only at the sample
+    height and width (anything else is refused); at another frame count the 3D sin-cos table is added instead."""
+    if not cfg.use_learned_positional_embeddings:
+        return False
+    if (height, width) != (cfg.sample_height, cfg.sample_width):
+        raise InputError(f"this model (learned positional embeddings, CogVideoX-5b-I2V) samples only its own size, "
+                         f"{cfg.sample_height} x {cfg.sample_width} latents ({8 * cfg.sample_height} x "
+                         f"{8 * cfg.sample_width} pixels); got {height} x {width}")
+    return frames == cfg.latent_frames(cfg.sample_frames)
+
+
 def positional_tables(cfg: CogVideoXConfig, frames: int, height: int, width: int, dtype) -> PositionalTables:
     """Tables for a latent of `frames` x `height` x `width`. The sin-cos table is cast to the model dtype as
-    diffusers does; RoPE tables stay float32 because the rotation runs in float32."""
+    diffusers does; RoPE tables stay float32 because the rotation runs in float32. 5b-I2V's learned table is a
+    parameter (`PatchEmbed.pos_embedding`), not a table; away from its frame count the sin-cos table stands in."""
     grid_h, grid_w = height // cfg.patch_size, width // cfg.patch_size
+    sincos = None
+    if not cfg.use_rotary_positional_embeddings or (
+            cfg.use_learned_positional_embeddings and not uses_learned_positions(cfg, frames, height, width)):
+        sincos = jnp.asarray(sincos_table(cfg, frames, grid_h, grid_w), dtype)
     if cfg.use_rotary_positional_embeddings:
         cos, sin = rope_tables(cfg, frames // cfg.frames_per_patch, grid_h, grid_w)
-        return PositionalTables(rope_cos=jnp.asarray(cos, jnp.float32), rope_sin=jnp.asarray(sin, jnp.float32))
-    return PositionalTables(sincos=jnp.asarray(sincos_table(cfg, frames, grid_h, grid_w), dtype))
+        return PositionalTables(sincos, jnp.asarray(cos, jnp.float32), jnp.asarray(sin, jnp.float32))
+    return PositionalTables(sincos=sincos)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -177,11 +198,11 @@ def _linear(cfg_in: int, cfg_out: int, *, dtype, rngs, quant: "QuantSpec | None"
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
 class TimestepEmbedding(nnx.Module):
-    """Sinusoid table [B, D] -> linear_1 -> SiLU -> linear_2 -> temb [B, time_embed_dim] (no SiLU after)."""
+    """Sinusoid table [B, in_dim] -> linear_1 -> SiLU -> linear_2 -> [B, out_dim] (no SiLU after)."""
 
-    def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs):
-        self.linear_1 = Dense(cfg.inner_dim, cfg.time_embed_dim, dtype=dtype, rngs=rngs)
-        self.linear_2 = Dense(cfg.time_embed_dim, cfg.time_embed_dim, dtype=dtype, rngs=rngs)
+    def __init__(self, in_dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
+        self.linear_1 = Dense(in_dim, out_dim, dtype=dtype, rngs=rngs)
+        self.linear_2 = Dense(out_dim, out_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, sinusoid: jax.Array) -> jax.Array:
         return self.linear_2(jax.nn.silu(self.linear_1(sinusoid)))
@@ -197,6 +218,10 @@ class PatchEmbed(nnx.Module):
         self.patch_size, self.frames_per_patch = cfg.patch_size, cfg.frames_per_patch
         self.proj = Dense(cfg.in_channels * cfg.patch_volume, cfg.inner_dim, dtype=dtype, rngs=rngs)
         self.text_proj = Dense(cfg.text_embed_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
+        if cfg.use_learned_positional_embeddings:  # 5b-I2V: [1, text + video tokens of the sample size, D]
+            tokens = cfg.max_text_seq_length + cfg.video_tokens(cfg.latent_frames(cfg.sample_frames),
+                                                                cfg.sample_height, cfg.sample_width)
+            self.pos_embedding = nnx.Param(jnp.zeros((1, tokens, cfg.inner_dim), dtype))
 
     def __call__(self, text: jax.Array, latents: jax.Array):
         b, f, c, h, w = latents.shape
@@ -308,7 +333,9 @@ class CogVideoXTransformer3D(nnx.Module):
                  attention_impl: str | None = None, quant: QuantSpec | None = None):
         self.config, self.dtype, self.quant = cfg, jnp.dtype(dtype), quant
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
-        self.time_embedding = TimestepEmbedding(cfg, dtype=dtype, rngs=rngs)
+        self.time_embedding = TimestepEmbedding(cfg.inner_dim, cfg.time_embed_dim, dtype=dtype, rngs=rngs)
+        if cfg.ofs_embed_dim is not None:  # 1.5-I2V
+            self.ofs_embedding = TimestepEmbedding(cfg.ofs_embed_dim, cfg.ofs_embed_dim, dtype=dtype, rngs=rngs)
 
         def make_block(block_rngs: nnx.Rngs) -> CogVideoXBlock:
             return CogVideoXBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl, quant=quant)
@@ -344,9 +371,15 @@ class CogVideoXTransformer3D(nnx.Module):
     def positional_tables(self, frames: int, height: int, width: int) -> PositionalTables:
         return positional_tables(self.config, frames, height, width, self.dtype)
 
+    def _sinusoid(self, values: jax.Array, dim: int) -> jax.Array:
+        cfg = self.config
+        return timestep_sinusoid(values, dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                                 freq_shift=cfg.freq_shift).astype(self.dtype)
+
     def __call__(self, latents, text, timesteps, tables: PositionalTables | None = None, *,
-                 return_block_finite: bool = False, control: BlockControl | None = None):
-        """Returns the prediction [B, F, C_out, H, W] in the model dtype.
+                 return_block_finite: bool = False, control: BlockControl | None = None, ofs: float = OFS):
+        """Returns the prediction [B, F, C_out, H, W] in the model dtype. Image-to-video models take the noisy
+        latents and the image latents concatenated on channels; 1.5-I2V's `ofs` is what its pipeline passes.
 
         With `return_block_finite`, also a bool [num_layers] saying whether each block's outputs were all finite (to
         name the block that produced a NaN). With `control` (the 6Bit runtime), each block takes its route from
@@ -356,13 +389,19 @@ class CogVideoXTransformer3D(nnx.Module):
         b, f, _, h, w = latents.shape
         if tables is None:
             tables = self.positional_tables(f, h, w)
-        temb = self.time_embedding(
-            timestep_sinusoid(timesteps, cfg.inner_dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
-                              freq_shift=cfg.freq_shift).astype(dtype))
+        temb = self.time_embedding(self._sinusoid(timesteps, cfg.inner_dim))
+        if cfg.ofs_embed_dim is not None:
+            temb = temb + self.ofs_embedding(self._sinusoid(jnp.full((1,), ofs, jnp.float32), cfg.ofs_embed_dim))
         temb_act = jax.nn.silu(temb)
         text, video = self.patch_embed(text.astype(dtype), latents.astype(dtype))
         if tables.sincos is not None:
             video = video + tables.sincos.astype(dtype)
+        if uses_learned_positions(cfg, f, h, w):
+            if text.shape[1] != cfg.max_text_seq_length:
+                raise InputError(f"this model (learned positional embeddings) needs exactly max_text_seq_length="
+                                 f"{cfg.max_text_seq_length} text tokens; got {text.shape[1]}")
+            table = self.patch_embed.pos_embedding[...].astype(dtype)
+            text, video = text + table[:, :text.shape[1]], video + table[:, text.shape[1]:]
 
         block_def, block_state = nnx.split(self.transformer_blocks)
         if control is None:

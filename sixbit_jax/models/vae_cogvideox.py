@@ -491,9 +491,10 @@ def _decoder_step(graphdef, state, z, cache):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=3)
-def _encoder_step(graphdef, state, x, cache, latent_channels: int):
+def _encoder_step(graphdef, state, x, cache, channels: int):
+    """The encoder's moments [mean | logvar] for one chunk, cut to `channels` (the mean alone is the mode)."""
     moments, cache = nnx.merge(graphdef, state)(x, cache)
-    return moments[..., :latent_channels].astype(jnp.float32), cache  # the posterior's mode is its mean
+    return moments[..., :channels].astype(jnp.float32), cache
 
 
 def _run_chunks(step: Callable, x: jax.Array, per_chunk: int) -> jax.Array:
@@ -598,10 +599,13 @@ def decode_latents(vae: CogVideoXVAE, latents: jax.Array, *, tile: bool | Tiling
     return decode(vae, jnp.asarray(latents) * (1 / vae.config.scaling_factor), tile=tile)
 
 
-def encode(vae: CogVideoXVAE, video: jax.Array, *, tile: bool | Tiling = False) -> jax.Array:
+def encode(vae: CogVideoXVAE, video: jax.Array, *, tile: bool | Tiling = False,
+           posterior_noise: jax.Array | None = None) -> jax.Array:
     """Video [B, T, H, W, 3] in [-1, 1] -> the latent posterior's mean (mode) [B, F, C, H/8, W/8] float32, with
     T cut into chunks of 8 frames (the first taking the remainder) as diffusers' `_encode` does: expects T = 1, 8k
     or 8k+1 (49 -> 13). Not scaled: callers multiply by `vae.config.scaling_factor` to get diffusion latents.
+    With `posterior_noise` (standard normal, the output's shape) a sample of the posterior instead, mean + std *
+    noise, as diffusers' `latent_dist.sample()` (its log-variance clipped to [-30, 20]).
 
     `tile=True` (or a `Tiling`) encodes overlapping spatial tiles as diffusers' `tiled_encode`."""
     cfg = vae.config
@@ -611,8 +615,10 @@ def encode(vae: CogVideoXVAE, video: jax.Array, *, tile: bool | Tiling = False) 
     graphdef, state = nnx.split(vae.encoder)
 
     def run(frames):
-        return _run_chunks(lambda chunk, cache: _encoder_step(graphdef, state, chunk, cache, cfg.latent_channels),
+        return _run_chunks(lambda chunk, cache: _encoder_step(graphdef, state, chunk, cache, channels),
                            frames, SAMPLE_FRAMES_PER_CHUNK)
+
+    channels = cfg.latent_channels * (1 if posterior_noise is None else 2)
 
     tiling = _tiling(vae, tile)
     out = None
@@ -625,7 +631,14 @@ def encode(vae: CogVideoXVAE, video: jax.Array, *, tile: bool | Tiling = False) 
                          blend=blend, keep=(lh - blend[0], lw - blend[1]))
     if out is None:
         out = run(x)
-    return out.transpose(0, 1, 4, 2, 3)
+    out = out.transpose(0, 1, 4, 2, 3)
+    if posterior_noise is None:
+        return out
+    mean, logvar = jnp.split(out, 2, axis=2)
+    if posterior_noise.shape != mean.shape:
+        raise InputError(f"posterior noise must have the latents' shape {tuple(mean.shape)}; got "
+                         f"{tuple(posterior_noise.shape)}")
+    return mean + jnp.exp(0.5 * jnp.clip(logvar, -30.0, 20.0)) * posterior_noise
 
 
 def postprocess(video: jax.Array) -> jax.Array:

@@ -8,7 +8,12 @@
 Same steps and defaults as the diffusers pipeline: prompts padded/truncated to the transformer's
 `max_text_seq_length` with EOS and pad 0 and encoded without an attention mask; negative prompt "" for CFG; initial
 noise [B, F, C, H/8, W/8] in float32 from the seed; denoised latents / scaling_factor through the VAE, decoded two
-latent frames at a time; frames (x + 1) / 2 clipped to [0, 1]."""
+latent frames at a time; frames (x + 1) / 2 clipped to [0, 1].
+
+Image-to-video folders (`CogVideoXImageToVideoPipeline`: 5b-I2V, 1.5-5B-I2V) take `image=` as well, as diffusers'
+pipeline does: the image, at the video's size, through the VAE encoder (a sample of its posterior, scaled by the
+VAE's scaling_factor) as the first latent frame and zeros after it, concatenated to the noise on channels at every
+step."""
 
 from __future__ import annotations
 
@@ -18,21 +23,28 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import CogVideoXTransformer3D, t5
 from sixbit_jax.models.cogvideox import QuantSpec
-from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, decode_latents, postprocess
+from sixbit_jax import rng
+from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, decode_latents, encode, postprocess
 from sixbit_jax.pipelines import components
 from sixbit_jax.runtime import RuntimeConfig
 from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
 from sixbit_jax.schedulers import SchedulerConfig
 from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
-PIPELINE_CLASSES = ("CogVideoXPipeline",)
+PIPELINE_CLASSES = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_FPS = 50, 6.0, 8  # CogVideoXPipeline's and its example's
+
+
+def image_posterior_noise(seed: int, shape: tuple[int, ...]) -> jax.Array:
+    """The standard-normal draw of the image latents' VAE posterior sample for `seed` (apart from the sampler's)."""
+    return rng.normal(jax.random.fold_in(jax.random.key(seed), 1), shape, jnp.float32)
 
 
 @dataclasses.dataclass
@@ -82,9 +94,12 @@ class CogVideoXPipeline:
         if self.tokenizer.vocab_size > self.text_encoder.config.vocab_size:
             problems.append(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the text encoder embeds only "
                             f"{self.text_encoder.config.vocab_size}: they do not belong together")
-        if self.vae.config.latent_channels != cfg.in_channels:
+        if self.vae.config.latent_channels != cfg.out_channels:
             problems.append(f"the VAE's latent_channels {self.vae.config.latent_channels} is not the transformer's "
-                            f"in_channels {cfg.in_channels}")
+                            f"out_channels {cfg.out_channels}")
+        if cfg.in_channels not in (cfg.out_channels, 2 * cfg.out_channels):
+            problems.append(f"the transformer's in_channels {cfg.in_channels} is neither its out_channels (text to "
+                            f"video) nor twice that (image to video)")
         if problems:
             raise CheckpointError("pipeline components do not fit together: " + "; ".join(problems))
 
@@ -101,6 +116,35 @@ class CogVideoXPipeline:
             raise InputError(f"{frames} frames need latents of {expected} frames{padded}; the given latents have "
                              f"{latents.shape[1]}")
 
+    def image_latents(self, image, batch: int, latents, frames: int | None, height: int | None,
+                      width: int | None, seed: int, noise=None) -> jax.Array:
+        """diffusers' image-to-video `prepare_latents`: the image [B, 1, C, h, w] latents (a posterior sample,
+        scaled), then zeros for the remaining latent frames. The latent shape is the given latents' or the one the
+        sampler will draw."""
+        from sixbit_jax.sampling import latent_shape
+
+        cfg = self.transformer.config
+        height, width = height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
+        if image is None:
+            raise InputError("this is an image-to-video pipeline: give the first frame (--image FILE)")
+        image = np.asarray(image, np.float32)
+        image = image[None] if image.ndim == 3 else image
+        if image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] not in (1, batch):
+            raise InputError(f"the image must be [H, W, 3] or [{batch}, H, W, 3]; got {tuple(image.shape)}")
+        if image.shape[1:3] != (height, width):
+            raise InputError(f"the image is {image.shape[2]} x {image.shape[1]} but the video is {width} x {height}: "
+                             f"resize it first (media.read_image does, as diffusers' image processor)")
+        shape = latents.shape if latents is not None else latent_shape(self.transformer, batch, frames or
+                                                                       cfg.sample_frames, height, width)
+        video = np.broadcast_to(image, (batch, height, width, 3))[:, None] * 2 - 1  # [B, 1, H, W, 3] in [-1, 1]
+        if noise is None:
+            noise = image_posterior_noise(seed, (batch, 1) + tuple(shape[2:]))
+        first = encode(self.vae, jnp.asarray(video), posterior_noise=jnp.asarray(noise, jnp.float32))
+        scale = self.vae.config.scaling_factor
+        # The 1.5-I2V folders set invert_scale_latents: their model was trained on latents divided by the factor.
+        first = first / scale if self.vae.config.invert_scale_latents else first * scale
+        return jnp.concatenate([first, jnp.zeros((batch, shape[1] - 1) + tuple(shape[2:]), first.dtype)], axis=1)
+
     def encode_prompts(self, prompts: list[str]) -> jax.Array:
         """T5 embeddings [B, max_text_seq_length, D] in the transformer's dtype, as the pipeline computes them."""
         if self.text_encoder is None:
@@ -111,10 +155,14 @@ class CogVideoXPipeline:
     def __call__(self, prompts: list[str] | str, negative_prompts: list[str] | str | None = None, *,
                  frames: int | None = None, height: int | None = None, width: int | None = None,
                  settings: SamplerSettings | None = None, latents=None, runtime: RuntimeConfig | None = None,
-                 tile: bool = False, progress: bool = False, release_text_encoder: bool = False) -> PipelineOutput:
+                 tile: bool = False, progress: bool = False, release_text_encoder: bool = False,
+                 image=None, image_noise=None) -> PipelineOutput:
         """Sample videos for `prompts`. `latents` [B, F, C, h, w] replace the noise drawn from `settings.seed`;
         `tile` decodes in blended spatial tiles (diffusers' enable_tiling); `release_text_encoder` drops T5 from
-        memory once the prompts are encoded (9.5 GB in bf16 for T5-XXL), before denoising."""
+        memory once the prompts are encoded (9.5 GB in bf16 for T5-XXL), before denoising. Image-to-video
+        pipelines need `image`: float [H, W, 3] or [B, H, W, 3] in [0, 1] at the video's size (`media.read_image`
+        reads and resizes a file as diffusers does); `image_noise` [B, 1, C, h, w] replaces the VAE posterior's
+        noise drawn from the seed."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         negative_prompts = ([negative_prompts] * len(prompts) if isinstance(negative_prompts, str)
                             else list(negative_prompts or [""] * len(prompts)))
@@ -131,8 +179,14 @@ class CogVideoXPipeline:
         if release_text_encoder:
             self.text_encoder = None
             gc.collect()
+        condition = None
+        if self.transformer.config.image_conditioned:
+            condition = self.image_latents(image, len(prompts), latents, frames, height, width, settings.seed,
+                                           image_noise)
+        elif image is not None:
+            raise InputError("an image was given but this is a text-to-video pipeline")
         result = sample(self.transformer, embeds, negative, latents=latents, settings=settings, frames=frames,
-                        height=height, width=width, progress=progress, runtime=runtime)
+                        height=height, width=width, progress=progress, runtime=runtime, condition=condition)
         seconds["denoise"] = result.seconds
         start = time.perf_counter()
         # CogVideoX 1.5 samples whole temporal patches: the frames its pipeline padded in front are not decoded
