@@ -218,6 +218,18 @@ def cmd_demo(args) -> None:
           + ("" if mp4 else " (no MP4: pip install imageio-ffmpeg)"))
 
 
+def _check_image_for_pipeline(args) -> None:
+    """--image exactly when the folder is an image-to-video pipeline (its model_index.json says which)."""
+    from sixbit_jax.pipelines import components
+    from sixbit_jax.pipelines.cogvideox import IMAGE_TO_VIDEO
+
+    image_to_video = components.pipeline_class(Path(args.pipeline)) in IMAGE_TO_VIDEO
+    if image_to_video and not args.image:
+        raise InputError(f"{args.pipeline} is an image-to-video pipeline: give the first frame with --image FILE")
+    if args.image and not image_to_video:
+        raise InputError(f"--image: {args.pipeline} is a text-to-video pipeline; it takes no image")
+
+
 def _check_generate_args(args) -> None:
     """Everything about the arguments that can be checked before loading gigabytes."""
     from sixbit_jax.media import ffmpeg_binary
@@ -230,6 +242,7 @@ def _check_generate_args(args) -> None:
         existing_file(args.latents_in, "--latents-in", (".npy", ".safetensors"))
     if args.image:
         existing_file(args.image, "--image")
+    _check_image_for_pipeline(args)
     if args.calibration:
         existing_file(args.calibration, "--calibration", (".json",))
     writable_file(args.out, "--out", (".mp4",))

@@ -59,6 +59,9 @@ def test_latents_that_do_not_fit_the_frames_are_named(pipeline, tmp_path, capsys
             "--latents-in", str(tmp_path / "five.npy"), "--out", str(tmp_path / "x.mp4"), "--quiet"]
     assert main(args) == 2
     assert "9 frames need latents of 4 frames (3 + 1 padding frame in front" in capsys.readouterr().err
+    (tmp_path / "first.png").write_bytes(b"")  # never read: the folder's class is checked first
+    assert main(args + ["--image", str(tmp_path / "first.png")]) == 2
+    assert "is a text-to-video pipeline; it takes no image" in capsys.readouterr().err
 
 
 def test_converted_pipeline_generates_the_same_and_quantized_modes_run(pipeline, tmp_path):
@@ -134,7 +137,7 @@ def test_image_to_video_matches_diffusers_pipeline(i2v_pipeline, capsys):
     args = ["generate", str(folder / "diffusers"), "--prompt", PROMPT, "--steps", "1", "--quiet",
             "--out", str(folder / "none.mp4")]
     assert main(args) == 2
-    assert "image-to-video pipeline: give the first frame (--image FILE)" in capsys.readouterr().err
+    assert "is an image-to-video pipeline: give the first frame with --image FILE" in capsys.readouterr().err
     (folder / "bad.png").write_bytes(b"not an image")
     assert main(args + ["--image", str(folder / "bad.png")]) == 2
     assert "cannot read the image" in capsys.readouterr().err

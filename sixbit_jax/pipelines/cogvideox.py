@@ -38,7 +38,8 @@ from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
 from sixbit_jax.schedulers import SchedulerConfig
 from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
-PIPELINE_CLASSES = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
+IMAGE_TO_VIDEO = ("CogVideoXImageToVideoPipeline",)
+PIPELINE_CLASSES = ("CogVideoXPipeline", *IMAGE_TO_VIDEO)
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_FPS = 50, 6.0, 8  # CogVideoXPipeline's and its example's
 
 
