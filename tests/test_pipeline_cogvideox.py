@@ -66,6 +66,8 @@ def test_latents_that_do_not_fit_the_frames_are_named(pipeline, tmp_path, capsys
 
 def test_converted_pipeline_generates_the_same_and_quantized_modes_run(pipeline, tmp_path):
     folder, _, reference = pipeline
+    if folder.name.startswith("pipe-5b"):
+        pytest.skip("5b converts as 2b does (its config differs only in RoPE, which test_model covers); CI time")
     converted = tmp_path / "converted"
     assert main(["convert", str(folder / "diffusers"), str(converted), "--dtype", "fp32", "--quiet"]) == 0
     for part in ("text_encoder/sixbit.json", "vae/sixbit.json", "tokenizer/spiece.model",
@@ -104,6 +106,8 @@ def _edit_json(path, **values):
      "CogVideoXVideoToVideoPipeline"),
 ], ids=["missing-component", "foreign-text-encoder", "tokenizer-mismatch", "other-pipeline"])
 def test_bad_pipelines_are_named(pipeline, tmp_path, capsys, change, message):
+    if not pipeline[0].name.startswith("pipe-2b"):
+        pytest.skip("the folder checks do not depend on the flavour: one is enough (CI time)")
     src = _broken(pipeline, tmp_path, change)
     assert main(["generate", str(src), "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--quiet"]) == 2
     assert message in capsys.readouterr().err
