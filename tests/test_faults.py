@@ -135,3 +135,25 @@ def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "cannot create the cache folder" in err and "SIXBIT_CACHE_DIR" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_sigkill_mid_mp4_leaves_no_video_and_the_next_write_succeeds(tmp_path):
+    """The MP4 goes to a temporary name and is renamed into place: a writer killed mid-video leaves no file at the
+    video's path, and the next write of that path replaces the killed one's temporary file."""
+    pytest.importorskip("imageio_ffmpeg")
+    from sixbit_jax.media import write_mp4
+
+    out = tmp_path / "video.mp4"
+    partial = tmp_path / ".video.partial.mp4"
+    script = ("import numpy as np; from sixbit_jax.media import write_mp4; "
+              f"write_mp4({str(out)!r}, np.random.default_rng(0).random((400, 64, 64, 3)), scale=4)")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert partial.exists(), "the writer finished (or failed) before it started the video"
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not out.exists(), "a killed writer must not leave a video at the output path"
+    assert write_mp4(out, [[[[0.5, 0.2, 0.1]]]] * 5, scale=16) == out and out.stat().st_size > 0
+    assert not partial.exists()
