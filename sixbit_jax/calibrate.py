@@ -18,6 +18,12 @@ so it handed NVFP4 to the least stable block-steps; it stays selectable for the 
 block signal in every calibration. Part of the block signal's correlation is built in: a block whose update
 (Y - X) is larger moves further under quantization, and Γ measures exactly that update's size.
 
+PDR's outlier threshold is solved for a target fraction of BF16 refresh linears: every activation-quantized linear
+records its input's outlier ratio max|x| / mean|x| in the rollouts, and the threshold is the (1 - target) quantile
+of all of them, so about that fraction of linears would fall back to BF16 when their block is refreshed (the
+rollouts compute every step; a refresh sees the same kind of inputs). The ratios' distribution per linear is kept
+in info["outlier_ratio_percentiles"].
+
 tau_c is solved the same way for a target skip fraction: the TDC skip rule (runtime.choose_routes) is replayed on the
 rollouts' measured delta changes r, and tau_c is the smallest threshold whose replay skips `target_skip` of the
 block-steps. The rollouts compute every step, so the change a refresh would see after k skips is estimated as the
@@ -44,6 +50,8 @@ ROUTINGS = ("global", "per-block")
 WEAK_FIT_R = 0.5  # below this a block's fit is reported as weak
 DEFAULT_TARGET_BITS = 6.0
 DEFAULT_TARGET_SKIP = 0.3  # the paper's 1.92x over its 1.36x from routing implies ~30% of block time skipped
+DEFAULT_TARGET_FALLBACK = 0.05  # PDR: share of refresh linears sent to BF16 (small: each one costs 2x an INT8 one)
+PERCENTILES = (50, 90, 99, 100)
 
 
 @dataclasses.dataclass
@@ -63,6 +71,8 @@ class Calibration:
     expected_skip: float  # what the skip rule with tau_c gives when replayed on the calibration rollouts
     rollouts: int
     info: dict
+    outlier_ratio: float | None = None  # PDR's threshold (None: not calibrated; the runtime keeps its default)
+    target_fallback: float | None = None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -98,7 +108,19 @@ class Calibration:
                 f"{self.pearson_r_pooled:+.3f}, within blocks {self.pearson_r_within_blocks:+.3f}{comparison}\n"
                 f"tau_q {tau_q} -> {self.expected_bits:.2f} activation bits on the calibration rollouts "
                 f"(target {self.target_bits}); tau_c {self.tau_c:.4g} -> {self.expected_skip:.0%} of block-steps "
-                f"skipped in a replay of the rollouts (target {self.target_skip:.0%})")
+                f"skipped in a replay of the rollouts (target {self.target_skip:.0%})"
+                + self._outlier_report())
+
+    def _outlier_report(self) -> str:
+        percentiles = self.info.get("outlier_ratio_percentiles")
+        if self.outlier_ratio is None or not percentiles:
+            return ""
+        head = "linear" + "".join(f"   p{p:<5d}" for p in PERCENTILES)
+        rows = [f"{name:<6s}" + "".join(f" {v:8.2f}" for v in values) for name, values in percentiles.items()]
+        return (f"\nPDR input outlier ratio max|x|/mean|x| per linear (block order; percentiles over blocks and "
+                f"steps):\n{head}\n" + "\n".join(rows)
+                + f"\nPDR threshold {self.outlier_ratio:.4g} -> {self.target_fallback:.0%} of refresh linears to BF16 "
+                f"(the uncalibrated default 25 would send {self.info.get('default_fallback', 0):.0%})")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -133,12 +155,28 @@ def _signal(stats: StepStats, signal: str) -> np.ndarray:
     return np.asarray(stats.nvfp4_error if signal == "block" else stats.linear_error, np.float64)
 
 
+def solve_outlier_ratio(ratios: np.ndarray, target_fallback: float) -> tuple[float, dict[str, list[float]]]:
+    """PDR's threshold from [samples, linears] input outlier ratios: the (1 - target) quantile of all of them; and
+    each linear's percentiles (PERCENTILES), keyed by its position in the block."""
+    if not 0.0 <= target_fallback <= 1.0:
+        raise ConfigError(f"target BF16 fallback fraction must be within [0, 1]; got {target_fallback}")
+    finite = ratios[np.isfinite(ratios).all(axis=1)]
+    if finite.size == 0:
+        raise ConfigError("the calibration rollouts recorded no outlier ratios (no activation-quantized linears)")
+    threshold = float(np.quantile(finite, 1.0 - target_fallback))
+    percentiles = {str(i): [float(v) for v in np.percentile(finite[:, i], PERCENTILES)]
+                   for i in range(finite.shape[1])}
+    return threshold, percentiles
+
+
 def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
         target_skip: float = DEFAULT_TARGET_SKIP, skip_rule: RuntimeConfig = RuntimeConfig(mode="bf16"),
-        signal: str = "block", routing: str = "global", info: dict | None = None) -> Calibration:
-    """Fit the predictor on `signal` and solve tau_q (one, or one per block: `routing`) and tau_c from calibration
-    rollouts (each a StepStats with [steps, L] arrays). `skip_rule` supplies max_skips and the always-computed steps
-    that tau_c is solved under. The other signal's fit is kept in info["other_signal"] as a report."""
+        signal: str = "block", routing: str = "global", target_fallback: float = DEFAULT_TARGET_FALLBACK,
+        linear_names: list[str] | None = None, info: dict | None = None) -> Calibration:
+    """Fit the predictor on `signal` and solve tau_q (one, or one per block: `routing`), tau_c and (when the
+    rollouts recorded outlier ratios) PDR's threshold from calibration rollouts (each a StepStats with [steps, L]
+    arrays). `skip_rule` supplies max_skips and the always-computed steps that tau_c is solved under;
+    `linear_names` label the outlier percentiles. The other signal's fit is kept in info["other_signal"]."""
     if not stats:
         raise ConfigError("calibration needs at least one rollout")
     if signal not in SIGNALS:
@@ -161,10 +199,19 @@ def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
     tau_c, expected_skip = _solve_tau_c(changes, target_skip, skip_rule)
     report = {"signal": other, "pearson_r": other_fit.pearson_r, "pearson_r_pooled": other_fit.pearson_r_pooled,
               "pearson_r_within_blocks": other_fit.pearson_r_within_blocks}
+    info = {"date": datetime.date.today().isoformat(), "other_signal": report, **(info or {})}
+    outlier_ratio, fallback = None, None
+    if all(s.outlier_ratio is not None for s in stats):
+        ratios = np.concatenate([np.asarray(s.outlier_ratio, np.float64).reshape(-1, np.shape(s.outlier_ratio)[-1])
+                                 for s in stats])
+        outlier_ratio, percentiles = solve_outlier_ratio(ratios, target_fallback)
+        names = linear_names if linear_names and len(linear_names) == ratios.shape[1] else list(percentiles)
+        info["outlier_ratio_percentiles"] = dict(zip(names, percentiles.values()))
+        info["default_fallback"] = float((ratios[np.isfinite(ratios)] > RuntimeConfig.outlier_ratio).mean())
+        fallback = target_fallback
     return Calibration(predictor.alpha, predictor.beta, predictor.pearson_r, predictor.pearson_r_pooled,
                        predictor.pearson_r_within_blocks, signal, routing, tau_q, tau_c, target_bits, expected, target_skip,
-                       expected_skip, len(stats),
-                       {"date": datetime.date.today().isoformat(), "other_signal": report, **(info or {})})
+                       expected_skip, len(stats), info, outlier_ratio, fallback)
 
 
 def route_plot(calibration: Calibration, stats: list[StepStats], path: str | Path) -> Path:

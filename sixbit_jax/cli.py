@@ -347,7 +347,8 @@ def cmd_calibrate(args) -> None:
                  for seed in args.seeds]
         source = f"{args.embeds} ({embeds.shape[0]} prompts) x seeds {args.seeds}"
     calibration = fit(stats, target_bits=args.target_bits, target_skip=args.target_skip, signal=args.signal,
-                      routing=args.routing,
+                      routing=args.routing, target_fallback=args.target_fallback,
+                      linear_names=getattr(model.transformer_blocks, "ACTIVATION_LINEARS", None),
                       info={"checkpoint": str(ckpt.absolute()), "source": source, "steps": args.steps,
                             "guidance": args.guidance})
     out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
@@ -419,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-bits", type=activation_bits, default=6.0, help="average activation bits to solve tau_q for (6)")
     p.add_argument("--target-skip", type=fraction, default=0.3,
                    help="fraction of block-steps the delta cache should skip, to solve tau_c for (0.3)")
+    p.add_argument("--target-fallback", type=fraction, default=0.05,
+                   help="fraction of linears PDR should run in BF16 when a skipped block is refreshed, to solve its "
+                        "outlier threshold for (0.05)")
     p.add_argument("--signal", choices=["block", "linear"], default="block",
                    help="the sensitivity E: at the block output (block, default) or the mean of its linears' own "
                         "errors (linear: the earlier definition, kept for the ablation)")

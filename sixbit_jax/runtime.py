@@ -98,12 +98,16 @@ class RuntimeConfig:
 
 
 def calibration_fields(path: str | Path) -> dict:
-    """The RuntimeConfig fields a calibration file sets: alpha, beta, tau_q (one, or one per block) and tau_c."""
+    """The RuntimeConfig fields a calibration file sets: alpha, beta, tau_q (one, or one per block), tau_c and,
+    in files that calibrated it, PDR's outlier_ratio."""
     try:
         raw = json.loads(Path(path).read_text())
         tau_q = tuple(map(float, raw["tau_q"])) if isinstance(raw["tau_q"], list) else float(raw["tau_q"])
-        return {"alpha": tuple(map(float, raw["alpha"])), "beta": tuple(map(float, raw["beta"])),
-                "tau_q": tau_q, "tau_c": float(raw["tau_c"])}
+        fields = {"alpha": tuple(map(float, raw["alpha"])), "beta": tuple(map(float, raw["beta"])),
+                  "tau_q": tau_q, "tau_c": float(raw["tau_c"])}
+        if raw.get("outlier_ratio") is not None:
+            fields["outlier_ratio"] = float(raw["outlier_ratio"])
+        return fields
     except FileNotFoundError:
         raise ConfigError(f"calibration file not found: {path}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -111,11 +115,12 @@ def calibration_fields(path: str | Path) -> dict:
 
 
 def fields_for_run(path: str | Path, mode: str, tdc: bool) -> dict:
-    """What a calibration file sets for one run: DMPQ ("sixbit") takes the predictor and both thresholds, another
-    mode with the delta cache only tau_c, anything else nothing."""
+    """What a calibration file sets for one run: DMPQ ("sixbit") takes the predictor and every threshold, another
+    mode with the delta cache tau_c and PDR's outlier ratio, anything else nothing."""
     if mode == "sixbit":
         return calibration_fields(path)
-    return {"tau_c": calibration_fields(path)["tau_c"]} if tdc else {}
+    fields = calibration_fields(path)
+    return {k: fields[k] for k in ("tau_c", "outlier_ratio") if k in fields} if tdc else {}
 
 
 class RuntimeState(NamedTuple):
@@ -139,6 +144,7 @@ class StepStats(NamedTuple):
     fallbacks: jax.Array
     nvfp4_error: jax.Array  # calibrate: NVFP4 sensitivity at the block output
     linear_error: jax.Array  # calibrate: mean NVFP4 error of the block's linears (the earlier signal; a report)
+    outlier_ratio: jax.Array | None = None  # calibrate: [steps, L, linears] each linear's input max|x| / mean|x|
 
 
 def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int, dim: int,
@@ -203,7 +209,7 @@ def step_stats(state: RuntimeState, routes: jax.Array, report) -> StepStats:
     computed = routes != SKIP
     return StepStats(routes, jnp.where(computed, report.gamma, jnp.nan),
                      jnp.where(computed & state.has_delta, report.change, jnp.nan), report.fallbacks,
-                     report.nvfp4_error, report.linear_error)
+                     report.nvfp4_error, report.linear_error, report.outlier_ratio)
 
 
 @dataclasses.dataclass

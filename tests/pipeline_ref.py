@@ -97,7 +97,8 @@ def reference_frames(pipe, prompt: str, latents: np.ndarray, *, steps: int, guid
         patch = contextlib.nullcontext()
     with torch.no_grad(), patch as mp:
         if image is not None:
-            mp.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean + self.std * noise)
+            mp.setattr(DiagonalGaussianDistribution, "sample",
+                       lambda self, generator=None: self.mean + self.std * noise)
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, **extra,
                    height=h * pipe.vae_scale_factor_spatial, width=w * pipe.vae_scale_factor_spatial,
                    num_inference_steps=steps, guidance_scale=guidance, latents=torch.from_numpy(latents),

@@ -20,8 +20,8 @@ from sixbit_jax.models.block_control import (BF16, CALIBRATE, INT8, NVFP4, PDR, 
                                              DeltaCache, run_controlled_blocks)
 from sixbit_jax.models.cogvideox import QuantSpec
 from sixbit_jax.quant.model import quantize_model
-from sixbit_jax.runtime import (RunSummary, calibration_fields, RuntimeConfig, StepStats, choose_routes, init_state, resample_schedule,
-                                update_state)
+from sixbit_jax.runtime import (RunSummary, RuntimeConfig, StepStats, calibration_fields, choose_routes,
+                                fields_for_run, init_state, resample_schedule, update_state)
 from sixbit_jax.sampling import SamplerSettings, _denoise, sample
 
 SMALL = dict(num_layers=3, num_attention_heads=2, attention_head_dim=64, time_embed_dim=128, text_embed_dim=32,
@@ -148,6 +148,35 @@ def test_calibrate_route_measures_nvfp4_sensitivity_at_the_block_output(float_mo
     want = (l1(q_video - y_video) + l1(q_text - y_text)) / (l1(y_video) + l1(y_text))
     assert float(report.nvfp4_error[0]) == pytest.approx(want, rel=1e-4)
     assert 0 < float(report.linear_error[0]) and float(report.linear_error[0]) != pytest.approx(want, rel=1e-2)
+    # PDR's statistic of each activation-quantized linear's input, in call order: q, k and v read the same
+    # normalised tokens, and the first one is that input's max|x| / mean|x| computed here
+    ratios = np.asarray(report.outlier_ratio[0])
+    assert ratios.shape == (len(type(one_block.transformer_blocks).ACTIVATION_LINEARS),)
+    assert ratios[0] == ratios[1] == ratios[2] and np.all(ratios > 1)
+    block = nnx.merge(block_def, jax.tree.map(lambda x: x[0], state))
+    norm_video, norm_text, _, _ = block.norm1(video, text_tokens, temb_act)
+    x = np.abs(np.concatenate([np.asarray(norm_text), np.asarray(norm_video)], axis=1))
+    assert ratios[0] == pytest.approx(x.max() / x.mean(), rel=1e-5)
+    assert np.isnan(np.asarray(run(jnp.int32(BF16))[2].outlier_ratio)).all()  # measured only when calibrating
+
+
+def test_pdr_threshold_is_solved_for_the_fallback_target_and_read_back(tmp_path):
+    rng = np.random.default_rng(3)
+    steps, layers = 6, 2
+    ratios = rng.lognormal(3, 0.4, (steps, layers, 3))
+    stats = [StepStats(np.zeros((steps, layers)), rng.uniform(0.1, 1, (steps, layers)),
+                       rng.uniform(0.1, 1, (steps, layers)), np.zeros((steps, layers)),
+                       rng.uniform(0.1, 1, (steps, layers)), np.zeros((steps, layers)), ratios)]
+    cal = fit(stats, target_fallback=0.1, linear_names=["a", "b", "c"])
+    assert (ratios > cal.outlier_ratio).mean() == pytest.approx(0.1, abs=1 / ratios.size)
+    assert list(cal.info["outlier_ratio_percentiles"]) == ["a", "b", "c"]
+    assert cal.info["outlier_ratio_percentiles"]["b"][-1] == pytest.approx(ratios[..., 1].max())
+    assert "PDR threshold" in cal.report() and "10% of refresh linears" in cal.report()
+    path = cal.save(tmp_path / "cal.json")
+    assert calibration_fields(path)["outlier_ratio"] == pytest.approx(cal.outlier_ratio)
+    assert fields_for_run(path, "int8", tdc=True) == {"tau_c": cal.tau_c, "outlier_ratio": cal.outlier_ratio}
+    with pytest.raises(ConfigError, match="fallback fraction"):
+        fit(stats, target_fallback=1.5)
 
 
 # ------------------------------------------------------------------------------------------------ routing

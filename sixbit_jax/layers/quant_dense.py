@@ -9,7 +9,8 @@ plain integer and float arrays. Which path a call takes is decided by the `Linea
 - "nvfp4": W4A4, NVFP4 activations;
 - "pdr":   on a delta-cache refresh, "bf16" when this layer's input outlier ratio max|x| / mean|x| exceeds the
            threshold, else "int8" (decided on the device per layer, through lax.cond);
-- "calibrate": the "bf16" output, and it records how far the NVFP4-activation output is from it.
+- "calibrate": the "bf16" output, and it records how far the NVFP4-activation output is from it and the input's
+               outlier ratio (what PDR's threshold is calibrated on).
 
 Weight-only layers (the AdaLN modulation linears: one row per sample) always run bf16 activations through the
 NVFP4 weight-only path, whatever the runtime says."""
@@ -30,6 +31,12 @@ LINEAR_PATHS = ("bf16", "int8", "nvfp4", "pdr", "calibrate")
 PDR_OUTLIER_RATIO = 25.0
 
 
+def input_outlier_ratio(x: jax.Array) -> jax.Array:
+    """PDR's outlier statistic of a linear's input: max|x| / mean|x| over the whole batch (0 for an all-zero x)."""
+    ax = jnp.abs(x.astype(jnp.float32))
+    return ax.max() / jnp.maximum(ax.mean(), 1e-30)
+
+
 class QuantData(nnx.Variable):
     """A frozen quantized tensor (NVFP4 codes, scale bytes, second-level scale): state, but not a trainable Param."""
 
@@ -46,6 +53,7 @@ class LinearRuntime:
     backend: str | None = None
     fallbacks: list = dataclasses.field(default_factory=list)  # per PDR layer: 1.0 if it ran bf16
     nvfp4_errors: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": relative L1 error
+    outlier_ratios: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": input's ratio
 
     def __post_init__(self):
         if self.path not in LINEAR_PATHS:
@@ -103,14 +111,14 @@ class QuantDense(nnx.Module):
         if runtime.path == "nvfp4":
             return linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
         if runtime.path == "pdr":
-            ax = jnp.abs(x.astype(jnp.float32))
-            outliers = ax.max() > runtime.outlier_ratio * ax.mean()
+            outliers = input_outlier_ratio(x) > runtime.outlier_ratio
             runtime.fallbacks.append(outliers.astype(jnp.float32))
             return jax.lax.cond(outliers, lambda: self._bf16(x, weight, bias),
                                 lambda: linear.int8_linear(x, weight, bias, group_size=self.int8_group_size,
                                                            backend=runtime.backend).astype(out_dtype))
         y = self._bf16(x, weight, bias)
         if runtime.path == "calibrate":
+            runtime.outlier_ratios.append(input_outlier_ratio(x))
             y4 = linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(jnp.float32)
             yf = y.astype(jnp.float32)
             runtime.nvfp4_errors.append(jnp.abs(y4 - yf).sum() / jnp.maximum(jnp.abs(yf).sum(), 1e-30))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sixbit_jax.layers import LinearRuntime
+from sixbit_jax.layers import LinearRuntime, QuantDense
 
 # Per-block routes, chosen on the device each step (lax.switch index): reuse the cached delta, or run the block's
 # linears on one path (see layers.quant_dense).
@@ -85,8 +85,8 @@ class BlockReport(NamedTuple):
     """Per block, from one forward with control: Γ = |Y - X|₁ / |X|₁; the delta change
     r = |Δ_new - Δ_old|₁ / |Δ_old|₁ (with a cache; 0 without); PDR's bf16 fallbacks; under CALIBRATE the NVFP4
     sensitivity at the block output, E = |Y_nvfp4 - Y|₁ / |Y|₁ (a second forward of the block from the same input
-    with every linear on NVFP4 activations), and the mean of its linears' own relative errors; and the updated
-    delta cache."""
+    with every linear on NVFP4 activations), the mean of its linears' own relative errors and each activation-
+    quantized linear's input outlier ratio max|x| / mean|x| (in call order); and the updated delta cache."""
 
     finite: jax.Array  # [L] bool
     gamma: jax.Array  # [L] float32
@@ -94,6 +94,7 @@ class BlockReport(NamedTuple):
     fallbacks: jax.Array  # [L] float32, number of linears that ran bf16 under PDR
     nvfp4_error: jax.Array  # [L] float32, block output
     linear_error: jax.Array  # [L] float32, mean over the block's linears
+    outlier_ratio: jax.Array | None = None  # [L, linears] under CALIBRATE (NaN elsewhere): each input's ratio
     cache: DeltaCache | None = None
 
 
@@ -101,6 +102,11 @@ def l1_ratio(nums: list[jax.Array], dens: list[jax.Array]) -> jax.Array:
     """sum |nums|₁ / sum |dens|₁, part by part (no concatenated copy of activation-sized arrays)."""
     l1 = lambda parts: sum(jnp.abs(p.astype(jnp.float32)).sum() for p in parts)  # noqa: E731
     return l1(nums) / jnp.maximum(l1(dens), 1e-30)
+
+
+def activation_linears(block: nnx.Module) -> int:
+    """How many linears of a block quantize their activations (every QuantDense but the weight-only ones)."""
+    return sum(1 for _, node in nnx.iter_graph(block) if isinstance(node, QuantDense) and not node.weight_only)
 
 
 RunBlock = Callable[[nnx.Module, jax.Array, jax.Array, LinearRuntime], tuple[jax.Array, jax.Array]]
@@ -117,10 +123,12 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         block = nnx.merge(block_def, state)
 
         zero = jnp.zeros((), jnp.float32)
+        unmeasured = jnp.full((activation_linears(block),), jnp.nan, jnp.float32)
 
         def skip(video, text):  # decodes inside the branch: no float32 copy of the delta outside it
             delta_video, delta_text = cache.read(layer)
-            return video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero, zero
+            return (video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero, zero,
+                    unmeasured)
 
         def compute(path: str):
             def branch(video, text):
@@ -128,14 +136,18 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
                 new_video, new_text = run_block(block, video, text, runtime)
                 fallbacks = sum(runtime.fallbacks, zero)
                 linear_error = sum(runtime.nvfp4_errors, zero) / max(len(runtime.nvfp4_errors), 1)
-                block_error = zero
+                block_error, ratios = zero, unmeasured
                 if path == "calibrate":  # the same block on NVFP4 activations, from the same input
                     nvfp4 = LinearRuntime(path="nvfp4", backend=control.backend)
                     q_video, q_text = run_block(block, video, text, nvfp4)
                     f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
                     block_error = l1_ratio([f32(q_video) - f32(new_video), f32(q_text) - f32(new_text)],
                                            [new_video, new_text])
-                return new_video, new_text, fallbacks, block_error, linear_error
+                    if len(runtime.outlier_ratios) != unmeasured.shape[0]:  # each such linear runs once per block
+                        raise AssertionError(f"{len(runtime.outlier_ratios)} linear calls recorded, expected "
+                                             f"{unmeasured.shape[0]}")
+                    ratios = jnp.stack(runtime.outlier_ratios) if runtime.outlier_ratios else unmeasured
+                return new_video, new_text, fallbacks, block_error, linear_error, ratios
             return branch
 
         # Only the routes this run can take are compiled: every extra branch costs compile time and may hold its
@@ -143,8 +155,8 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         possible = control.possible_routes
         branches = [skip if r == SKIP else compute(ROUTE_NAMES[r]) for r in possible]
         branch_of_route = jnp.asarray([possible.index(r) if r in possible else 0 for r in range(len(ROUTE_NAMES))])
-        new_video, new_text, fallbacks, error, linear_error = jax.lax.switch(branch_of_route[route], branches, video,
-                                                                            text)
+        new_video, new_text, fallbacks, error, linear_error, ratios = jax.lax.switch(branch_of_route[route], branches,
+                                                                                    video, text)
         step_video, step_text = new_video - video, new_text - text
         gamma = l1_ratio([step_video, step_text], [video, text])
         finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
@@ -154,7 +166,7 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
             f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
             change = l1_ratio([f32(step_video) - delta_video, f32(step_text) - delta_text], [delta_video, delta_text])
             cache = cache.write(layer, step_video, step_text, keep=route == SKIP)
-        report = BlockReport(finite, gamma, change, fallbacks, error, linear_error)
+        report = BlockReport(finite, gamma, change, fallbacks, error, linear_error, ratios)
         return (new_video, new_text, cache), report
 
     (video, text, cache), report = jax.lax.scan(

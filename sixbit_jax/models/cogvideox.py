@@ -290,6 +290,9 @@ class FeedForward(nnx.Module):
 class CogVideoXBlock(nnx.Module):
     """norm1 -> joint attention -> gated residual; norm2 -> shared FFN over [text; video] -> gated residual."""
 
+    # The linears whose activations the quantized paths quantize, in the order a forward calls them (reports).
+    ACTIVATION_LINEARS = ("q", "k", "v", "out", "ff_in", "ff_out")
+
     def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, attention_impl: str | None = None,
                  quant: QuantSpec | None = None):
         self.norm1 = LayerNormZero(cfg, dtype=dtype, rngs=rngs, quant=quant)
