@@ -1,4 +1,4 @@
-"""CogVideoX transformers in Flax NNX: 1.0 (2B and 5B) and 1.5 (5B, temporal patches).
+"""CogVideoX transformers in Flax NNX: 1.0 (2B and 5B) and 1.5 (5B, temporal patches), text- and image-to-video.
 
 Mirrors diffusers' `CogVideoXTransformer3DModel`; module and parameter names follow the diffusers checkpoint
 (`patch_embed.proj`, `transformer_blocks.norm1.linear`, `attn1.to_q`, ...), with two differences that the converter
