@@ -184,8 +184,9 @@ def _check_shapes_run(args) -> None:
     """demo / eval: the checkpoint and calibration they name exist, and their output folder can be written."""
     if args.checkpoint:
         _check_checkpoint(args.checkpoint)
-    if getattr(args, "calibration", None):
-        existing_file(args.calibration, "--calibration", (".json",))
+    calibrations = getattr(args, "calibration", None)
+    for path in [calibrations] if isinstance(calibrations, str) else calibrations or []:
+        existing_file(path, "--calibration", (".json",))
     writable_folder(args.out, "--out")
 
 
@@ -535,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"modes to compare; bf16 is always included as the reference (bf16 fp32). The paper's "
                         f"ablation: nvfp4 int8 dmpq dmpq+tdc dmpq+tdc+pdr; w4a16 is NVFP4 weights with bf16 "
                         f"activations. All: {' '.join(MODES)}")
-    p.add_argument("--calibration", help="calibration file for the dmpq modes (default: the shipped model's)")
+    p.add_argument("--calibration", nargs="+",
+                   help="calibration file for the dmpq modes and the delta cache's thresholds (default: the shipped "
+                        "model's); several files run each mode that uses one once per file, as rows 'MODE [file]'")
     p.add_argument("--tau-c", type=non_negative_float, nargs="+", help="TDC skip threshold (default: the calibration's); several "
                                                          "values run each TDC mode once per value")
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),

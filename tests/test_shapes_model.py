@@ -23,7 +23,7 @@ from sixbit_jax.errors import CheckpointError
 from sixbit_jax.models import CogVideoXTransformer3D
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.detect import detect
-from sixbit_jax.shapes.pipeline import PACKAGED_MODEL, ShapesPipeline, packaged_checkpoint
+from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION, PACKAGED_MODEL, ShapesPipeline, packaged_checkpoint
 from sixbit_jax.shapes.train import TrainSettings, learning_rate, train
 
 SMALL = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, time_embed_dim=32)
@@ -159,13 +159,20 @@ def test_eval_command_writes_table_and_sheet(shipped, tmp_path, capsys):
     assert [r["mode"] for r in results["results"]] == ["bf16", "fp32"]
 
 
-def test_eval_sweeps_tau_c_for_the_delta_cache_modes(shipped, tmp_path):
-    assert main(["eval", str(shipped), "--modes", "dmpq+tdc", "--tau-c", "0", "1e9", "--prompts", "2",
-                 "--steps", "6", "--out", str(tmp_path), "--quiet"]) == 0
-    rows = {r["mode"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
-    assert list(rows) == ["bf16", "dmpq+tdc tau_c=0", "dmpq+tdc tau_c=1e+09"]
-    assert rows["dmpq+tdc tau_c=0"]["summary"]["skip_fraction"] == 0
-    assert rows["dmpq+tdc tau_c=1e+09"]["summary"]["skip_fraction"] > 0.2
+def test_eval_sweeps_tau_c_and_compares_calibrations_in_one_run(shipped, tmp_path):
+    """Each TDC mode runs once per --tau-c value and once per calibration file, against one BF16 reference. The two
+    files differ in tau_q: "strict" never routes NVFP4, "lax" routes it wherever Γ is known."""
+    raw = json.loads(PACKAGED_CALIBRATION.read_text())
+    for name, tau_q in (("strict", -1.0), ("lax", 1e9)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**raw, "tau_q": tau_q}))
+    assert main(["eval", str(shipped), "--modes", "dmpq+tdc", "--tau-c", "1e9", "--calibration",
+                 str(tmp_path / "strict.json"), str(tmp_path / "lax.json"), "--prompts", "2", "--steps", "6",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    rows = {r["mode"]: r["summary"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["results"]}
+    assert list(rows) == ["bf16", "dmpq+tdc [strict] tau_c=1e+09", "dmpq+tdc [lax] tau_c=1e+09"]
+    strict, lax = rows["dmpq+tdc [strict] tau_c=1e+09"], rows["dmpq+tdc [lax] tau_c=1e+09"]
+    assert strict["skip_fraction"] > 0.2 and lax["skip_fraction"] > 0.2
+    assert "nvfp4" not in strict["route_fraction"] and lax["route_fraction"]["nvfp4"] > 0
 
 
 def test_the_full_method_on_the_shipped_model_draws_the_prompt(tmp_path, capsys):

@@ -121,12 +121,14 @@ class EvalReport:
 
 
 def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], seeds: list[int],
-             steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, calibration: str | Path | None = None,
-             runtime_overrides: dict | None = None, tau_c_sweep: list[float] | None = None,
-             progress: bool = False) -> EvalReport:
-    """Sample every mode (the reference first) and score it. `calibration` (alpha, beta, tau_q, tau_c) is needed by
-    the DMPQ modes; `runtime_overrides` sets further RuntimeConfig knobs (tau_c, max_skips, ...) for every
-    quantized mode; `tau_c_sweep` runs each TDC mode once per value, as rows named "MODE tau_c=V"."""
+             steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+             calibration: str | Path | list[str | Path] | None = None, runtime_overrides: dict | None = None,
+             tau_c_sweep: list[float] | None = None, progress: bool = False) -> EvalReport:
+    """Sample every mode (the reference first) and score it. `calibration` (alpha, beta, tau_q, tau_c, PDR's
+    threshold) is needed by the DMPQ modes; several files run each mode that reads one once per file, as rows
+    named "MODE [file stem]" (one BF16 reference for all). `runtime_overrides` sets further RuntimeConfig knobs
+    (tau_c, max_skips, ...) for every quantized mode; `tau_c_sweep` runs each TDC mode once per value, as rows
+    named "MODE tau_c=V"."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise InputError(f"unknown mode(s) {', '.join(unknown)}; available: {', '.join(MODES)}")
@@ -136,11 +138,9 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
     wanted = [world.parse_caption(p) for p in prompts] * len(seeds)
     float_pipes: dict[str, ShapesPipeline] = {}
     quantized_pipe = None
-    runs = [(name, name, {}) for name in modes if not (tau_c_sweep and _uses_tdc(name))]  # (row, mode, fields)
-    runs += [(f"{name} tau_c={v:g}", name, {"tau_c": v}) for name in modes if tau_c_sweep and _uses_tdc(name)
-             for v in tau_c_sweep]
+    calibrations = list(calibration) if isinstance(calibration, (list, tuple)) else [calibration]
     results, knobs = [], None
-    for row, name, sweep_fields in runs:
+    for row, name, sweep_fields, calibration in _runs(modes, calibrations, tau_c_sweep):
         mode = MODES[name]
         if mode.dtype not in float_pipes:
             float_pipes[mode.dtype] = ShapesPipeline.from_checkpoint(checkpoint, dtype=mode.dtype)
@@ -151,7 +151,8 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
             fields = {**mode.runtime, **_calibration_fields(mode, calibration), **(runtime_overrides or {}),
                       **sweep_fields}
             pipe, runtime = quantized_pipe, RuntimeConfig(**fields)
-            per_row = ("mode", "tdc", "pdr") + (("tau_c",) if tau_c_sweep else ())  # named in the rows instead
+            per_row = ("mode", "tdc", "pdr") + (("tau_c",) if tau_c_sweep else ()) + (  # named in the rows instead
+                ("tau_q", "tau_c", "outlier_ratio") if len(calibrations) > 1 else ())
             knobs = {k: v for k, v in runtime.knobs().items() if k not in per_row}
         start = time.perf_counter()
         outputs = [pipe(prompts, seed=s, steps=steps, guidance=guidance, progress=progress, runtime=runtime)
@@ -174,6 +175,22 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
 
 def _uses_tdc(name: str) -> bool:
     return bool((MODES[name].runtime or {}).get("tdc"))
+
+
+def _runs(modes: list[str], calibrations: list, tau_c_sweep: list[float] | None) -> list[tuple]:
+    """(row name, mode, extra runtime fields, calibration) of every sampling run, mode by mode."""
+    runs = []
+    for name in modes:
+        runtime = MODES[name].runtime or {}
+        reads_calibration = runtime.get("mode") == "sixbit" or runtime.get("tdc", False)
+        per_file = calibrations if reads_calibration and len(calibrations) > 1 else calibrations[:1]
+        taus = tau_c_sweep if tau_c_sweep and _uses_tdc(name) else [None]
+        for calibration in per_file:
+            for tau in taus:
+                row = (name + (f" [{Path(calibration).stem}]" if len(per_file) > 1 else "")
+                       + (f" tau_c={tau:g}" if tau is not None else ""))
+                runs.append((row, name, {} if tau is None else {"tau_c": tau}, calibration))
+    return runs
 
 
 def _calibration_fields(mode: Mode, calibration: str | Path | None) -> dict:
