@@ -1,5 +1,8 @@
-"""Flow-matching UniPC (Wan's default sampler): diffusers' `UniPCMultistepScheduler` with `use_flow_sigmas=True`,
-`prediction_type="flow_prediction"`, order 2, B(h) variant "bh2", `predict_x0`, `lower_order_final`, final sigma 0.
+"""Flow-matching samplers (Wan's): UniPC, its default, and Euler.
+
+UniPC is diffusers' `UniPCMultistepScheduler` with `use_flow_sigmas=True`, `prediction_type="flow_prediction"`,
+order 2, B(h) variant "bh2", `predict_x0`, `lower_order_final`, final sigma 0. Euler is diffusers'
+`FlowMatchEulerDiscreteScheduler` with a static shift.
 
 Flow matching: x_σ = (1 - σ) x0 + σ ε, the model predicts v ≈ ε - x0, so x0 = x_σ - σ v, and the model is fed the
 timestep int(σ · 1000). The grid is diffusers': σ = linspace(1, 1/1000, N + 1)[:-1], shifted by
@@ -161,3 +164,39 @@ def unipc_step(c: UniPCCoefficients, sample, v, state: UniPCState):
                  + c.c_x0_2 * state.x0_2)
     following = c.p_sample * corrected + c.p_x0 * x0 + c.p_x0_1 * state.x0_1
     return following, UniPCState(corrected, x0, state.x0_1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EulerSchedule:
+    sigmas: np.ndarray  # [num_steps + 1] float32 values, ending in 0
+    timesteps: np.ndarray  # [num_steps] float32: σ · 1000, not rounded (diffusers feeds them as they are)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """[num_steps] float64 σ_{i+1} - σ_i, the step each velocity is multiplied by."""
+        return np.diff(self.sigmas.astype(np.float64))
+
+
+def make_euler_schedule(num_steps: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> EulerSchedule:
+    """diffusers' grid, quirk included: its σ range is the shifted training range (σ_min = shift(1/1000)), and the
+    linspace over it is shifted again."""
+    if num_steps < 1:
+        raise ConfigError(f"number of steps must be at least 1; got {num_steps}")
+    if not shift > 0:
+        raise ConfigError(f"flow shift must be positive; got {shift}")
+    shifted = lambda s: shift * s / (1 + (shift - 1) * s)  # noqa: E731
+    train = shifted(np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1]
+                    / np.float32(num_train_timesteps)).astype(np.float32)
+    timesteps = np.linspace(float(train[0]) * num_train_timesteps, float(train[-1]) * num_train_timesteps, num_steps)
+    sigmas = shifted(timesteps / num_train_timesteps).astype(np.float32)
+    return EulerSchedule(np.concatenate([sigmas, [0.0]]).astype(np.float32),
+                         sigmas * np.float32(num_train_timesteps))
+
+
+def euler_step(step, sample, v):
+    """x_{σ'} = x_σ + (σ' - σ) v, in float32 as diffusers computes it."""
+    return sample + step * v

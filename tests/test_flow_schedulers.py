@@ -1,4 +1,5 @@
-"""Flow-matching UniPC (Wan's sampler) against diffusers' UniPCMultistepScheduler, live, on a stand-in model."""
+"""Flow-matching samplers (Wan's) against diffusers' UniPCMultistepScheduler and FlowMatchEulerDiscreteScheduler,
+live, on a stand-in model."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from sixbit_jax.errors import ConfigError
-from sixbit_jax.schedulers.flow_unipc import UniPCState, flow_sigmas, make_unipc_schedule, unipc_step
+from sixbit_jax.schedulers.flow import (UniPCState, euler_step, flow_sigmas, make_euler_schedule,
+                                       make_unipc_schedule, unipc_step)
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -69,3 +71,22 @@ def test_bad_settings_are_named():
         flow_sigmas(10, 0.0)
     with pytest.raises(ConfigError, match="at least 1"):
         make_unipc_schedule(0, 3.0)
+    with pytest.raises(ConfigError, match="flow shift must be positive"):
+        make_euler_schedule(10, -1.0)
+
+
+@pytest.mark.parametrize("steps,shift", [(1, 5.0), (8, 3.0), (50, 5.0)])
+def test_euler_matches_diffusers(steps, shift):
+    rng = np.random.default_rng(steps + 100)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    noise = rng.standard_normal((steps, *x.shape)).astype(np.float32)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(steps)
+    schedule = make_euler_schedule(steps, shift)
+    np.testing.assert_allclose(schedule.timesteps, scheduler.timesteps.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(schedule.sigmas, scheduler.sigmas.numpy(), rtol=1e-6, atol=1e-7)
+    ours, theirs = x, torch.from_numpy(x)
+    for i, t in enumerate(scheduler.timesteps):
+        theirs = scheduler.step(torch.from_numpy(_velocity(theirs.numpy(), i, noise)), t, theirs, return_dict=False)[0]
+        ours = euler_step(np.float32(schedule.steps[i]), ours, _velocity(ours, i, noise))
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
