@@ -149,3 +149,60 @@ class CogVideoXConfig:
             known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
             raise ConfigError(f"unknown config {name!r}; known: {', '.join(known)}")
         return cls.from_json(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+    """Wan2.1 / 2.2 text-to-video transformer (`WanTransformer3DModel`; 1.3B: 12 heads, 30 layers; 14B: 40 heads,
+    40 layers; heads of 128)."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 12
+    attention_head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 8960
+    num_layers: int = 30
+    cross_attn_norm: bool = True
+    qk_norm: str = "rms_norm_across_heads"
+    eps: float = 1e-6
+    rope_max_seq_len: int = 1024
+
+    def __post_init__(self):
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ConfigError(f"patch_size must be three positive sizes (t, h, w); got {self.patch_size!r}")
+        if self.attention_head_dim % 2:
+            raise ConfigError(f"attention_head_dim {self.attention_head_dim} must be even for RoPE")
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_class_name": "WanTransformer3DModel", **dataclasses.asdict(self),
+                "patch_size": list(self.patch_size)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "WanConfig":
+        """Accepts diffusers' transformer config.json; values this port does not implement raise ConfigError."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a model config must be a JSON object; got {type(raw).__name__}")
+        class_name = raw.get("_class_name", "WanTransformer3DModel")
+        if class_name != "WanTransformer3DModel":
+            raise ConfigError(f"unsupported model class {class_name!r}: expected WanTransformer3DModel")
+        unsupported = {
+            "image_dim": (None, "image-to-video (CLIP image embeddings)"),
+            "added_kv_proj_dim": (None, "image-to-video cross-attention"),
+            "pos_embed_seq_len": (None, "first-last-frame image positions"),
+            "qk_norm": ("rms_norm_across_heads", "q/k norms other than rms_norm_across_heads"),
+        }
+        for key, (supported, what) in unsupported.items():
+            if key in raw and raw[key] != supported:
+                raise ConfigError(f"unsupported config: {key}={raw[key]!r} ({what} is not implemented)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in fields}
+        if "patch_size" in kwargs:
+            kwargs["patch_size"] = tuple(kwargs["patch_size"])
+        return cls(**kwargs)

@@ -27,3 +27,20 @@ class LayerNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return layer_norm(x, self.weight[...], self.bias[...], self.eps)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """x / rms(x) * weight over the last axis, statistics in float32, rounded once to x's dtype."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps) * weight.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, features: int, *, eps: float, dtype=jnp.bfloat16, rngs: nnx.Rngs | None = None):
+        del rngs
+        self.eps = eps
+        self.weight = nnx.Param(jnp.ones((features,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.weight[...], self.eps)

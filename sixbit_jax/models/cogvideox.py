@@ -16,7 +16,6 @@ Positional information is precomputed on the host (float64, like diffusers) by `
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -27,6 +26,7 @@ from flax import nnx
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention, project
+from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_1d, timestep_sinusoid
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
 from sixbit_jax.quant.formats import HADAMARD_BLOCK
 
@@ -34,15 +34,6 @@ from sixbit_jax.quant.formats import HADAMARD_BLOCK
 # ----------------------------------------------------------------------------------------------------------------
 # Non-learned tables
 # ----------------------------------------------------------------------------------------------------------------
-def timestep_sinusoid(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0):
-    """diffusers' get_timestep_embedding, op for op in float32 (its error against float64 is part of the model)."""
-    half = dim // 2
-    exponent = jnp.float32(-math.log(10000)) * jnp.arange(half, dtype=jnp.float32) / jnp.float32(half - freq_shift)
-    args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
-    sin, cos = jnp.sin(args), jnp.cos(args)
-    return jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
-
-
 # CogVideoX1.5-I2V's "ofs" input: diffusers' image-to-video pipeline always passes 2.0.
 OFS = 2.0
 
@@ -89,12 +80,6 @@ def _crop_region(grid_h: int, grid_w: int, base_h: int, base_w: int):
     return (top, left), (top + resize_h, left + resize_w)
 
 
-def _rope_1d(dim: int, positions: np.ndarray):
-    freqs = 1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
-    args = np.outer(positions, freqs)
-    return np.repeat(np.cos(args), 2, axis=1), np.repeat(np.sin(args), 2, axis=1)
-
-
 def _rope_positions(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
     """Token positions along (t, h, w). CogVideoX 1.0: the "linspace" grid, the video's grid fitted into the base
     grid (sample size); 1.5: the "slice" grid, integer positions (no larger than the base grid, as diffusers slices
@@ -119,9 +104,9 @@ def rope_tables(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
     [frames * grid_h * grid_w, head_dim]."""
     pos_t, pos_h, pos_w = _rope_positions(cfg, frames, grid_h, grid_w)
     hd = cfg.attention_head_dim
-    parts = [(_rope_1d(hd // 4, pos_t), (slice(None), None, None)),
-             (_rope_1d(hd // 8 * 3, pos_h), (None, slice(None), None)),
-             (_rope_1d(hd // 8 * 3, pos_w), (None, None, slice(None)))]
+    parts = [(rope_1d(hd // 4, pos_t), (slice(None), None, None)),
+             (rope_1d(hd // 8 * 3, pos_h), (None, slice(None), None)),
+             (rope_1d(hd // 8 * 3, pos_w), (None, None, slice(None)))]
     shape = (frames, grid_h, grid_w)
     cos = np.concatenate([np.broadcast_to(c[ix], shape + c.shape[-1:]) for (c, _), ix in parts], axis=-1)
     sin = np.concatenate([np.broadcast_to(s[ix], shape + s.shape[-1:]) for (_, s), ix in parts], axis=-1)
@@ -153,14 +138,6 @@ def positional_tables(cfg: CogVideoXConfig, frames: int, height: int, width: int
         cos, sin = rope_tables(cfg, frames // cfg.frames_per_patch, grid_h, grid_w)
         return PositionalTables(sincos, jnp.asarray(cos, jnp.float32), jnp.asarray(sin, jnp.float32))
     return PositionalTables(sincos=sincos)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate (even, odd) pairs of x [B, N, H, d] by per-token angles; float32 math, result in x's dtype."""
-    xf = x.astype(jnp.float32)
-    pairs = xf.reshape(*x.shape[:-1], -1, 2)
-    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    return (xf * cos[None, :, None, :] + rotated * sin[None, :, None, :]).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,17 +174,6 @@ def _linear(cfg_in: int, cfg_out: int, *, dtype, rngs, quant: "QuantSpec | None"
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
-class TimestepEmbedding(nnx.Module):
-    """Sinusoid table [B, in_dim] -> linear_1 -> SiLU -> linear_2 -> [B, out_dim] (no SiLU after)."""
-
-    def __init__(self, in_dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
-        self.linear_1 = Dense(in_dim, out_dim, dtype=dtype, rngs=rngs)
-        self.linear_2 = Dense(out_dim, out_dim, dtype=dtype, rngs=rngs)
-
-    def __call__(self, sinusoid: jax.Array) -> jax.Array:
-        return self.linear_2(jax.nn.silu(self.linear_1(sinusoid)))
-
-
 class PatchEmbed(nnx.Module):
     """Text tokens through `text_proj`; latent patches through `proj`. CogVideoX 1.0: each frame's p x p patches
     (the checkpoint's Conv2d(k=s=p), stored as a dense weight [D, C*p*p] over patch vectors in (c, py, px) order);

@@ -1,0 +1,213 @@
+"""Wan2.1 / 2.2 text-to-video transformer in Flax NNX.
+
+Mirrors diffusers' `WanTransformer3DModel`; parameter names follow the diffusers checkpoint (`patch_embedding`,
+`condition_embedder.time_embedder.linear_1`, `blocks.N.attn1.to_q`, `blocks.N.scale_shift_table`, ...) with the
+blocks stacked along a leading layer axis under one `lax.scan`, and `attn1.to_out.0` / `ffn.net.0.proj` / `ffn.net.2`
+named `attn1.to_out` / `ffn.proj_in` / `ffn.proj_out` (the converter maps them).
+
+Data layout: latents are [B, C, F, H, W] (Wan's layout: channels before frames); video tokens [B, N, D] in
+(f, h, w) raster order; the umT5 context [B, L, text_dim] (512 tokens, zero-padded by the pipeline) is projected
+once and read by every block's cross-attention, never updated.
+
+Precision follows diffusers: the time embedding, the modulation tables, the three LayerNorms and the gated
+residual adds in float32, each block's output rounded to the model dtype; RoPE tables float64 on the host, the
+rotation in float32."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sixbit_jax.config import WanConfig
+from sixbit_jax.errors import InputError
+from sixbit_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, project
+from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_1d, timestep_sinusoid
+from sixbit_jax.layers.norm import layer_norm
+
+
+class RopeTables(NamedTuple):
+    cos: jax.Array  # [N_video, head_dim] float32
+    sin: jax.Array
+
+
+def rope_tables(cfg: WanConfig, frames: int, height: int, width: int) -> RopeTables:
+    """Wan's 3D RoPE for a latent grid: the head dim split [t | h | w] with h = w = 2 * (d // 6) and t the rest,
+    each axis's angles normalised by its own width; positions are the patch grid's integer indices."""
+    d = cfg.attention_head_dim
+    h_dim = w_dim = 2 * (d // 6)
+    grid = [n // p for n, p in zip((frames, height, width), cfg.patch_size)]
+    if max(grid) > cfg.rope_max_seq_len:
+        raise InputError(f"the patch grid {grid} exceeds rope_max_seq_len {cfg.rope_max_seq_len}")
+    axes = [rope_1d(dim, np.arange(n, dtype=np.float64)) for dim, n in zip((d - h_dim - w_dim, h_dim, w_dim), grid)]
+    shape = tuple(grid)
+
+    def table(part: int) -> np.ndarray:
+        columns = [np.broadcast_to(axis[part][index], shape + axis[part].shape[-1:])
+                   for axis, index in zip(axes, ((slice(None), None, None), (None, slice(None), None),
+                                                 (None, None, slice(None))))]
+        return np.concatenate(columns, axis=-1).reshape(-1, d)
+
+    return RopeTables(jnp.asarray(table(0), jnp.float32), jnp.asarray(table(1), jnp.float32))
+
+
+def fp32_layer_norm(x: jax.Array, eps: float, norm: LayerNorm | None = None) -> jax.Array:
+    """diffusers' FP32LayerNorm: statistics and result in float32 (affine when `norm` is given)."""
+    weight, bias = (norm.weight[...], norm.bias[...]) if norm is not None else (None, None)
+    return layer_norm(x.astype(jnp.float32), weight, bias, eps)
+
+
+class WanAttention(nnx.Module):
+    """Self- or cross-attention with RMSNorm over all heads on q and k (Wan's "rms_norm_across_heads")."""
+
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
+        d = cfg.inner_dim
+        self.heads = cfg.num_attention_heads
+        self.to_q, self.to_k, self.to_v, self.to_out = (Dense(d, d, dtype=dtype, rngs=rngs) for _ in range(4))
+        self.norm_q = RMSNorm(d, eps=cfg.eps, dtype=dtype)
+        self.norm_k = RMSNorm(d, eps=cfg.eps, dtype=dtype)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, rope: RopeTables | None = None,
+                 runtime=None) -> jax.Array:
+        if context is None:
+            q, k, v = project([self.to_q, self.to_k, self.to_v], x, runtime)
+        else:
+            q = self.to_q(x, runtime)
+            k, v = project([self.to_k, self.to_v], context, runtime)
+        split = lambda y: y.reshape(*y.shape[:2], self.heads, -1)  # noqa: E731
+        q, k, v = split(self.norm_q(q)), split(self.norm_k(k)), split(v)
+        if rope is not None:
+            q, k = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
+        out = dot_product_attention(q, k, v)
+        return self.to_out(out.reshape(*x.shape[:2], -1), runtime)
+
+
+class FeedForward(nnx.Module):
+    """proj_in (D -> ffn_dim), GELU (tanh approximation), proj_out (ffn_dim -> D)."""
+
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
+        self.proj_in = Dense(cfg.inner_dim, cfg.ffn_dim, dtype=dtype, rngs=rngs)
+        self.proj_out = Dense(cfg.ffn_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, runtime=None) -> jax.Array:
+        return self.proj_out(self.proj_in(x, runtime, activation="gelu_tanh"), runtime)
+
+
+class WanBlock(nnx.Module):
+    """Modulated self-attention with RoPE -> cross-attention to the text (LayerNorm, no modulation, no gate) ->
+    modulated FFN; six modulation rows from `scale_shift_table` + the step's time projection."""
+
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
+        d = cfg.inner_dim
+        self.eps = cfg.eps
+        self.attn1 = WanAttention(cfg, dtype=dtype, rngs=rngs)
+        self.attn2 = WanAttention(cfg, dtype=dtype, rngs=rngs)
+        self.norm2 = LayerNorm(d, eps=cfg.eps, dtype=dtype) if cfg.cross_attn_norm else None
+        self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) * d**-0.5)
+
+    def __call__(self, x: jax.Array, context: jax.Array, time_proj: jax.Array, rope: RopeTables,
+                 runtime=None) -> jax.Array:
+        dtype = x.dtype
+        rows = self.scale_shift_table[...].astype(jnp.float32) + time_proj.astype(jnp.float32)  # [B, 6, D]
+        shift, scale, gate, c_shift, c_scale, c_gate = (rows[:, i:i + 1] for i in range(6))
+        y = (fp32_layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
+        x = (x.astype(jnp.float32) + self.attn1(y, rope=rope, runtime=runtime) * gate).astype(dtype)
+        y = fp32_layer_norm(x, self.eps, self.norm2).astype(dtype) if self.norm2 is not None else x
+        x = x + self.attn2(y, context, runtime=runtime)
+        y = (fp32_layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
+        return (x.astype(jnp.float32) + self.ffn(y, runtime).astype(jnp.float32) * c_gate).astype(dtype)
+
+
+class ConditionEmbedder(nnx.Module):
+    """The timestep sinusoid (freq_dim, [cos | sin]) -> time_embedder -> temb; SiLU -> time_proj -> the blocks' six
+    modulation rows; the text through text_embedder (linear, GELU tanh, linear)."""
+
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
+        d = cfg.inner_dim
+        self.freq_dim = cfg.freq_dim
+        self.time_embedder = TimestepEmbedding(cfg.freq_dim, d, dtype=dtype, rngs=rngs)
+        self.time_proj = Dense(d, 6 * d, dtype=dtype, rngs=rngs)
+        self.text_embedder = TextProjection(cfg.text_dim, d, dtype=dtype, rngs=rngs)
+
+    def __call__(self, timesteps: jax.Array, text: jax.Array):
+        dtype = self.time_proj.weight.dtype
+        temb = self.time_embedder(timestep_sinusoid(timesteps, self.freq_dim).astype(dtype))
+        time_proj = self.time_proj(jax.nn.silu(temb))
+        return temb, time_proj.reshape(time_proj.shape[0], 6, -1), self.text_embedder(text)
+
+
+class TextProjection(nnx.Module):
+    def __init__(self, in_dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
+        self.linear_1 = Dense(in_dim, out_dim, dtype=dtype, rngs=rngs)
+        self.linear_2 = Dense(out_dim, out_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear_2(self.linear_1(x, activation="gelu_tanh"))
+
+
+class WanTransformer3D(nnx.Module):
+    """The denoiser: (latents [B, C, F, H, W], umT5 context [B, L, text_dim], timesteps [B]) -> the flow
+    prediction, shaped like the latents, in the model dtype."""
+
+    def __init__(self, cfg: WanConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs):
+        self.config, self.dtype = cfg, jnp.dtype(dtype)
+        d, patch = cfg.inner_dim, int(np.prod(cfg.patch_size))
+        self.patch_embedding = Dense(cfg.in_channels * patch, d, dtype=dtype, rngs=rngs)
+        self.condition_embedder = ConditionEmbedder(cfg, dtype=dtype, rngs=rngs)
+        block_def, _ = nnx.split(nnx.eval_shape(lambda: WanBlock(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+        layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
+        stacked = jax.vmap(lambda key: nnx.state(WanBlock(cfg, dtype=dtype, rngs=nnx.Rngs(key))))(layer_keys)
+        self.blocks = nnx.merge(block_def, stacked)
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) * d**-0.5)
+        self.proj_out = Dense(d, cfg.out_channels * patch, dtype=dtype, rngs=rngs)
+
+    def check_inputs(self, latents_shape, text_shape) -> None:
+        cfg = self.config
+        if len(latents_shape) != 5 or latents_shape[1] != cfg.in_channels:
+            raise InputError(f"latents must be [B, {cfg.in_channels}, F, H, W] (Wan's layout); got "
+                             f"{tuple(latents_shape)}")
+        if any(n % p for n, p in zip(latents_shape[2:], cfg.patch_size)):
+            raise InputError(f"latent frames, height and width must be multiples of patch_size {cfg.patch_size}; "
+                             f"got {tuple(latents_shape[2:])}")
+        if len(text_shape) != 3 or text_shape[-1] != cfg.text_dim or text_shape[0] != latents_shape[0]:
+            raise InputError(f"the text context must be [{latents_shape[0]}, L, {cfg.text_dim}]; got "
+                             f"{tuple(text_shape)}")
+
+    def patchify(self, latents: jax.Array) -> jax.Array:
+        b, c, f, h, w = latents.shape
+        pt, ph, pw = self.config.patch_size
+        patches = latents.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw).transpose(0, 2, 4, 6, 1, 3, 5, 7)
+        return patches.reshape(b, (f // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
+
+    def unpatchify(self, tokens: jax.Array, frames: int, height: int, width: int) -> jax.Array:
+        """Output features per token in (pt, ph, pw, c) order, the channel fastest, as Wan's head writes them."""
+        pt, ph, pw = self.config.patch_size
+        b = tokens.shape[0]
+        out = tokens.reshape(b, frames // pt, height // ph, width // pw, pt, ph, pw, -1)
+        return out.transpose(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, frames, height, width)
+
+    def __call__(self, latents, text, timesteps, rope: RopeTables | None = None, *,
+                 return_block_finite: bool = False):
+        cfg, dtype = self.config, self.dtype
+        self.check_inputs(latents.shape, text.shape)
+        _, _, f, h, w = latents.shape
+        rope = rope if rope is not None else rope_tables(cfg, f, h, w)
+        temb, time_proj, context = self.condition_embedder(timesteps, text.astype(dtype))
+        x = self.patch_embedding(self.patchify(latents.astype(dtype)))
+
+        block_def, block_state = nnx.split(self.blocks)
+
+        def run_block(x, state):
+            x = nnx.merge(block_def, state)(x, context, time_proj, rope)
+            return x, jnp.isfinite(x).all()
+
+        x, block_finite = jax.lax.scan(run_block, x, block_state)
+        rows = self.scale_shift_table[...].astype(jnp.float32) + temb.astype(jnp.float32)[:, None, :]
+        shift, scale = rows[:, :1], rows[:, 1:]
+        x = (fp32_layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(dtype)
+        out = self.unpatchify(self.proj_out(x), f, h, w)
+        return (out, block_finite) if return_block_finite else out
