@@ -224,6 +224,8 @@ def _check_image_for_pipeline(args) -> None:
     from sixbit_jax.pipelines import components
     from sixbit_jax.pipelines.cogvideox import IMAGE_TO_VIDEO
 
+    if not (Path(args.pipeline) / components.MODEL_INDEX).exists():
+        return  # not a pipeline folder: loading it says so
     image_to_video = components.pipeline_class(Path(args.pipeline)) in IMAGE_TO_VIDEO
     if image_to_video and not args.image:
         raise InputError(f"{args.pipeline} is an image-to-video pipeline: give the first frame with --image FILE")
@@ -243,7 +245,6 @@ def _check_generate_args(args) -> None:
         existing_file(args.latents_in, "--latents-in", (".npy", ".safetensors"))
     if args.image:
         existing_file(args.image, "--image")
-    _check_image_for_pipeline(args)
     if args.calibration:
         existing_file(args.calibration, "--calibration", (".json",))
     writable_file(args.out, "--out", (".mp4",))
@@ -252,6 +253,7 @@ def _check_generate_args(args) -> None:
     if ffmpeg_binary() is None:
         raise InputError("writing MP4 needs the ffmpeg that ships with imageio-ffmpeg: pip install "
                          "'sixbit-jax[video]'")
+    _check_image_for_pipeline(args)
 
 
 def cmd_generate(args) -> None:
