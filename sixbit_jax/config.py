@@ -28,6 +28,22 @@ def read_json(path: str | Path, what: str = "config file") -> dict[str, Any]:
     return raw
 
 
+def check_diffusers_config(raw: Any, class_name: str, unsupported: dict[str, tuple[Any, str]],
+                           what: str = "model") -> None:
+    """What every diffusers config reader checks first: a JSON object, of the expected `_class_name` (absent means
+    expected), with no key set to a value this port does not implement (`unsupported`: key -> (the one supported
+    value, what another value would need)). ConfigError naming the problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a {what} config must be a JSON object; got {type(raw).__name__}")
+    for key, (supported, feature) in unsupported.items():
+        if key in raw and raw[key] != supported:
+            prefix = "" if what == "model" else f"{what} "
+            raise ConfigError(f"unsupported {prefix}config: {key}={raw[key]!r} ({feature} is not implemented)")
+    found = raw.get("_class_name", class_name)
+    if found != class_name:
+        raise ConfigError(f"unsupported {what} class {found!r}: expected {class_name}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CogVideoXConfig:
     """CogVideoX transformer: 1.0 (2B: 3D sincos positions; 5B: 3D RoPE) and 1.5 (`patch_size_t` 2: patches of two
@@ -116,20 +132,12 @@ class CogVideoXConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "CogVideoXConfig":
         """Accepts diffusers' transformer config.json. Values this port does not implement raise ConfigError;
         keys that only concern training or other pipelines are ignored."""
-        if not isinstance(raw, dict):
-            raise ConfigError(f"a model config must be a JSON object; got {type(raw).__name__}")
-        unsupported = {
+        check_diffusers_config(raw, "CogVideoXTransformer3DModel", {
             "activation_fn": ("gelu-approximate", "activations other than gelu-approximate"),
             "timestep_activation_fn": ("silu", "timestep activations other than silu"),
             "norm_elementwise_affine": (True, "non-affine norms"),
             "attention_bias": (True, "attention projections without bias"),
-        }
-        for key, (supported, what) in unsupported.items():
-            if key in raw and raw[key] != supported:
-                raise ConfigError(f"unsupported config: {key}={raw[key]!r} ({what} is not implemented)")
-        class_name = raw.get("_class_name", "CogVideoXTransformer3DModel")
-        if class_name != "CogVideoXTransformer3DModel":
-            raise ConfigError(f"unsupported model class {class_name!r}: expected CogVideoXTransformer3DModel")
+        })
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in fields}
         for key, value in kwargs.items():
@@ -187,20 +195,12 @@ class WanConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "WanConfig":
         """Accepts diffusers' transformer config.json; values this port does not implement raise ConfigError."""
-        if not isinstance(raw, dict):
-            raise ConfigError(f"a model config must be a JSON object; got {type(raw).__name__}")
-        class_name = raw.get("_class_name", "WanTransformer3DModel")
-        if class_name != "WanTransformer3DModel":
-            raise ConfigError(f"unsupported model class {class_name!r}: expected WanTransformer3DModel")
-        unsupported = {
+        check_diffusers_config(raw, "WanTransformer3DModel", {
             "image_dim": (None, "image-to-video (CLIP image embeddings)"),
             "added_kv_proj_dim": (None, "image-to-video cross-attention"),
             "pos_embed_seq_len": (None, "first-last-frame image positions"),
             "qk_norm": ("rms_norm_across_heads", "q/k norms other than rms_norm_across_heads"),
-        }
-        for key, (supported, what) in unsupported.items():
-            if key in raw and raw[key] != supported:
-                raise ConfigError(f"unsupported config: {key}={raw[key]!r} ({what} is not implemented)")
+        })
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in fields}
         if "patch_size" in kwargs:

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from sixbit_jax import rng
-from sixbit_jax.config import read_json
+from sixbit_jax.config import check_diffusers_config, read_json
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers.dense import full_precision
 
@@ -100,19 +100,11 @@ class CogVideoXVAEConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "CogVideoXVAEConfig":
         """Accepts diffusers' vae/config.json. Values this port does not implement raise ConfigError; keys that only
         concern other pipelines or training (force_upcast, shift_factor, latents_mean/std) are ignored."""
-        if not isinstance(raw, dict):
-            raise ConfigError(f"a VAE config must be a JSON object; got {type(raw).__name__}")
-        class_name = raw.get("_class_name", "AutoencoderKLCogVideoX")
-        if class_name != "AutoencoderKLCogVideoX":
-            raise ConfigError(f"unsupported VAE class {class_name!r}: expected AutoencoderKLCogVideoX")
-        unsupported = {
+        check_diffusers_config(raw, "AutoencoderKLCogVideoX", {
             "act_fn": ("silu", "activations other than silu"),
             "use_quant_conv": (False, "quant_conv"),
             "use_post_quant_conv": (False, "post_quant_conv"),
-        }
-        for key, (supported, what) in unsupported.items():
-            if key in raw and raw[key] != supported:
-                raise ConfigError(f"unsupported VAE config: {key}={raw[key]!r} ({what} is not implemented)")
+        }, what="VAE")
         n = len(raw.get("block_out_channels", cls.block_out_channels))
         for key, block in (("down_block_types", DOWN_BLOCK), ("up_block_types", UP_BLOCK)):
             types = raw.get(key, [block] * n)
