@@ -44,6 +44,11 @@ def world(tmp_path_factory):
     (d / "pickle-only").mkdir()
     (d / "pickle-only" / "config.json").write_text(json.dumps({"_class_name": "CogVideoXTransformer3DModel"}))
     (d / "pickle-only" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04")
+    (d / "cal.json").write_text("{}")
+    (d / "first.png").write_bytes(b"")  # never read: --image is checked against the pipeline's class first
+    for name, pipeline_class in (("t2v-pipe", "CogVideoXPipeline"), ("i2v-pipe", "CogVideoXImageToVideoPipeline")):
+        (d / name).mkdir()
+        (d / name / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class}))
     (d / "out").mkdir()
     (d / "out" / "mine.txt").write_text("the user's file")
     return d
@@ -136,6 +141,8 @@ CASES = {
     "eval-calibration-suffix": (["eval", "--out", "{d}/out", "--calibration", "{d}/calibration.txt"],
                                 "use a .json file"),
     "eval-tau-c-negative": (["eval", "--out", "{d}/out", "--tau-c", "0.2", "-1"], "argument --tau-c"),
+    "eval-second-calibration-missing": (["eval", "--out", "{d}/out", "--calibration", "{d}/cal.json",
+                                         "{d}/missing.json"], "file not found"),
     # calibrate
     "calibrate-checkpoint-missing": (["calibrate", "{d}/nowhere"], "no such folder"),
     "calibrate-plot-suffix": (["calibrate", "{d}/ckpt", "--plot", "{d}/routes.gif"], "use a .png file name"),
@@ -145,6 +152,8 @@ CASES = {
     "calibrate-target-bits": (["calibrate", "{d}/ckpt", "--target-bits", "9"], "argument --target-bits"),
     "calibrate-target-skip": (["calibrate", "{d}/ckpt", "--target-skip", "1.5"], "argument --target-skip"),
     "calibrate-embeds-missing": (["calibrate", "{d}/ckpt", "--embeds", "{d}/missing.npy"], "file not found"),
+    "calibrate-target-fallback": (["calibrate", "{d}/ckpt", "--target-fallback", "1.5"],
+                                  "argument --target-fallback"),
     # generate
     "generate-empty-prompt": (["generate", "{d}/ckpt", "--prompt", "  ", "--out", "{d}/v.mp4"], "--prompt is empty"),
     "generate-pipeline-missing": (["generate", "{d}/nowhere", "--prompt", "a cat", "--out", "{d}/v.mp4"],
@@ -165,6 +174,12 @@ CASES = {
                                    "argument --guidance"),
     "generate-not-a-pipeline": (["generate", "{d}/ckpt", "--prompt", "a cat", "--out", "{d}/v.mp4"],
                                 "model_index.json"),
+    "generate-image-missing": (["generate", "{d}/i2v-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4",
+                                "--image", "{d}/missing.png"], "file not found"),
+    "generate-image-for-text-to-video": (["generate", "{d}/t2v-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4",
+                                          "--image", "{d}/first.png"], "text-to-video pipeline; it takes no image"),
+    "generate-no-image-for-image-to-video": (["generate", "{d}/i2v-pipe", "--prompt", "a cat", "--out",
+                                              "{d}/v.mp4"], "give the first frame with --image FILE"),
     # the command itself
     "unknown-command": (["transmogrify"], "invalid choice: 'transmogrify'"),
     "no-command": ([], "the following arguments are required: COMMAND"),
