@@ -120,7 +120,8 @@ class Calibration:
         return (f"\nPDR input outlier ratio max|x|/mean|x| per linear (block order; percentiles over blocks and "
                 f"steps):\n{head}\n" + "\n".join(rows)
                 + f"\nPDR threshold {self.outlier_ratio:.4g} -> {self.target_fallback:.0%} of refresh linears to BF16 "
-                f"(the uncalibrated default 25 would send {self.info.get('default_fallback', 0):.0%})")
+                f"(the uncalibrated default {RuntimeConfig.outlier_ratio:g} would send "
+                f"{self.info.get('default_fallback', 0):.0%})")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:

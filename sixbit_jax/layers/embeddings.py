@@ -29,6 +29,20 @@ def rope_1d(dim: int, positions: np.ndarray, theta: float = 10000.0):
     return np.repeat(np.cos(args), 2, axis=1), np.repeat(np.sin(args), 2, axis=1)
 
 
+def rope_3d(dims: tuple[int, int, int], positions: tuple[np.ndarray, np.ndarray, np.ndarray]):
+    """float64 (cos, sin) [T * H * W, sum(dims)] of a 3D grid of tokens in (t, h, w) raster order: the head dim split
+    into three parts, part i rotating with the token's position along axis i."""
+    shape = tuple(len(p) for p in positions)
+    axes = [rope_1d(dim, np.asarray(pos, np.float64)) for dim, pos in zip(dims, positions)]
+    where = [(slice(None), None, None), (None, slice(None), None), (None, None, slice(None))]
+
+    def table(part: int) -> np.ndarray:
+        return np.concatenate([np.broadcast_to(axis[part][index], shape + axis[part].shape[-1:])
+                               for axis, index in zip(axes, where)], axis=-1).reshape(-1, sum(dims))
+
+    return table(0), table(1)
+
+
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate (even, odd) pairs of x [B, N, H, d] by per-token angles; float32 math, result in x's dtype."""
     xf = x.astype(jnp.float32)

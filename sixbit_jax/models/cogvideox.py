@@ -26,7 +26,7 @@ from flax import nnx
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention, project
-from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_1d, timestep_sinusoid
+from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
 from sixbit_jax.quant.formats import HADAMARD_BLOCK
 
@@ -102,15 +102,8 @@ def rope_tables(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int):
     """The pipeline's 3D RoPE: head dim split [t: d/4 | h: 3d/8 | w: 3d/8], cos and sin repeated per (even, odd)
     pair. `frames` counts temporal positions (patches of frames in 1.5). Returns float64 (cos, sin), each
     [frames * grid_h * grid_w, head_dim]."""
-    pos_t, pos_h, pos_w = _rope_positions(cfg, frames, grid_h, grid_w)
     hd = cfg.attention_head_dim
-    parts = [(rope_1d(hd // 4, pos_t), (slice(None), None, None)),
-             (rope_1d(hd // 8 * 3, pos_h), (None, slice(None), None)),
-             (rope_1d(hd // 8 * 3, pos_w), (None, None, slice(None)))]
-    shape = (frames, grid_h, grid_w)
-    cos = np.concatenate([np.broadcast_to(c[ix], shape + c.shape[-1:]) for (c, _), ix in parts], axis=-1)
-    sin = np.concatenate([np.broadcast_to(s[ix], shape + s.shape[-1:]) for (_, s), ix in parts], axis=-1)
-    return cos.reshape(-1, hd), sin.reshape(-1, hd)
+    return rope_3d((hd // 4, hd // 8 * 3, hd // 8 * 3), _rope_positions(cfg, frames, grid_h, grid_w))
 
 
 def uses_learned_positions(cfg: CogVideoXConfig, frames: int, height: int, width: int) -> bool:

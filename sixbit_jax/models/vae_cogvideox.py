@@ -605,12 +605,11 @@ def encode(vae: CogVideoXVAE, video: jax.Array, *, tile: bool | Tiling = False,
         raise InputError(f"video must be [B, T, H, W, {cfg.in_channels}]; got {tuple(video.shape)}")
     x = jnp.asarray(video).astype(vae.dtype)
     graphdef, state = nnx.split(vae.encoder)
+    channels = cfg.latent_channels * (1 if posterior_noise is None else 2)  # the mean, or mean and log-variance
 
     def run(frames):
         return _run_chunks(lambda chunk, cache: _encoder_step(graphdef, state, chunk, cache, channels),
                            frames, SAMPLE_FRAMES_PER_CHUNK)
-
-    channels = cfg.latent_channels * (1 if posterior_noise is None else 2)
 
     tiling = _tiling(vae, tile)
     out = None

@@ -25,7 +25,7 @@ from flax import nnx
 from sixbit_jax.config import WanConfig
 from sixbit_jax.errors import InputError
 from sixbit_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, project
-from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_1d, timestep_sinusoid
+from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.layers.norm import layer_norm
 
 
@@ -42,16 +42,8 @@ def rope_tables(cfg: WanConfig, frames: int, height: int, width: int) -> RopeTab
     grid = [n // p for n, p in zip((frames, height, width), cfg.patch_size)]
     if max(grid) > cfg.rope_max_seq_len:
         raise InputError(f"the patch grid {grid} exceeds rope_max_seq_len {cfg.rope_max_seq_len}")
-    axes = [rope_1d(dim, np.arange(n, dtype=np.float64)) for dim, n in zip((d - h_dim - w_dim, h_dim, w_dim), grid)]
-    shape = tuple(grid)
-
-    def table(part: int) -> np.ndarray:
-        columns = [np.broadcast_to(axis[part][index], shape + axis[part].shape[-1:])
-                   for axis, index in zip(axes, ((slice(None), None, None), (None, slice(None), None),
-                                                 (None, None, slice(None))))]
-        return np.concatenate(columns, axis=-1).reshape(-1, d)
-
-    return RopeTables(jnp.asarray(table(0), jnp.float32), jnp.asarray(table(1), jnp.float32))
+    cos, sin = rope_3d((d - h_dim - w_dim, h_dim, w_dim), tuple(np.arange(n) for n in grid))
+    return RopeTables(jnp.asarray(cos, jnp.float32), jnp.asarray(sin, jnp.float32))
 
 
 def fp32_layer_norm(x: jax.Array, eps: float, norm: LayerNorm | None = None) -> jax.Array:

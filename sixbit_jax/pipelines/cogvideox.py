@@ -26,15 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sixbit_jax import rng
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import CogVideoXTransformer3D, t5
 from sixbit_jax.models.cogvideox import QuantSpec
-from sixbit_jax import rng
 from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, decode_latents, encode, postprocess
 from sixbit_jax.pipelines import components
 from sixbit_jax.runtime import RuntimeConfig
-from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
+from sixbit_jax.sampling import SampleResult, SamplerSettings, latent_shape, sample
 from sixbit_jax.schedulers import SchedulerConfig
 from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
@@ -122,8 +122,6 @@ class CogVideoXPipeline:
         """diffusers' image-to-video `prepare_latents`: the image [B, 1, C, h, w] latents (a posterior sample,
         scaled), then zeros for the remaining latent frames. The latent shape is the given latents' or the one the
         sampler will draw."""
-        from sixbit_jax.sampling import latent_shape
-
         cfg = self.transformer.config
         height, width = height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
         if image is None:

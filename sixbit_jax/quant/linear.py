@@ -15,6 +15,7 @@ Mosaic GPU ones (`act_quant_mgpu`, `scaled_matmul_mgpu`) wherever the shape fits
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import jax
@@ -131,7 +132,7 @@ def int8_linears(
                          + ", ".join(f"K = {w.shape[1]} (block {w.hadamard_block})" for w in weights))
     widths = [w.shape[0] for w in weights]
     n = sum(widths)
-    backend = _resolve(backend, k, min(widths), hadamard_block)
+    backend = _resolve(backend, k, math.gcd(*widths), hadamard_block)  # the kernels must tile every width
     if not isinstance(x, Int8Input):
         if x.shape[-1] != k:
             raise InputError(f"the input's last axis is {x.shape[-1]} but the quantized weight expects K = {k}")

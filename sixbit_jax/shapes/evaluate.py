@@ -181,8 +181,7 @@ def _runs(modes: list[str], calibrations: list, tau_c_sweep: list[float] | None)
     """(row name, mode, extra runtime fields, calibration) of every sampling run, mode by mode."""
     runs = []
     for name in modes:
-        runtime = MODES[name].runtime or {}
-        reads_calibration = runtime.get("mode") == "sixbit" or runtime.get("tdc", False)
+        reads_calibration = (MODES[name].runtime or {}).get("mode") == "sixbit" or _uses_tdc(name)
         per_file = calibrations if reads_calibration and len(calibrations) > 1 else calibrations[:1]
         taus = tau_c_sweep if tau_c_sweep and _uses_tdc(name) else [None]
         for calibration in per_file:
