@@ -1,4 +1,5 @@
-"""diffusers CogVideoX `transformer/` folder -> sixbit-jax checkpoint, streaming one tensor at a time.
+"""diffusers `transformer/` folder (CogVideoX or Wan; Wan also in its original layout) -> sixbit-jax checkpoint,
+streaming one tensor at a time.
 
 Host memory holds one parameter leaf (all layers of one weight) at a time, plus orbax's buffers while it is
 written: never the whole model."""
@@ -18,9 +19,10 @@ from convert.cogvideox import TensorSpec, expected_tensors
 from convert.source import TensorSource, read_config
 from sixbit_jax.checkpoint import (abstract_params, check_destination, flat_leaves, nest_leaves, parse_dtype,
                                    shape_problems, write_checkpoint)
-from sixbit_jax.config import CogVideoXConfig
+from sixbit_jax.config import CogVideoXConfig, WanConfig
 from sixbit_jax.errors import CheckpointError
-from sixbit_jax.models.cogvideox import QuantSpec
+from sixbit_jax.models import model_class
+from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.quant.model import quantize_leaves
 from sixbit_jax.shapes.text import is_shapes_text_encoder
 
@@ -127,24 +129,31 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwr
                             info={"converted_from": str(root.absolute())}, before_commit=before_commit)
 
 
+def family_leaves(cfg):
+    """The `converted_leaves` of the config's family (each family's key map lives in its own module)."""
+    if isinstance(cfg, WanConfig):
+        from convert import wan
+        return wan.converted_leaves
+    return converted_leaves
+
+
 def transformer_leaves(src: Path, *, dtype, progress: bool, quant: QuantSpec | None):
-    """(config, converted leaves) of a diffusers transformer folder; with `quant`, NVFP4 block linears."""
+    """(config, converted leaves) of a transformer folder of any family; with `quant`, NVFP4 block linears."""
     cfg = read_config(src)
     source = TensorSource.from_folder(src)
-    leaves = converted_leaves(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
-                              nbytes=source.nbytes)
-    return cfg, (quantize_leaves(leaves, quant.hadamard_block) if quant is not None else leaves)
+    leaves = family_leaves(cfg)(cfg, source.names(), source.shape, source.read, dtype, progress=progress,
+                                nbytes=source.nbytes)
+    return cfg, (quantize_leaves(leaves, quant.hadamard_block, model_class(cfg)) if quant is not None else leaves)
 
 
 def load_transformer(src: str | Path, *, dtype="bf16", progress: bool = False, quant: QuantSpec | None = None):
-    """A diffusers CogVideoX transformer folder (or a pipeline folder holding one) converted in memory: a ready model
-    on the default device, built one leaf at a time (with `quant`, block linears quantized to NVFP4 on the way)."""
+    """A transformer folder of any family (or a pipeline folder holding one) converted in memory: a ready model on
+    the default device, built one leaf at a time (with `quant`, block linears quantized to NVFP4 on the way)."""
     from sixbit_jax.checkpoint import module_from_leaves
-    from sixbit_jax.models import CogVideoXTransformer3D
 
     cfg, leaves = transformer_leaves(resolve_source(src)[0], dtype=dtype, progress=progress, quant=quant)
     model_dtype = parse_dtype(dtype)
-    return module_from_leaves(lambda: CogVideoXTransformer3D(cfg, dtype=model_dtype, rngs=nnx.Rngs(0), quant=quant),
+    return module_from_leaves(lambda: model_class(cfg)(cfg, dtype=model_dtype, rngs=nnx.Rngs(0), quant=quant),
                               leaves, "transformer")
 
 

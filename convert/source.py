@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from sixbit_jax.config import CogVideoXConfig
+from sixbit_jax.config import read_json, transformer_config
 from sixbit_jax.errors import CheckpointError
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers models (transformer/, vae/)
@@ -116,10 +116,10 @@ def component_folder(folder: str | Path, component: str, what: str) -> Path:
     return folder
 
 
-def read_config(folder: str | Path) -> CogVideoXConfig:
+def read_config(folder: str | Path):
     path = Path(folder) / "config.json"
     if not Path(folder).is_dir():
         raise CheckpointError(f"source {folder} is not a folder (expected a diffusers transformer/ folder)")
     if not path.exists():
         raise CheckpointError(f"no config.json in {folder} (expected a diffusers transformer/ folder)")
-    return CogVideoXConfig.from_json(path)
+    return transformer_config(read_json(path), str(path))

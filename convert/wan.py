@@ -106,7 +106,8 @@ def stored_names(names: list[str]):
     return lambda key: key if key in present else prefix + original_name(key)
 
 
-def converted_leaves(cfg: WanConfig, names: list[str], shape_of, read, dtype, *, progress: bool = False):
+def converted_leaves(cfg: WanConfig, names: list[str], shape_of, read, dtype, *, progress: bool = False,
+                     nbytes=None):
     """The Wan transformer's leaves from a checkpoint in either layout (see `convert.converter.stacked_leaves`);
     problems are named in diffusers' names."""
     specs = expected_tensors(cfg)
@@ -115,4 +116,4 @@ def converted_leaves(cfg: WanConfig, names: list[str], shape_of, read, dtype, *,
     abstract = dict(flat_leaves(abstract_state(lambda: WanTransformer3D(cfg, dtype=parse_dtype(dtype),
                                                                         rngs=nnx.Rngs(0)))))
     return stacked_leaves(specs, abstract, [as_spec.get(n, n) for n in names], shape_of, read, dtype,
-                          progress=progress, stored_name=stored)
+                          progress=progress, nbytes=nbytes, stored_name=stored)

@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sixbit_jax.config import CogVideoXConfig
+from sixbit_jax.config import transformer_config
 from sixbit_jax.errors import CheckpointError
-from sixbit_jax.models import CogVideoXTransformer3D
-from sixbit_jax.models.cogvideox import QuantSpec
+from sixbit_jax.models import model_class
+from sixbit_jax.quant.spec import QuantSpec
 
 FORMAT = "sixbit-jax/1"
 INFO_NAME = "sixbit.json"
@@ -83,20 +83,21 @@ def module_from_leaves(make_module: Callable[[], nnx.Module], leaves: Iterable[t
     return nnx.merge(graphdef, state)
 
 
-def abstract_params(cfg: CogVideoXConfig, dtype, quant: QuantSpec | None = None) -> dict:
-    """The parameter tree of a model of this config as ShapeDtypeStructs, without allocating anything. Float leaves
-    have `dtype`; a quantized model's NVFP4 leaves have their own (uint8 codes and scale bytes, float32 scales)."""
+def abstract_params(cfg, dtype, quant: QuantSpec | None = None) -> dict:
+    """The parameter tree of a model of this config (any family) as ShapeDtypeStructs, without allocating anything.
+    Float leaves have `dtype`; a quantized model's NVFP4 leaves have their own (uint8 codes and scale bytes, float32
+    scales)."""
     dtype = parse_dtype(dtype)
-    return abstract_state(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0), quant=quant))
+    return abstract_state(lambda: model_class(cfg)(cfg, dtype=dtype, rngs=nnx.Rngs(0), quant=quant))
 
 
-def model_from_params(cfg: CogVideoXConfig, params: dict, *, dtype=None, attention_impl: str | None = None,
+def model_from_params(cfg, params: dict, *, dtype=None, attention_impl: str | None = None,
                       quant: QuantSpec | None = None):
-    """Build a model from a parameter tree in `nnx.to_pure_dict` layout (leaves numpy or jax arrays). `dtype`
-    (default: the patch embedding's) applies to float leaves; quantized leaves keep their formats."""
-    dtype = parse_dtype(dtype) if dtype is not None else jnp.dtype(params["patch_embed"]["proj"]["weight"].dtype)
-    return module_from_leaves(lambda: CogVideoXTransformer3D(cfg, dtype=dtype, rngs=nnx.Rngs(0),
-                                                             attention_impl=attention_impl, quant=quant),
+    """Build a model (the config's family) from a parameter tree in `nnx.to_pure_dict` layout (leaves numpy or jax
+    arrays). `dtype` (default: the output head's) applies to float leaves; quantized leaves keep their formats."""
+    dtype = parse_dtype(dtype) if dtype is not None else jnp.dtype(params["proj_out"]["weight"].dtype)
+    return module_from_leaves(lambda: model_class(cfg)(cfg, dtype=dtype, rngs=nnx.Rngs(0),
+                                                       attention_impl=attention_impl, quant=quant),
                               flat_leaves(params))
 
 
@@ -239,13 +240,13 @@ def write_leaves(folder: Path, expected: dict[tuple[str, ...], Any], leaves: Ite
     (folder / INFO_NAME).write_text(json.dumps({"format": FORMAT, **record}, indent=2) + "\n")
 
 
-def transformer_record(cfg: CogVideoXConfig, dtype, quant: QuantSpec | None = None, info: dict | None = None) -> dict:
+def transformer_record(cfg, dtype, quant: QuantSpec | None = None, info: dict | None = None) -> dict:
     """sixbit.json of a transformer checkpoint (the folder `load_checkpoint` reads)."""
     return {"dtype": parse_dtype(dtype).name, "config": cfg.to_dict(), "quant": quant.to_dict() if quant else None,
             **(info or {})}
 
 
-def write_checkpoint(dst: str | Path, cfg: CogVideoXConfig, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
+def write_checkpoint(dst: str | Path, cfg, dtype, leaves: Iterable[tuple[tuple[str, ...], Any]], *,
                      overwrite: bool = False, info: dict | None = None, extra_folders: dict[str, Path] | None = None,
                      quant: QuantSpec | None = None, before_commit: Callable[[Path], None] | None = None) -> Path:
     """Write a transformer's parameter leaves (path, array) as they arrive, then the config; atomic. Every leaf of
@@ -272,7 +273,7 @@ def _return_freed_memory() -> None:
         pass
 
 
-def save_checkpoint(dst: str | Path, cfg: CogVideoXConfig, params: dict, **kwargs) -> Path:
+def save_checkpoint(dst: str | Path, cfg, params: dict, **kwargs) -> Path:
     """Write a whole parameter tree (numpy or jax leaves, one dtype) and the config to `dst`, atomically."""
     dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(params)}
     if len(dtypes) != 1:
@@ -318,11 +319,11 @@ def restore_leaves(path: Path, expected: dict) -> Iterator[tuple[tuple[str, ...]
             yield leaf_path, value
 
 
-def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None = None) -> CogVideoXTransformer3D:
-    """Load a converted checkpoint as a ready model on the default device. `dtype` casts on load."""
+def load_checkpoint(path: str | Path, *, dtype=None, attention_impl: str | None = None):
+    """Load a converted checkpoint (any family) as a ready model on the default device. `dtype` casts on load."""
     path = Path(path).absolute()
     info = read_info(path)
-    cfg = CogVideoXConfig.from_dict(info["config"])
+    cfg = transformer_config(info.get("config"), f"{path / INFO_NAME}")
     stored = parse_dtype(info["dtype"])
     quant = QuantSpec.from_dict(info.get("quant"))
     leaves = list(restore_leaves(path, abstract_params(cfg, stored, quant)))

@@ -42,7 +42,7 @@ def cmd_convert(args) -> None:
         raise InputError(f"DST {dst} already exists (pass --force to replace it)")
     writable_folder(dst.absolute().parent, "DST's folder")
     start = time.perf_counter()
-    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.quant.spec import QuantSpec
 
     quant = QuantSpec(args.hadamard_block) if getattr(args, "quant", None) == "nvfp4" else None
     dst = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.force, progress=not args.quiet,
@@ -58,7 +58,7 @@ def _weight_bytes(ckpt) -> str:
 
     from sixbit_jax.checkpoint import abstract_params, read_info
     from sixbit_jax.config import CogVideoXConfig
-    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.quant.spec import QuantSpec
 
     info = read_info(ckpt)
     cfg = CogVideoXConfig.from_dict(info["config"])
@@ -260,7 +260,7 @@ def cmd_generate(args) -> None:
     """Prompt -> MP4 with a CogVideoX pipeline folder (diffusers layout, or converted by `sixbit convert`)."""
     from sixbit_jax.io import load_array, save_array
     from sixbit_jax.media import read_image, write_mp4
-    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.quant.spec import QuantSpec
     from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline
     from sixbit_jax.sampling import SamplerSettings
 

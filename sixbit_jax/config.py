@@ -151,12 +151,11 @@ class CogVideoXConfig:
 
     @classmethod
     def named(cls, name: str) -> "CogVideoXConfig":
-        """A config shipped in `configs/`, e.g. 'cogvideox-2b' or 'cogvideox-5b'."""
-        path = CONFIG_DIR / f"{name}.json"
-        if not path.exists():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-            raise ConfigError(f"unknown config {name!r}; known: {', '.join(known)}")
-        return cls.from_json(path)
+        """A CogVideoX config shipped in `configs/`, e.g. 'cogvideox-2b' or 'cogvideox-5b'."""
+        cfg = named_config(name)
+        if not isinstance(cfg, cls):
+            raise ConfigError(f"config {name!r} is not a CogVideoX transformer")
+        return cfg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +187,11 @@ class WanConfig:
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
 
+    @property
+    def image_conditioned(self) -> bool:
+        """Image-to-video models concatenate image latents on channels (Wan's I2V is not implemented yet)."""
+        return self.in_channels != self.out_channels
+
     def to_dict(self) -> dict[str, Any]:
         return {"_class_name": "WanTransformer3DModel", **dataclasses.asdict(self),
                 "patch_size": list(self.patch_size)}
@@ -206,3 +210,28 @@ class WanConfig:
         if "patch_size" in kwargs:
             kwargs["patch_size"] = tuple(kwargs["patch_size"])
         return cls(**kwargs)
+
+
+# diffusers transformer class -> our config class: the model families this port implements
+TRANSFORMER_CONFIGS = {"CogVideoXTransformer3DModel": CogVideoXConfig, "WanTransformer3DModel": WanConfig}
+
+
+def transformer_config(raw: Any, where: str = "config") -> "CogVideoXConfig | WanConfig":
+    """A diffusers transformer config.json of any implemented family (by its `_class_name`; none means CogVideoX,
+    as checkpoints written before Wan landed)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a transformer config must be a JSON object; got {type(raw).__name__}")
+    name = raw.get("_class_name", "CogVideoXTransformer3DModel")
+    if name not in TRANSFORMER_CONFIGS:
+        raise ConfigError(f"{where}: unsupported transformer class {name!r}; implemented: "
+                          f"{', '.join(TRANSFORMER_CONFIGS)}")
+    return TRANSFORMER_CONFIGS[name].from_dict(raw)
+
+
+def named_config(name: str) -> "CogVideoXConfig | WanConfig":
+    """A transformer config shipped in `configs/`, e.g. 'cogvideox-2b' or 'wan2.1-1.3b'."""
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise ConfigError(f"unknown config {name!r}; known: {', '.join(known)}")
+    return transformer_config(read_json(path), str(path))

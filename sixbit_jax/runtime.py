@@ -32,7 +32,6 @@ from sixbit_jax.models.block_control import BF16, CALIBRATE, INT8, NVFP4, PDR, R
 
 MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate", "replay")
 CACHE_DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
-ACTIVATION_LINEARS_PER_BLOCK = 6  # q, k, v, out, FFN in, FFN out: the linears whose activations are quantized
 FIXED_MODE_ROUTES = {"bf16": BF16, "int8": INT8, "nvfp4": NVFP4, "calibrate": CALIBRATE}  # every computed block
 ROUTE_BITS = {SKIP: 0.0, BF16: 16.0, INT8: 8.0, NVFP4: 4.0, CALIBRATE: 16.0}  # PDR: by its fallbacks
 
@@ -147,15 +146,16 @@ class StepStats(NamedTuple):
     outlier_ratio: jax.Array | None = None  # calibrate: [steps, L, linears] each linear's input max|x| / mean|x|
 
 
-def init_state(num_layers: int, batch: int, video_tokens: int, text_tokens: int, dim: int,
-               cfg: RuntimeConfig) -> RuntimeState:
+def init_state(num_layers: int, stream_shapes: tuple[tuple[int, ...], ...], cfg: RuntimeConfig) -> RuntimeState:
+    """The state before the first step; `stream_shapes` are the model's block streams ([B, N, D] each)."""
     zeros = jnp.zeros((num_layers,), jnp.float32)
     false = jnp.zeros((num_layers,), bool)
     # Without cached deltas the cache is [L, 1, 1, 1] placeholders, not a copy of the activations (4 GiB in bf16
     # at CogVideoX-2B shape); the blocks then report r = 0.
-    shapes = ((batch, video_tokens, dim), (batch, text_tokens, dim)) if cfg.caches_deltas else (None, None)
+    cache = DeltaCache.create(num_layers, stream_shapes, jnp.dtype(cfg.cache_dtype),
+                              placeholders=not cfg.caches_deltas)
     return RuntimeState(zeros, false, jnp.full((num_layers,), jnp.inf), zeros, jnp.zeros((num_layers,), jnp.int32),
-                        false, DeltaCache.create(num_layers, *shapes, jnp.dtype(cfg.cache_dtype)))
+                        false, cache)
 
 
 def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_steps: int) -> jax.Array:
@@ -223,12 +223,14 @@ class RunSummary:
     route_fraction: dict[str, float]
 
     @classmethod
-    def from_stats(cls, stats: StepStats) -> "RunSummary":
+    def from_stats(cls, stats: StepStats, activation_linears: int) -> "RunSummary":
+        """`activation_linears`: how many linears of a block quantize their inputs (a PDR block's bits average
+        16 for its fallbacks and 8 for the rest)."""
         routes = np.asarray(stats.route)
         fallbacks = np.asarray(stats.fallbacks)
         bits = np.vectorize(lambda r: ROUTE_BITS.get(int(r), 0.0))(routes).astype(np.float64)
         pdr = routes == PDR
-        n = ACTIVATION_LINEARS_PER_BLOCK
+        n = activation_linears
         bits[pdr] = (16.0 * fallbacks[pdr] + 8.0 * (n - fallbacks[pdr])) / n
         computed = routes != SKIP
         return cls(float(bits.mean()), float(bits[computed].mean()) if computed.any() else 0.0,

@@ -1,9 +1,16 @@
 """The sampler: one jitted `lax.scan` over timesteps, classifier-free guidance as one doubled batch.
 
-Per step, as diffusers' CogVideoXPipeline does it: the model runs on [latents; latents] with [negative; positive]
-text, its output is upcast to float32, guided (v_u + g (v_c - v_u)), stepped by the scheduler, and the latents are
-cast back to the model dtype. Scheduler coefficients, timesteps and per-step guidance are scan inputs, so the
-compiled program depends only on shapes: a new seed, guidance or prompt reuses it."""
+Per step, as diffusers' pipelines do it: the model runs on [latents; latents] with [negative; positive] text, its
+output is upcast to float32, guided (v_u + g (v_c - v_u)), stepped by the scheduler, and the latents are cast to
+the family's latents dtype (CogVideoX: the model dtype; Wan: float32). Scheduler coefficients, timesteps and
+per-step guidance are scan inputs, so the compiled program depends only on shapes: a new seed, guidance or prompt
+reuses it.
+
+The sampler knows no model family. A model offers: `config.num_layers`, `latent_shape(batch, frames, height,
+width)`, `tables_for(latents_shape)` (host-computed positions), `stream_shapes(latents_shape, text_shape)` (the
+block streams the delta cache holds), `CONDITION_AXIS`, `latents_dtype`, `default_scheduler_config()`,
+`ACTIVATION_LINEARS`, `check_inputs`, `quant`, and a call `model(latents, text, timesteps, tables, *,
+return_block_finite=, control=)`."""
 
 from __future__ import annotations
 
@@ -18,20 +25,20 @@ from tqdm import tqdm
 
 from sixbit_jax import rng
 from sixbit_jax.errors import InputError, SamplingError
-from sixbit_jax.models import CogVideoXTransformer3D, PositionalTables
 from sixbit_jax.models.block_control import BlockControl
 from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, step_stats, update_state
-from sixbit_jax.schedulers import Schedule, SchedulerConfig, StepCoefficients, dynamic_guidance, make_schedule, step
+from sixbit_jax.schedulers import FlowSchedulerConfig, SchedulerConfig, dynamic_guidance, make_schedule
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
-    scheduler: str = "ddim"
+    scheduler: str | None = None  # None: what the model's scheduler config ships (ddim/dpm, unipc for Wan)
     num_steps: int = 50
     guidance_scale: float = 6.0
     use_dynamic_cfg: bool = False
     seed: int = 0
-    scheduler_config: SchedulerConfig | None = None  # a pipeline folder's; None: the shipped one of the model flavour
+    # a pipeline folder's (SchedulerConfig or FlowSchedulerConfig); None: the model family's default
+    scheduler_config: SchedulerConfig | FlowSchedulerConfig | None = None
 
     @property
     def uses_cfg(self) -> bool:
@@ -40,9 +47,9 @@ class SamplerSettings:
 
 @dataclasses.dataclass
 class SampleResult:
-    latents: jax.Array  # [B, F, C, H, W], model dtype
+    latents: jax.Array  # the family's layout and latents dtype
     seconds: float  # wall time of the denoising loop (compilation included on a first call)
-    schedule: Schedule
+    schedule: object  # the scheduler's schedule (timesteps, coefficients)
     guidance: np.ndarray  # [num_steps] guidance actually used
     stats: StepStats | None = None  # 6Bit runtime only: per step and block, route / Γ / r / fallbacks / NVFP4 error
     summary: RunSummary | None = None
@@ -59,29 +66,19 @@ def _tick(_step_index) -> None:
         bar.update(1)
 
 
-def latent_shape(model: CogVideoXTransformer3D, batch: int, frames: int, height: int, width: int):
-    """Pixel-space video size -> latent shape [B, F, C, H, W] (VAE: 4x in time, 8x in space), with CogVideoX 1.5's
-    padding frames in front (`CogVideoXConfig.frame_padding`)."""
-    cfg = model.config
-    if (frames - 1) % cfg.temporal_compression_ratio:
-        raise InputError(f"frames must be 1 + a multiple of {cfg.temporal_compression_ratio} (e.g. 49); got {frames}")
-    spatial = 8 * cfg.patch_size
-    if height % spatial or width % spatial:
-        raise InputError(f"height and width must be multiples of {spatial}; got {height}x{width}")
-    return (batch, cfg.latent_frames(frames) + cfg.frame_padding(frames), cfg.out_channels, height // 8, width // 8)
-
-
-def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *, latents=None,
+def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
            settings: SamplerSettings = SamplerSettings(), frames: int | None = None, height: int | None = None,
            width: int | None = None, step_noise=None, progress: bool = False,
            runtime: RuntimeConfig | None = None, condition=None) -> SampleResult:
     """Denoise from `latents` (or Gaussian noise drawn from `settings.seed`) and return the final latents.
 
+    model: a CogVideoXTransformer3D or WanTransformer3D (anything with the interface in the module docstring).
     prompt_embeds / negative_embeds: T5 outputs [B, L, text_dim]; negative ones are needed when guidance > 1.
+    latents: in the family's layout (CogVideoX [B, F, C, H, W], Wan [B, C, F, H, W]).
     frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
-    step_noise: optional [num_steps, B, F, C, H, W] noise for the stochastic DPM scheduler (else drawn from seed).
+    step_noise: optional [num_steps, *latents.shape] noise for the stochastic DPM scheduler (else drawn from seed).
     runtime: the 6Bit runtime (mode, delta cache, PDR, calibration); None runs every block in the model's dtype.
-    condition: image-to-video models' image latents [B, F, C, H, W], concatenated to the latents on channels at
+    condition: image-to-video models' image latents (shaped like the latents), concatenated to them on channels at
     every step (the pipeline's `image_latents`)."""
     if runtime is not None and runtime.quantized and model.quant is None:
         raise InputError(f"mode {runtime.mode} needs a quantized model: convert with `sixbit convert --quant nvfp4` "
@@ -93,20 +90,20 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     text = _text_batch(prompt_embeds, negative_embeds, settings, model.dtype)
     key_latents, key_noise = jax.random.split(jax.random.key(settings.seed))
     if latents is None:
-        cfg = model.config
-        shape = latent_shape(model, prompt_embeds.shape[0], frames or cfg.sample_frames,
-                             height or 8 * cfg.sample_height, width or 8 * cfg.sample_width)
+        shape = model.latent_shape(prompt_embeds.shape[0], frames, height, width)
         latents = rng.normal(key_latents, shape, jnp.float32)
-    latents = jnp.asarray(latents).astype(model.dtype)
+    latents = jnp.asarray(latents).astype(model.latents_dtype)
     if latents.shape[0] != prompt_embeds.shape[0]:
         raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch "
                          f"{prompt_embeds.shape[0]}")
     condition = _checked_condition(model, latents, condition)
-    model.check_inputs(latents.shape if condition is None else latents.shape[:2] + (
-        latents.shape[2] + condition.shape[2],) + latents.shape[3:], prompt_embeds.shape)
+    axis = model.CONDITION_AXIS
+    model.check_inputs(latents.shape if condition is None else latents.shape[:axis] + (
+        latents.shape[axis] + condition.shape[axis],) + latents.shape[axis + 1:], prompt_embeds.shape)
 
-    schedule = make_schedule(settings.scheduler, settings.num_steps,
-                             settings.scheduler_config or SchedulerConfig.for_model(model.config.flavour))
+    scheduler_config = settings.scheduler_config or model.default_scheduler_config()
+    schedule = make_schedule(settings.scheduler or scheduler_config.default_scheduler, settings.num_steps,
+                             scheduler_config)
     guidance = (dynamic_guidance(settings.guidance_scale, schedule.timesteps) if settings.use_dynamic_cfg
                 else np.full(schedule.num_steps, settings.guidance_scale))
     if step_noise is not None:
@@ -114,16 +111,15 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
         if step_noise.shape != (schedule.num_steps,) + latents.shape:
             raise InputError(f"step noise must be {(schedule.num_steps,) + latents.shape}; got {step_noise.shape}")
 
-    _, f, _, h, w = latents.shape
-    tables = model.positional_tables(f, h, w)
+    tables = model.tables_for(latents.shape)
     graphdef, state = nnx.split(model)
     start = time.perf_counter()
     _progress["bar"] = tqdm(total=schedule.num_steps, desc="sampling", unit="step", disable=not progress)
     try:
         out, block_finite, latents_finite, stats = _denoise(
-            graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.int32),
+            graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.float32),
             schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise, condition,
-            use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, runtime=runtime)
+            use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, schedule_type=type(schedule), runtime=runtime)
         out.block_until_ready()
     finally:
         _progress["bar"].close()
@@ -131,11 +127,12 @@ def sample(model: CogVideoXTransformer3D, prompt_embeds, negative_embeds=None, *
     seconds = time.perf_counter() - start
     _raise_if_not_finite(np.asarray(block_finite), np.asarray(latents_finite), schedule.timesteps)
     stats = jax.device_get(stats)
-    return SampleResult(out, seconds, schedule, guidance, stats, RunSummary.from_stats(stats) if stats else None)
+    summary = RunSummary.from_stats(stats, len(model.ACTIVATION_LINEARS)) if stats else None
+    return SampleResult(out, seconds, schedule, guidance, stats, summary)
 
 
-def _checked_condition(model: CogVideoXTransformer3D, latents, condition):
-    """The image latents an image-to-video model needs (in the model dtype), or None for a text-to-video one."""
+def _checked_condition(model, latents, condition):
+    """The image latents an image-to-video model needs (in the latents dtype), or None for a text-to-video one."""
     if not model.config.image_conditioned:
         if condition is not None:
             raise InputError("image latents were given but this is a text-to-video model")
@@ -146,7 +143,7 @@ def _checked_condition(model: CogVideoXTransformer3D, latents, condition):
     condition = jnp.asarray(condition)
     if condition.shape != latents.shape:
         raise InputError(f"image latents {tuple(condition.shape)} must have the latents' shape {tuple(latents.shape)}")
-    return condition.astype(model.dtype)
+    return condition.astype(model.latents_dtype)
 
 
 def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype):
@@ -163,17 +160,17 @@ def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype
     return jnp.concatenate([negative_embeds, prompt_embeds]).astype(dtype)
 
 
-def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, timesteps, coefficients: StepCoefficients,
-                  guidance, step_noise, key_noise, condition, *, use_cfg: bool, stochastic: bool,
-                  runtime: RuntimeConfig | None):
+def _denoise_impl(graphdef, state, latents, text, tables, timesteps, coefficients, guidance, step_noise, key_noise,
+                  condition, *, use_cfg: bool, stochastic: bool, schedule_type: type, runtime: RuntimeConfig | None):
     model = nnx.merge(graphdef, state)
     batch = latents.shape[0]
     num_steps = timesteps.shape[0]
 
     def one_step(carry, xs):
-        latents, x0_prev, blocks = carry
+        latents, scheduler_carry, blocks = carry
         index, t, c, g, noise = xs
-        model_in = latents if condition is None else jnp.concatenate([latents, condition], axis=2)
+        model_in = latents if condition is None else jnp.concatenate([latents, condition], axis=model.CONDITION_AXIS)
+        model_in = model_in.astype(model.dtype)
         model_in = jnp.concatenate([model_in, model_in]) if use_cfg else model_in
         t_in = jnp.full((model_in.shape[0],), t)
         if runtime is None:
@@ -194,25 +191,26 @@ def _denoise_impl(graphdef, state, latents, text, tables: PositionalTables, time
             noise = jnp.zeros((), latents.dtype)
         elif noise is None:
             noise = rng.normal(jax.random.fold_in(key_noise, index), latents.shape, jnp.float32)
-        new_latents, x0 = step(c, latents, v, x0_prev, noise.astype(latents.dtype))
+        new_latents, scheduler_carry = schedule_type.update(c, latents, v, scheduler_carry, noise.astype(latents.dtype))
         new_latents = new_latents.astype(latents.dtype)
         jax.debug.callback(_tick, index)
-        return (new_latents, x0, blocks), (block_finite, jnp.isfinite(new_latents).all(), record)
+        return (new_latents, scheduler_carry, blocks), (block_finite, jnp.isfinite(new_latents).all(), record)
 
     blocks = None
     if runtime is not None:
-        cfg = model.config
-        _, f, _, h, w = latents.shape
-        blocks = init_state(cfg.num_layers, batch * (2 if use_cfg else 1), cfg.video_tokens(f, h, w),
-                            text.shape[1], cfg.inner_dim, runtime)
+        model_batch = batch * (2 if use_cfg else 1)
+        blocks = init_state(model.config.num_layers,
+                            model.stream_shapes((model_batch,) + latents.shape[1:], (model_batch,) + text.shape[1:]),
+                            runtime)
     steps = jnp.arange(num_steps)
     xs = (steps, timesteps, coefficients, guidance, step_noise)
     (latents, _, _), (block_finite, latents_finite, stats) = jax.lax.scan(
-        one_step, (latents, jnp.zeros(latents.shape, jnp.float32), blocks), xs)
+        one_step, (latents, schedule_type.initial_carry(latents), blocks), xs)
     return latents, block_finite, latents_finite, stats
 
 
-_denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic", "runtime"))
+_denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic", "schedule_type",
+                                                                         "runtime"))
 
 
 def _raise_if_not_finite(block_finite: np.ndarray, latents_finite: np.ndarray, timesteps: np.ndarray) -> None:
@@ -223,4 +221,4 @@ def _raise_if_not_finite(block_finite: np.ndarray, latents_finite: np.ndarray, t
     bad_blocks = np.flatnonzero(~block_finite[i])
     where = (f"first in transformer block {int(bad_blocks[0])}" if bad_blocks.size
              else "in the head or the scheduler update (all blocks were finite)")
-    raise SamplingError(f"non-finite values (NaN/Inf) at step {i} (timestep {int(timesteps[i])}), {where}")
+    raise SamplingError(f"non-finite values (NaN/Inf) at step {i} (timestep {timesteps[i]:g}), {where}")

@@ -18,7 +18,7 @@ from sixbit_jax.layers import LinearRuntime, QuantDense
 from sixbit_jax.models import CogVideoXTransformer3D
 from sixbit_jax.models.block_control import (BF16, CALIBRATE, INT8, NVFP4, PDR, SKIP, BlockControl, BlockReport,
                                              DeltaCache, run_controlled_blocks)
-from sixbit_jax.models.cogvideox import QuantSpec
+from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.quant.model import quantize_model
 from sixbit_jax.runtime import (RunSummary, RuntimeConfig, StepStats, calibration_fields, choose_routes,
                                 fields_for_run, init_state, resample_schedule, update_state)
@@ -44,14 +44,21 @@ def quantized(float_model):
     return quantize_model(float_model)
 
 
-def controlled_forward(model):
+def stream_shapes(model, video_tokens: int, text_tokens: int, batch: int = 1):
+    d = model.config.inner_dim
+    return (batch, video_tokens, d), (batch, text_tokens, d)
+
+
+def controlled_forward(model, possible_routes: tuple[int, ...] = (SKIP, BF16, INT8, NVFP4, PDR, CALIBRATE)):
     """model(latents, text, t, control=BlockControl(routes, cache)) as one compiled program with the routes and the
-    cache traced: every call after the first reuses it (eager, each forward of the quantized model takes seconds)."""
+    cache traced: every call after the first reuses it (eager, each forward of the quantized model takes seconds).
+    Only `possible_routes` are compiled (each branch costs compile time)."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def forward(state, latents, text, t, routes, cache):
-        return nnx.merge(graphdef, state)(latents, text, t, control=BlockControl(routes, cache))
+        control = BlockControl(routes, cache, possible_routes=possible_routes)
+        return nnx.merge(graphdef, state)(latents, text, t, control=control)
 
     return lambda latents, text, t, routes, cache: forward(state, latents, text, t,
                                                            jnp.asarray(routes, jnp.int32), cache)
@@ -112,8 +119,8 @@ def test_quantized_paths_stay_close_to_float(float_model, quantized, inputs):
     reference = np.asarray(nnx.jit(lambda m: m(latents, text, t))(float_model), np.float64)
     bounds = {BF16: 0.08, INT8: 0.08, NVFP4: 0.15}  # W4A16 / W4A8 / W4A4 on random weights
     layers = float_model.config.num_layers
-    state = init_state(layers, 1, 2 * 16, 8, float_model.config.inner_dim, RuntimeConfig(mode="int8"))
-    forward = controlled_forward(quantized)
+    state = init_state(layers, stream_shapes(float_model, 2 * 16, 8), RuntimeConfig(mode="int8"))
+    forward = controlled_forward(quantized, tuple(bounds))
     for route, bound in bounds.items():
         out, report = forward(latents, text, t, [route] * layers, state.cache)
         err = np.abs(np.asarray(out, np.float64) - reference).sum() / np.abs(reference).sum()
@@ -133,17 +140,17 @@ def test_calibrate_route_measures_nvfp4_sensitivity_at_the_block_output(float_mo
     tables = one_block.positional_tables(2, 8, 8)
     video = video + tables.sincos
     block_def, state = nnx.split(one_block.transformer_blocks)
-    run_block = lambda block, v, x, runtime: block(v, x, temb_act, tables, runtime)  # noqa: E731
-    cache = DeltaCache.create(1, None, None, jnp.float32)
+    run_block = lambda block, streams, runtime: block(*streams, temb_act, tables, runtime)  # noqa: E731
+    cache = DeltaCache.create(1, ((1, 1, 1),) * 2, jnp.float32, placeholders=True)
 
     @jax.jit
     def run(route):
-        return run_controlled_blocks(block_def, state, video, text_tokens, run_block,
+        return run_controlled_blocks(block_def, state, (video, text_tokens), run_block,
                                      BlockControl(jnp.reshape(route, (1,)), cache))
 
-    y_video, y_text, _ = run(jnp.int32(BF16))
-    q_video, q_text, _ = run(jnp.int32(NVFP4))
-    _, _, report = run(jnp.int32(CALIBRATE))
+    (y_video, y_text), _ = run(jnp.int32(BF16))
+    (q_video, q_text), _ = run(jnp.int32(NVFP4))
+    _, report = run(jnp.int32(CALIBRATE))
     l1 = lambda x: np.abs(np.asarray(x, np.float64)).sum()  # noqa: E731
     want = (l1(q_video - y_video) + l1(q_text - y_text)) / (l1(y_video) + l1(y_text))
     assert float(report.nvfp4_error[0]) == pytest.approx(want, rel=1e-4)
@@ -157,7 +164,7 @@ def test_calibrate_route_measures_nvfp4_sensitivity_at_the_block_output(float_mo
     norm_video, norm_text, _, _ = block.norm1(video, text_tokens, temb_act)
     x = np.abs(np.concatenate([np.asarray(norm_text), np.asarray(norm_video)], axis=1))
     assert ratios[0] == pytest.approx(x.max() / x.mean(), rel=1e-5)
-    assert np.isnan(np.asarray(run(jnp.int32(BF16))[2].outlier_ratio)).all()  # measured only when calibrating
+    assert np.isnan(np.asarray(run(jnp.int32(BF16))[1].outlier_ratio)).all()  # measured only when calibrating
 
 
 def test_pdr_threshold_is_solved_for_the_fallback_target_and_read_back(tmp_path):
@@ -188,7 +195,7 @@ def _fake_report(state, *, change: float, gamma: float = 0.2) -> BlockReport:
 
 
 def _simulate(cfg: RuntimeConfig, num_steps: int, *, change: float, layers: int = 2):
-    state = init_state(layers, 1, 4, 2, 8, cfg)
+    state = init_state(layers, ((1, 4, 8), (1, 2, 8)), cfg)
     routes = []
     for step in range(num_steps):
         r = choose_routes(cfg, state, jnp.int32(step), num_steps)
@@ -219,7 +226,7 @@ def test_changing_delta_accumulates_error_and_stops_skipping():
 
 def test_routing_flips_when_the_predicted_error_crosses_tau_q():
     cfg = RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=0.5)
-    state = init_state(2, 1, 4, 2, 8, cfg)
+    state = init_state(2, ((1, 4, 8), (1, 2, 8)), cfg)
     assert list(choose_routes(cfg, state, jnp.int32(0), 10)) == [INT8, INT8], "no Γ yet: INT8"
     state = state._replace(gamma=jnp.array([0.4, 0.6]), gamma_valid=jnp.array([True, True]))
     assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [NVFP4, INT8]
@@ -231,7 +238,7 @@ def test_routing_flips_when_the_predicted_error_crosses_tau_q():
 
 def test_routing_takes_one_tau_q_per_block():
     cfg = RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=(0.3, 0.7))
-    state = init_state(2, 1, 4, 2, 8, cfg)._replace(gamma=jnp.array([0.5, 0.5]), gamma_valid=jnp.array([True, True]))
+    state = init_state(2, ((1, 4, 8), (1, 2, 8)), cfg)._replace(gamma=jnp.array([0.5, 0.5]), gamma_valid=jnp.array([True, True]))
     assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [INT8, NVFP4]
     with pytest.raises(ConfigError, match="tau_q has 3 entries but alpha has 2"):
         RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=(0.3, 0.7, 0.1))
@@ -246,7 +253,7 @@ def test_summary_counts_skips_as_zero_bits():
     routes = np.array([[INT8, NVFP4], [SKIP, PDR]])
     fallbacks = np.array([[0, 0], [0, 3]], np.float32)
     zeros = np.zeros((2, 2), np.float32)
-    summary = RunSummary.from_stats(StepStats(routes, zeros, zeros, fallbacks, zeros, zeros))
+    summary = RunSummary.from_stats(StepStats(routes, zeros, zeros, fallbacks, zeros, zeros), 6)
     pdr_bits = (16 * 3 + 8 * 3) / 6
     assert summary.bits_with_skips == pytest.approx((8 + 4 + 0 + pdr_bits) / 4)
     assert summary.bits_without_skips == pytest.approx((8 + 4 + pdr_bits) / 3)
@@ -261,8 +268,8 @@ def test_a_skipped_block_adds_the_delta_its_last_compute_cached(quantized, input
     latents, text, _ = inputs
     cfg, t = quantized.config, jnp.array([500])
     layers = cfg.num_layers
-    empty = init_state(layers, 1, 2 * 4 * 4, 8, cfg.inner_dim, RuntimeConfig(mode="calibrate", cache_dtype=cache_dtype))
-    forward = controlled_forward(quantized)
+    empty = init_state(layers, stream_shapes(quantized, 2 * 4 * 4, 8), RuntimeConfig(mode="calibrate", cache_dtype=cache_dtype))
+    forward = controlled_forward(quantized, (SKIP, BF16))
     computed, first = forward(latents, text, t, [BF16] * layers, empty.cache)
     assert float(first.gamma.min()) > 0
     assert all(float(jnp.abs(first.cache.read(i)[0]).sum()) > 0 for i in range(layers)), "every block caches Δ"
@@ -273,7 +280,8 @@ def test_a_skipped_block_adds_the_delta_its_last_compute_cached(quantized, input
         out, report = forward(latents, text, t, routes, first.cache)
         err = np.abs(np.asarray(out, np.float64) - expected).sum() / np.abs(expected).sum()
         assert err < tolerance, f"skipping block {skipped_block}: relative L1 error {err:.2e}"
-        for new, old in zip(report.cache, first.cache):  # a skip leaves its cache entry as it was
+        for new, old in zip((*report.cache.deltas, report.cache.scale), (*first.cache.deltas, first.cache.scale)):
+            # a skip leaves its cache entry as it was
             np.testing.assert_array_equal(np.asarray(new[skipped_block]), np.asarray(old[skipped_block]))
     halved = first.cache._replace(scale=first.cache.scale * 0.5)
     _, again = forward(latents, text, t, [BF16] * layers, halved)
@@ -281,21 +289,21 @@ def test_a_skipped_block_adds_the_delta_its_last_compute_cached(quantized, input
 
 
 def test_bf16_delta_cache_rounds_to_bf16():
-    cache = DeltaCache.create(2, (1, 4, 8), (1, 2, 8), jnp.bfloat16)
+    cache = DeltaCache.create(2, ((1, 4, 8), (1, 2, 8)), jnp.bfloat16)
     rng = np.random.default_rng()
     video = jnp.asarray(rng.standard_normal((1, 4, 8)) * 1e3, jnp.float32)
     text = jnp.asarray(rng.standard_normal((1, 2, 8)), jnp.float32)
-    got_video, got_text = cache.write(jnp.int32(0), video, text, keep=jnp.bool_(False)).read(jnp.int32(0))
+    got_video, got_text = cache.write(jnp.int32(0), (video, text), keep=jnp.bool_(False)).read(jnp.int32(0))
     for got, want in ((got_video, video), (got_text, text)):
         np.testing.assert_allclose(got, want, rtol=2**-8)
 
 
 def test_fp8_delta_cache_scales_large_deltas_instead_of_overflowing():
-    cache = DeltaCache.create(2, (1, 4, 8), (1, 2, 8), jnp.float8_e4m3fn)
+    cache = DeltaCache.create(2, ((1, 4, 8), (1, 2, 8)), jnp.float8_e4m3fn)
     rng = np.random.default_rng()
     video = jnp.asarray(rng.standard_normal((1, 4, 8)) * 1e4, jnp.float32)  # far beyond E4M3's 448
     text = jnp.asarray(rng.standard_normal((1, 2, 8)) * 1e-3, jnp.float32)
-    cache = cache.write(jnp.int32(1), video, text, keep=jnp.bool_(False))
+    cache = cache.write(jnp.int32(1), (video, text), keep=jnp.bool_(False))
     got_video, got_text = cache.read(jnp.int32(1))
     for got, want in ((got_video, video), (got_text, text)):  # E4M3: 3 mantissa bits; subnormals below amax / 2^15
         np.testing.assert_allclose(got, want, rtol=2**-4, atol=float(jnp.abs(want).max()) * 2**-15)

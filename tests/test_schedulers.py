@@ -77,7 +77,9 @@ def test_dynamic_guidance_matches_pipeline_formula():
 
 
 def test_bad_scheduler_settings():
-    with pytest.raises(ConfigError, match="unknown scheduler"):
+    with pytest.raises(ConfigError, match="scheduler 'heun' is unknown"):
+        make_schedule("heun", 50)
+    with pytest.raises(ConfigError, match="scheduler 'euler' is not this model's; this model samples with ddim, dpm"):
         make_schedule("euler", 50)
     with pytest.raises(ConfigError, match="number of steps"):
         make_schedule("ddim", 0)

@@ -9,42 +9,24 @@ from flax import nnx
 
 from conftest import rel_err
 from convert.wan import COMFY_PREFIX, converted_leaves, original_name
-from sixbit_jax.checkpoint import abstract_state, flat_leaves, module_from_leaves, parse_dtype
+from sixbit_jax.checkpoint import abstract_state, flat_leaves
 from sixbit_jax.config import WanConfig
 from sixbit_jax.errors import CheckpointError, ConfigError, InputError
 from sixbit_jax.models.wan import WanTransformer3D
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6)
+from wan_ref import jax_wan, random_wan, state_dict  # noqa: E402  (needs torch and diffusers)
 
 
 @pytest.fixture(scope="module")
 def reference():
-    """A tiny diffusers Wan with every tensor re-randomised (norm weights around 1)."""
-    model = diffusers.WanTransformer3DModel(**TINY).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.1 if "norm" in name else (0.3 if p.ndim > 1 else 0.1)
-            p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + torch.randn(p.shape, generator=gen)
-                    * scale)
-    return model
+    return random_wan(TINY)
 
 
-def state_dict(model, rename=lambda k: k):
-    return {rename(k): v.detach().float().numpy() for k, v in model.state_dict().items()}
-
-
-def jax_wan(model, dtype="fp32", rename=lambda k: k):
-    cfg = WanConfig.from_dict(dict(model.config))
-    sd = state_dict(model, rename)
-    leaves = converted_leaves(cfg, list(sd), lambda k: sd[k].shape, sd.__getitem__, dtype)
-    return module_from_leaves(lambda: WanTransformer3D(cfg, dtype=parse_dtype(dtype), rngs=nnx.Rngs(0)), leaves)
-
+TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6)
 
 def forward(model, latents, text, timesteps, dtype=torch.float32):
     model = model.to(dtype)

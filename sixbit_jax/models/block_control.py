@@ -1,8 +1,9 @@
 """How the 6Bit runtime drives a DiT's stack of blocks: one `lax.switch` per block on its route, the temporal delta
 cache, and the per-block statistics the sampler folds into its state.
 
-The model hands `run_controlled_blocks` its stacked block state and a function that runs one block; this module
-knows nothing about what a block computes, only that it maps (video, text) tokens to new ones.
+The model hands `run_controlled_blocks` its stacked block state, the token streams its blocks update (CogVideoX:
+video and text; Wan: video alone, its text context being constant) and a function that runs one block; this module
+knows nothing about what a block computes.
 
 The delta cache Δ(l) = Y - X is one array per stream, [L, B, N, D], carried through the layer scan and updated in
 place (one resident copy, not an input copy plus an output copy). Stored narrower than float32 it keeps one decode
@@ -26,38 +27,36 @@ ROUTE_NAMES = ("skip", "bf16", "int8", "nvfp4", "pdr", "calibrate")
 
 
 class DeltaCache(NamedTuple):
-    """Δ = Y - X of every block at its last compute. Without TDC the arrays are [L, 1, 1, 1] placeholders."""
+    """Δ = Y - X of every block at its last compute, one array per stream. Without TDC the arrays are [L, 1, 1, 1]
+    placeholders."""
 
-    video: jax.Array  # [L, B, N_video, D] in the cache dtype
-    text: jax.Array  # [L, B, N_text, D]
-    scale: jax.Array  # [L, 2] float32: decode scales of video and text (1 unless the dtype is fp8)
+    deltas: tuple[jax.Array, ...]  # per stream [L, B, N, D] in the cache dtype
+    scale: jax.Array  # [L, streams] float32 decode scales (1 unless the dtype is fp8)
 
     @classmethod
-    def create(cls, num_layers: int, video_shape: tuple[int, ...] | None, text_shape: tuple[int, ...] | None,
-               dtype) -> "DeltaCache":
-        """Zeros of [L, *shape] per stream; None shapes give the placeholders."""
-        video_shape, text_shape = video_shape or (1, 1, 1), text_shape or (1, 1, 1)
-        return cls(jnp.zeros((num_layers, *video_shape), dtype), jnp.zeros((num_layers, *text_shape), dtype),
-                   jnp.ones((num_layers, 2), jnp.float32))
+    def create(cls, num_layers: int, stream_shapes: tuple[tuple[int, ...], ...], dtype, *,
+               placeholders: bool = False) -> "DeltaCache":
+        """Zeros of [L, *shape] per stream, or [L, 1, 1, 1] per stream with `placeholders`."""
+        shapes = [(1, 1, 1) if placeholders else tuple(shape) for shape in stream_shapes]
+        return cls(tuple(jnp.zeros((num_layers, *shape), dtype) for shape in shapes),
+                   jnp.ones((num_layers, len(shapes)), jnp.float32))
 
-    def holds(self, video: jax.Array) -> bool:
-        """Static: whether this cache has room for deltas shaped like `video` (False for the placeholders)."""
-        return self.video.shape[1:] == video.shape
+    def holds(self, streams: tuple[jax.Array, ...]) -> bool:
+        """Static: whether this cache has room for deltas shaped like `streams` (False for the placeholders)."""
+        return all(d.shape[1:] == s.shape for d, s in zip(self.deltas, streams))
 
-    def read(self, layer: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Layer `layer`'s (video, text) deltas, decoded to float32."""
+    def read(self, layer: jax.Array) -> tuple[jax.Array, ...]:
+        """Layer `layer`'s deltas, one per stream, decoded to float32."""
         scale = self.scale[layer]
-        return self.video[layer].astype(jnp.float32) * scale[0], self.text[layer].astype(jnp.float32) * scale[1]
+        return tuple(d[layer].astype(jnp.float32) * scale[i] for i, d in enumerate(self.deltas))
 
-    def write(self, layer: jax.Array, video_delta: jax.Array, text_delta: jax.Array, keep: jax.Array) -> "DeltaCache":
+    def write(self, layer: jax.Array, deltas: tuple[jax.Array, ...], keep: jax.Array) -> "DeltaCache":
         """The cache with layer `layer` replaced by the encoded deltas, or left as it is where `keep`."""
-        video, video_scale = _encode(video_delta, self.video.dtype)
-        text, text_scale = _encode(text_delta, self.text.dtype)
-        video = jnp.where(keep, self.video[layer], video)
-        text = jnp.where(keep, self.text[layer], text)
-        scale = jnp.where(keep, self.scale[layer], jnp.stack([video_scale, text_scale]))
-        return DeltaCache(self.video.at[layer].set(video), self.text.at[layer].set(text),
-                          self.scale.at[layer].set(scale))
+        encoded = [_encode(delta, stored.dtype) for delta, stored in zip(deltas, self.deltas)]
+        stored = tuple(old.at[layer].set(jnp.where(keep, old[layer], new))
+                       for old, (new, _) in zip(self.deltas, encoded))
+        scale = jnp.where(keep, self.scale[layer], jnp.stack([s for _, s in encoded]))
+        return DeltaCache(stored, self.scale.at[layer].set(scale))
 
 
 def _encode(delta: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
@@ -109,45 +108,45 @@ def activation_linears(block: nnx.Module) -> int:
     return sum(1 for _, node in nnx.iter_graph(block) if isinstance(node, QuantDense) and not node.weight_only)
 
 
-RunBlock = Callable[[nnx.Module, jax.Array, jax.Array, LinearRuntime], tuple[jax.Array, jax.Array]]
+Streams = tuple[jax.Array, ...]
+RunBlock = Callable[[nnx.Module, Streams, LinearRuntime], Streams]
 
 
-def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Array, run_block: RunBlock,
-                          control: BlockControl) -> tuple[jax.Array, jax.Array, BlockReport]:
-    """Scan the stacked blocks under `control`; returns the final (video, text) and the BlockReport."""
+def run_controlled_blocks(block_def, block_state, streams: Streams, run_block: RunBlock,
+                          control: BlockControl) -> tuple[Streams, BlockReport]:
+    """Scan the stacked blocks under `control`. `streams` are the token arrays a block updates ([B, N, D] each:
+    CogVideoX's (video, text), Wan's (video,)); `run_block(block, streams, runtime)` returns their new values.
+    Returns the final streams and the BlockReport."""
     num_layers = control.routes.shape[0]
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
 
     def one_block(carry, xs):
-        video, text, cache = carry
+        streams, cache = carry
         state, route, layer = xs
         block = nnx.merge(block_def, state)
 
         zero = jnp.zeros((), jnp.float32)
         unmeasured = jnp.full((activation_linears(block),), jnp.nan, jnp.float32)
 
-        def skip(video, text):  # decodes inside the branch: no float32 copy of the delta outside it
-            delta_video, delta_text = cache.read(layer)
-            return (video + delta_video.astype(video.dtype), text + delta_text.astype(text.dtype), zero, zero, zero,
-                    unmeasured)
+        def skip(*streams):  # decodes inside the branch: no float32 copy of the delta outside it
+            new = tuple(x + delta.astype(x.dtype) for x, delta in zip(streams, cache.read(layer)))
+            return new, zero, zero, zero, unmeasured
 
         def compute(path: str):
-            def branch(video, text):
+            def branch(*streams):
                 runtime = LinearRuntime(path=path, outlier_ratio=control.outlier_ratio, backend=control.backend)
-                new_video, new_text = run_block(block, video, text, runtime)
+                new = tuple(run_block(block, streams, runtime))
                 fallbacks = sum(runtime.fallbacks, zero)
                 linear_error = sum(runtime.nvfp4_errors, zero) / max(len(runtime.nvfp4_errors), 1)
                 block_error, ratios = zero, unmeasured
                 if path == "calibrate":  # the same block on NVFP4 activations, from the same input
-                    nvfp4 = LinearRuntime(path="nvfp4", backend=control.backend)
-                    q_video, q_text = run_block(block, video, text, nvfp4)
-                    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-                    block_error = l1_ratio([f32(q_video) - f32(new_video), f32(q_text) - f32(new_text)],
-                                           [new_video, new_text])
+                    quantized = run_block(block, streams, LinearRuntime(path="nvfp4", backend=control.backend))
+                    block_error = l1_ratio([f32(q) - f32(y) for q, y in zip(quantized, new)], list(new))
                     if len(runtime.outlier_ratios) != unmeasured.shape[0]:  # each such linear runs once per block
                         raise AssertionError(f"{len(runtime.outlier_ratios)} linear calls recorded, expected "
                                              f"{unmeasured.shape[0]}")
                     ratios = jnp.stack(runtime.outlier_ratios) if runtime.outlier_ratios else unmeasured
-                return new_video, new_text, fallbacks, block_error, linear_error, ratios
+                return new, fallbacks, block_error, linear_error, ratios
             return branch
 
         # Only the routes this run can take are compiled: every extra branch costs compile time and may hold its
@@ -155,20 +154,18 @@ def run_controlled_blocks(block_def, block_state, video: jax.Array, text: jax.Ar
         possible = control.possible_routes
         branches = [skip if r == SKIP else compute(ROUTE_NAMES[r]) for r in possible]
         branch_of_route = jnp.asarray([possible.index(r) if r in possible else 0 for r in range(len(ROUTE_NAMES))])
-        new_video, new_text, fallbacks, error, linear_error, ratios = jax.lax.switch(branch_of_route[route], branches,
-                                                                                    video, text)
-        step_video, step_text = new_video - video, new_text - text
-        gamma = l1_ratio([step_video, step_text], [video, text])
-        finite = jnp.isfinite(new_video).all() & jnp.isfinite(new_text).all()
+        new, fallbacks, error, linear_error, ratios = jax.lax.switch(branch_of_route[route], branches, *streams)
+        steps = [y - x for y, x in zip(new, streams)]
+        gamma = l1_ratio(steps, list(streams))
+        finite = jnp.stack([jnp.isfinite(y).all() for y in new]).all()
         change = jnp.zeros((), jnp.float32)
-        if cache.holds(video):  # static: TDC or calibration
-            delta_video, delta_text = cache.read(layer)  # elementwise into the reductions below (fused by XLA)
-            f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-            change = l1_ratio([f32(step_video) - delta_video, f32(step_text) - delta_text], [delta_video, delta_text])
-            cache = cache.write(layer, step_video, step_text, keep=route == SKIP)
+        if cache.holds(streams):  # static: TDC or calibration
+            deltas = cache.read(layer)  # elementwise into the reductions below (fused by XLA)
+            change = l1_ratio([f32(step) - delta for step, delta in zip(steps, deltas)], list(deltas))
+            cache = cache.write(layer, tuple(steps), keep=route == SKIP)
         report = BlockReport(finite, gamma, change, fallbacks, error, linear_error, ratios)
-        return (new_video, new_text, cache), report
+        return (new, cache), report
 
-    (video, text, cache), report = jax.lax.scan(
-        one_block, (video, text, control.cache), (block_state, control.routes, jnp.arange(num_layers)))
-    return video, text, report._replace(cache=cache)
+    (streams, cache), report = jax.lax.scan(
+        one_block, (tuple(streams), control.cache), (block_state, control.routes, jnp.arange(num_layers)))
+    return streams, report._replace(cache=cache)

@@ -15,7 +15,6 @@ Positional information is precomputed on the host (float64, like diffusers) by `
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -24,11 +23,12 @@ import numpy as np
 from flax import nnx
 
 from sixbit_jax.config import CogVideoXConfig
-from sixbit_jax.errors import ConfigError, InputError
-from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, QuantDense, dot_product_attention, project
+from sixbit_jax.errors import InputError
+from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, dot_product_attention, project
 from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
-from sixbit_jax.quant.formats import HADAMARD_BLOCK
+from sixbit_jax.quant.spec import QuantSpec, block_linear
+from sixbit_jax.schedulers.cogvideox import SchedulerConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,34 +136,6 @@ def positional_tables(cfg: CogVideoXConfig, frames: int, height: int, width: int
 # ----------------------------------------------------------------------------------------------------------------
 # Quantization and per-block control
 # ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class QuantSpec:
-    """How a quantized model stores its block linears: NVFP4 weights, with a block Hadamard transform of this size
-    folded into the activation-quantized ones (attention q/k/v/out, FFN). The AdaLN modulation linears are NVFP4
-    weight-only. Embeddings, norms, the output head and attention math stay in the model dtype."""
-
-    hadamard_block: int = HADAMARD_BLOCK
-
-    def to_dict(self) -> dict:
-        return {"weights": "nvfp4", "hadamard_block": self.hadamard_block}
-
-    @classmethod
-    def from_dict(cls, raw: dict | None) -> "QuantSpec | None":
-        if raw is None:
-            return None
-        if raw.get("weights") != "nvfp4":
-            raise ConfigError(f"unsupported quantization {raw!r}: only NVFP4 weights are implemented")
-        return cls(hadamard_block=int(raw.get("hadamard_block", HADAMARD_BLOCK)))
-
-
-def _linear(cfg_in: int, cfg_out: int, *, dtype, rngs, quant: "QuantSpec | None", weight_only: bool = False):
-    """A float Dense, or its NVFP4 QuantDense counterpart in a quantized model."""
-    if quant is None:
-        return Dense(cfg_in, cfg_out, dtype=dtype, rngs=rngs)
-    return QuantDense(cfg_in, cfg_out, hadamard_block=0 if weight_only else quant.hadamard_block,
-                      weight_only=weight_only, dtype=dtype)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,7 +167,7 @@ class LayerNormZero(nnx.Module):
     linear(silu(temb)): shift, scale, gate, enc_shift, enc_scale, enc_gate."""
 
     def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, quant: QuantSpec | None = None):
-        self.linear = _linear(cfg.time_embed_dim, 6 * cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant,
+        self.linear = block_linear(cfg.time_embed_dim, 6 * cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant,
                               weight_only=True)
         self.norm = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
 
@@ -215,12 +187,12 @@ class JointAttention(nnx.Module):
                  quant: QuantSpec | None = None):
         d = cfg.inner_dim
         self.heads, self.implementation = cfg.num_attention_heads, implementation
-        self.to_q = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
-        self.to_k = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
-        self.to_v = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_q = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_k = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_v = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
         self.norm_q = LayerNorm(cfg.attention_head_dim, eps=1e-6, dtype=dtype)
         self.norm_k = LayerNorm(cfg.attention_head_dim, eps=1e-6, dtype=dtype)
-        self.to_out = _linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_out = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
 
     def __call__(self, tokens: jax.Array, num_text: int, rope: PositionalTables,
                  runtime: LinearRuntime | None = None) -> jax.Array:
@@ -239,8 +211,8 @@ class FeedForward(nnx.Module):
     """proj_in (D -> 4D), GELU (tanh approximation), proj_out (4D -> D)."""
 
     def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, quant: QuantSpec | None = None):
-        self.proj_in = _linear(cfg.inner_dim, 4 * cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
-        self.proj_out = _linear(4 * cfg.inner_dim, cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
+        self.proj_in = block_linear(cfg.inner_dim, 4 * cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
+        self.proj_out = block_linear(4 * cfg.inner_dim, cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
 
     def __call__(self, x: jax.Array, runtime: LinearRuntime | None = None) -> jax.Array:
         return self.proj_out(self.proj_in(x, runtime, activation="gelu_tanh"), runtime)
@@ -251,6 +223,13 @@ class CogVideoXBlock(nnx.Module):
 
     # The linears whose activations the quantized paths quantize, in the order a forward calls them (reports).
     ACTIVATION_LINEARS = ("q", "k", "v", "out", "ff_in", "ff_out")
+    # Block-relative module paths of the NVFP4 linears in a quantized model, and whether each is weight-only (the
+    # AdaLN modulation).
+    QUANTIZED_LINEARS = {
+        ("attn1", "to_q"): False, ("attn1", "to_k"): False, ("attn1", "to_v"): False, ("attn1", "to_out"): False,
+        ("ff", "proj_in"): False, ("ff", "proj_out"): False,
+        ("norm1", "linear"): True, ("norm2", "linear"): True,
+    }
 
     def __init__(self, cfg: CogVideoXConfig, *, dtype, rngs: nnx.Rngs, attention_impl: str | None = None,
                  quant: QuantSpec | None = None):
@@ -333,6 +312,48 @@ class CogVideoXTransformer3D(nnx.Module):
     def positional_tables(self, frames: int, height: int, width: int) -> PositionalTables:
         return positional_tables(self.config, frames, height, width, self.dtype)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # What the sampler asks of a model family (sampling.py knows no family).
+    # ------------------------------------------------------------------------------------------------------------
+    CONDITION_AXIS = 2  # image latents join the noisy latents on channels of [B, F, C, H, W]
+
+    @property
+    def latents_dtype(self):
+        """diffusers' CogVideoX pipelines cast the latents back to the model dtype after every step."""
+        return self.dtype
+
+    def latent_shape(self, batch: int, frames: int | None = None, height: int | None = None,
+                     width: int | None = None) -> tuple[int, ...]:
+        """Pixel-space video size (default: the model's sample size) -> latents [B, F, C, H, W] (VAE: 4x in time, 8x
+        in space), with CogVideoX 1.5's padding frames in front (`CogVideoXConfig.frame_padding`)."""
+        cfg = self.config
+        frames, height, width = frames or cfg.sample_frames, height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
+        if (frames - 1) % cfg.temporal_compression_ratio:
+            raise InputError(f"frames must be 1 + a multiple of {cfg.temporal_compression_ratio} (e.g. 49); got "
+                             f"{frames}")
+        spatial = 8 * cfg.patch_size
+        if height % spatial or width % spatial:
+            raise InputError(f"height and width must be multiples of {spatial}; got {height}x{width}")
+        return (batch, cfg.latent_frames(frames) + cfg.frame_padding(frames), cfg.out_channels, height // 8,
+                width // 8)
+
+    def tables_for(self, latents_shape) -> PositionalTables:
+        _, f, _, h, w = latents_shape
+        return self.positional_tables(f, h, w)
+
+    def stream_shapes(self, latents_shape, text_shape) -> tuple[tuple[int, ...], ...]:
+        """The [B, N, D] token streams the blocks update: video and text."""
+        b, f, _, h, w = latents_shape
+        cfg = self.config
+        return (b, cfg.video_tokens(f, h, w), cfg.inner_dim), (b, text_shape[1], cfg.inner_dim)
+
+    def default_scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig.for_model(self.config.flavour)
+
+    ACTIVATION_LINEARS = CogVideoXBlock.ACTIVATION_LINEARS
+    QUANTIZED_LINEARS = CogVideoXBlock.QUANTIZED_LINEARS
+    BLOCKS = "transformer_blocks"  # the stacked blocks' attribute (and parameter-tree key)
+
     def _sinusoid(self, values: jax.Array, dim: int) -> jax.Array:
         cfg = self.config
         return timestep_sinusoid(values, dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
@@ -375,9 +396,9 @@ class CogVideoXTransformer3D(nnx.Module):
             (video, _), block_finite = jax.lax.scan(run_block, (video, text), block_state)
             report = None
         else:
-            video, _, report = run_controlled_blocks(
-                block_def, block_state, video, text,
-                lambda block, video, text, runtime: block(video, text, temb_act, tables, runtime), control)
+            (video, _), report = run_controlled_blocks(
+                block_def, block_state, (video, text),
+                lambda block, streams, runtime: block(*streams, temb_act, tables, runtime), control)
             block_finite = report.finite
 
         video = self.norm_out(self.norm_final(video), temb_act)

@@ -24,9 +24,12 @@ from flax import nnx
 
 from sixbit_jax.config import WanConfig
 from sixbit_jax.errors import InputError
-from sixbit_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, project
+from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, RMSNorm, dot_product_attention, project
 from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.layers.norm import layer_norm
+from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
+from sixbit_jax.quant.spec import QuantSpec, block_linear
+from sixbit_jax.schedulers.flow import FlowSchedulerConfig
 
 
 class RopeTables(NamedTuple):
@@ -53,12 +56,19 @@ def fp32_layer_norm(x: jax.Array, eps: float, norm: LayerNorm | None = None) -> 
 
 
 class WanAttention(nnx.Module):
-    """Self- or cross-attention with RMSNorm over all heads on q and k (Wan's "rms_norm_across_heads")."""
+    """Self- or cross-attention with RMSNorm over all heads on q and k (Wan's "rms_norm_across_heads").
 
-    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
+    Quantized, the cross-attention's keys and values are NVFP4 weight-only: they read the constant text context
+    (512 tokens), where 8-bit activations would save nothing."""
+
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs, cross: bool = False,
+                 implementation: str | None = None, quant: QuantSpec | None = None):
         d = cfg.inner_dim
-        self.heads = cfg.num_attention_heads
-        self.to_q, self.to_k, self.to_v, self.to_out = (Dense(d, d, dtype=dtype, rngs=rngs) for _ in range(4))
+        self.heads, self.implementation = cfg.num_attention_heads, implementation
+        self.to_q = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
+        self.to_k = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant, weight_only=cross)
+        self.to_v = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant, weight_only=cross)
+        self.to_out = block_linear(d, d, dtype=dtype, rngs=rngs, quant=quant)
         self.norm_q = RMSNorm(d, eps=cfg.eps, dtype=dtype)
         self.norm_k = RMSNorm(d, eps=cfg.eps, dtype=dtype)
 
@@ -73,16 +83,16 @@ class WanAttention(nnx.Module):
         q, k, v = split(self.norm_q(q)), split(self.norm_k(k)), split(v)
         if rope is not None:
             q, k = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
-        out = dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v, implementation=self.implementation)
         return self.to_out(out.reshape(*x.shape[:2], -1), runtime)
 
 
 class FeedForward(nnx.Module):
     """proj_in (D -> ffn_dim), GELU (tanh approximation), proj_out (ffn_dim -> D)."""
 
-    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
-        self.proj_in = Dense(cfg.inner_dim, cfg.ffn_dim, dtype=dtype, rngs=rngs)
-        self.proj_out = Dense(cfg.ffn_dim, cfg.inner_dim, dtype=dtype, rngs=rngs)
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs, quant: QuantSpec | None = None):
+        self.proj_in = block_linear(cfg.inner_dim, cfg.ffn_dim, dtype=dtype, rngs=rngs, quant=quant)
+        self.proj_out = block_linear(cfg.ffn_dim, cfg.inner_dim, dtype=dtype, rngs=rngs, quant=quant)
 
     def __call__(self, x: jax.Array, runtime=None) -> jax.Array:
         return self.proj_out(self.proj_in(x, runtime, activation="gelu_tanh"), runtime)
@@ -92,17 +102,28 @@ class WanBlock(nnx.Module):
     """Modulated self-attention with RoPE -> cross-attention to the text (LayerNorm, no modulation, no gate) ->
     modulated FFN; six modulation rows from `scale_shift_table` + the step's time projection."""
 
-    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs):
+    # The linears whose activations the quantized paths quantize, in the order a forward calls them (reports).
+    ACTIVATION_LINEARS = ("q", "k", "v", "out", "cross_q", "cross_out", "ff_in", "ff_out")
+    # Block-relative module paths of the NVFP4 linears in a quantized model, and whether each is weight-only.
+    QUANTIZED_LINEARS = {
+        **{("attn1", name): False for name in ("to_q", "to_k", "to_v", "to_out")},
+        ("attn2", "to_q"): False, ("attn2", "to_out"): False, ("attn2", "to_k"): True, ("attn2", "to_v"): True,
+        ("ffn", "proj_in"): False, ("ffn", "proj_out"): False,
+    }
+
+    def __init__(self, cfg: WanConfig, *, dtype, rngs: nnx.Rngs, attention_impl: str | None = None,
+                 quant: QuantSpec | None = None):
         d = cfg.inner_dim
         self.eps = cfg.eps
-        self.attn1 = WanAttention(cfg, dtype=dtype, rngs=rngs)
-        self.attn2 = WanAttention(cfg, dtype=dtype, rngs=rngs)
+        self.attn1 = WanAttention(cfg, dtype=dtype, rngs=rngs, implementation=attention_impl, quant=quant)
+        self.attn2 = WanAttention(cfg, dtype=dtype, rngs=rngs, cross=True, implementation=attention_impl,
+                                  quant=quant)
         self.norm2 = LayerNorm(d, eps=cfg.eps, dtype=dtype) if cfg.cross_attn_norm else None
-        self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
+        self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs, quant=quant)
         self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) * d**-0.5)
 
     def __call__(self, x: jax.Array, context: jax.Array, time_proj: jax.Array, rope: RopeTables,
-                 runtime=None) -> jax.Array:
+                 runtime: LinearRuntime | None = None) -> jax.Array:
         dtype = x.dtype
         rows = self.scale_shift_table[...].astype(jnp.float32) + time_proj.astype(jnp.float32)  # [B, 6, D]
         shift, scale, gate, c_shift, c_scale, c_gate = (rows[:, i:i + 1] for i in range(6))
@@ -141,18 +162,34 @@ class TextProjection(nnx.Module):
         return self.linear_2(self.linear_1(x, activation="gelu_tanh"))
 
 
+# The VAE's compression (time, height, width) and the pipeline's default video: 81 frames at 480 x 832.
+VAE_STRIDE = (4, 8, 8)
+DEFAULT_VIDEO = (81, 480, 832)
+
+
 class WanTransformer3D(nnx.Module):
     """The denoiser: (latents [B, C, F, H, W], umT5 context [B, L, text_dim], timesteps [B]) -> the flow
-    prediction, shaped like the latents, in the model dtype."""
+    prediction, shaped like the latents, in the model dtype. `attention_impl` forces 'cudnn' or 'xla' attention;
+    `quant` builds the NVFP4 block linears of a quantized checkpoint."""
 
-    def __init__(self, cfg: WanConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs):
-        self.config, self.dtype = cfg, jnp.dtype(dtype)
+    ACTIVATION_LINEARS = WanBlock.ACTIVATION_LINEARS
+    QUANTIZED_LINEARS = WanBlock.QUANTIZED_LINEARS
+    BLOCKS = "blocks"  # the stacked blocks' attribute (and parameter-tree key)
+
+    def __init__(self, cfg: WanConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs, attention_impl: str | None = None,
+                 quant: QuantSpec | None = None):
+        self.config, self.dtype, self.quant = cfg, jnp.dtype(dtype), quant
         d, patch = cfg.inner_dim, int(np.prod(cfg.patch_size))
         self.patch_embedding = Dense(cfg.in_channels * patch, d, dtype=dtype, rngs=rngs)
         self.condition_embedder = ConditionEmbedder(cfg, dtype=dtype, rngs=rngs)
-        block_def, _ = nnx.split(nnx.eval_shape(lambda: WanBlock(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+
+        def make_block(block_rngs: nnx.Rngs) -> WanBlock:
+            return WanBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl, quant=quant)
+
+        # One block's structure, and its parameters initialised num_layers times along a leading layer axis.
+        block_def, _ = nnx.split(nnx.eval_shape(lambda: make_block(nnx.Rngs(0))))
         layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
-        stacked = jax.vmap(lambda key: nnx.state(WanBlock(cfg, dtype=dtype, rngs=nnx.Rngs(key))))(layer_keys)
+        stacked = jax.vmap(lambda key: nnx.state(make_block(nnx.Rngs(key))))(layer_keys)
         self.blocks = nnx.merge(block_def, stacked)
         self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) * d**-0.5)
         self.proj_out = Dense(d, cfg.out_channels * patch, dtype=dtype, rngs=rngs)
@@ -169,6 +206,42 @@ class WanTransformer3D(nnx.Module):
             raise InputError(f"the text context must be [{latents_shape[0]}, L, {cfg.text_dim}]; got "
                              f"{tuple(text_shape)}")
 
+    # ------------------------------------------------------------------------------------------------------------
+    # What the sampler asks of a model family (sampling.py knows no family).
+    # ------------------------------------------------------------------------------------------------------------
+    CONDITION_AXIS = 1  # channels of [B, C, F, H, W]
+
+    @property
+    def latents_dtype(self):
+        """diffusers' WanPipeline keeps the latents in float32 and casts them to the model dtype for each forward."""
+        return jnp.dtype(jnp.float32)
+
+    def latent_shape(self, batch: int, frames: int | None = None, height: int | None = None,
+                     width: int | None = None) -> tuple[int, ...]:
+        """Pixel-space video size (default 81 frames at 480 x 832) -> latents [B, C, F, H, W]."""
+        cfg = self.config
+        frames, height, width = frames or DEFAULT_VIDEO[0], height or DEFAULT_VIDEO[1], width or DEFAULT_VIDEO[2]
+        st, sh, sw = VAE_STRIDE
+        if (frames - 1) % st:
+            raise InputError(f"frames must be 1 + a multiple of {st} (e.g. 81); got {frames}")
+        if height % (sh * cfg.patch_size[1]) or width % (sw * cfg.patch_size[2]):
+            raise InputError(f"height and width must be multiples of {sh * cfg.patch_size[1]}; got {height}x{width}")
+        return batch, cfg.out_channels, (frames - 1) // st + 1, height // sh, width // sw
+
+    def tables_for(self, latents_shape) -> RopeTables:
+        _, _, f, h, w = latents_shape
+        return rope_tables(self.config, f, h, w)
+
+    def stream_shapes(self, latents_shape, text_shape) -> tuple[tuple[int, ...], ...]:
+        """The [B, N, D] token streams the blocks update: the video alone (the text context never changes)."""
+        b, _, f, h, w = latents_shape
+        tokens = int(np.prod([n // p for n, p in zip((f, h, w), self.config.patch_size)]))
+        return ((b, tokens, self.config.inner_dim),)
+
+    def default_scheduler_config(self) -> FlowSchedulerConfig:
+        return FlowSchedulerConfig()
+
+    # ------------------------------------------------------------------------------------------------------------
     def patchify(self, latents: jax.Array) -> jax.Array:
         b, c, f, h, w = latents.shape
         pt, ph, pw = self.config.patch_size
@@ -183,7 +256,10 @@ class WanTransformer3D(nnx.Module):
         return out.transpose(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, frames, height, width)
 
     def __call__(self, latents, text, timesteps, rope: RopeTables | None = None, *,
-                 return_block_finite: bool = False):
+                 return_block_finite: bool = False, control: BlockControl | None = None):
+        """With `return_block_finite`, also a bool [num_layers] saying whether each block's output was all finite.
+        With `control` (the 6Bit runtime), each block takes its route from `control.routes` and the call returns
+        (prediction, BlockReport)."""
         cfg, dtype = self.config, self.dtype
         self.check_inputs(latents.shape, text.shape)
         _, _, f, h, w = latents.shape
@@ -192,14 +268,23 @@ class WanTransformer3D(nnx.Module):
         x = self.patch_embedding(self.patchify(latents.astype(dtype)))
 
         block_def, block_state = nnx.split(self.blocks)
+        if control is None:
+            def run_block(x, state):
+                x = nnx.merge(block_def, state)(x, context, time_proj, rope)
+                return x, jnp.isfinite(x).all()
 
-        def run_block(x, state):
-            x = nnx.merge(block_def, state)(x, context, time_proj, rope)
-            return x, jnp.isfinite(x).all()
+            x, block_finite = jax.lax.scan(run_block, x, block_state)
+            report = None
+        else:
+            (x,), report = run_controlled_blocks(
+                block_def, block_state, (x,),
+                lambda block, streams, runtime: (block(streams[0], context, time_proj, rope, runtime),), control)
+            block_finite = report.finite
 
-        x, block_finite = jax.lax.scan(run_block, x, block_state)
         rows = self.scale_shift_table[...].astype(jnp.float32) + temb.astype(jnp.float32)[:, None, :]
         shift, scale = rows[:, :1], rows[:, 1:]
         x = (fp32_layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(dtype)
         out = self.unpatchify(self.proj_out(x), f, h, w)
+        if control is not None:
+            return out, report
         return (out, block_finite) if return_block_finite else out

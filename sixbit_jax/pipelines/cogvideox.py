@@ -30,11 +30,11 @@ from sixbit_jax import rng
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import CogVideoXTransformer3D, t5
-from sixbit_jax.models.cogvideox import QuantSpec
+from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, decode_latents, encode, postprocess
 from sixbit_jax.pipelines import components
 from sixbit_jax.runtime import RuntimeConfig
-from sixbit_jax.sampling import SampleResult, SamplerSettings, latent_shape, sample
+from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
 from sixbit_jax.schedulers import SchedulerConfig
 from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
@@ -133,8 +133,7 @@ class CogVideoXPipeline:
         if image.shape[1:3] != (height, width):
             raise InputError(f"the image is {image.shape[2]} x {image.shape[1]} but the video is {width} x {height}: "
                              f"resize it first (media.read_image does, as diffusers' image processor)")
-        shape = latents.shape if latents is not None else latent_shape(self.transformer, batch, frames or
-                                                                       cfg.sample_frames, height, width)
+        shape = latents.shape if latents is not None else self.transformer.latent_shape(batch, frames, height, width)
         video = np.broadcast_to(image, (batch, height, width, 3))[:, None] * 2 - 1  # [B, 1, H, W, 3] in [-1, 1]
         if noise is None:
             noise = image_posterior_noise(seed, (batch, 1) + tuple(shape[2:]))

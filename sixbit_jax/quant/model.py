@@ -1,8 +1,9 @@
-"""Quantizing a CogVideoX model: which linears become NVFP4, and the parameter-tree rewrite that does it.
+"""Quantizing a model: the parameter-tree rewrite that turns a family's block linears into NVFP4.
 
-A float linear's leaves {weight [L, N, K], bias} become a QuantDense's {packed, block_scales, scale, bias}; the
-rewrite works leaf by leaf, so the converter can stream it and a loaded float model can be quantized in memory
-(`quantize_model`) with the same code."""
+Which linears those are is the family's to say: its model class lists them (`QUANTIZED_LINEARS`, block-relative
+module paths -> weight-only) under its stacked blocks (`BLOCKS`). A float linear's leaves {weight [L, N, K], bias}
+become a QuantDense's {packed, block_scales, scale, bias}; the rewrite works leaf by leaf, so the converter can
+stream it and a loaded float model can be quantized in memory (`quantize_model`) with the same code."""
 
 from __future__ import annotations
 
@@ -16,17 +17,11 @@ from flax import nnx
 
 from sixbit_jax.quant import formats
 
-# Block-relative module paths of the quantized linears, and whether each is weight-only (AdaLN modulation).
-QUANTIZED_LINEARS = {
-    ("attn1", "to_q"): False, ("attn1", "to_k"): False, ("attn1", "to_v"): False, ("attn1", "to_out"): False,
-    ("ff", "proj_in"): False, ("ff", "proj_out"): False,
-    ("norm1", "linear"): True, ("norm2", "linear"): True,
-}
 
-
-def quantized_module(path: tuple[str, ...]) -> tuple[str, ...] | None:
+def quantized_module(path: tuple[str, ...], model_class) -> tuple[str, ...] | None:
     """The block-relative module path if `path` (a parameter path) is the weight of a quantized linear."""
-    if len(path) == 4 and path[0] == "transformer_blocks" and path[-1] == "weight" and path[1:3] in QUANTIZED_LINEARS:
+    if (len(path) == 4 and path[0] == model_class.BLOCKS and path[-1] == "weight"
+            and path[1:3] in model_class.QUANTIZED_LINEARS):
         return path[1:3]
     return None
 
@@ -43,24 +38,25 @@ def quantize_stacked_weight(weight, hadamard_block: int) -> dict[str, np.ndarray
             "block_scales": np.asarray(jax.lax.bitcast_convert_type(q.block_scales, jnp.uint8))}
 
 
-def quantize_leaves(leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], hadamard_block: int
+def quantize_leaves(leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], hadamard_block: int, model_class
                     ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Rewrite a stream of (path, float leaf): quantized linears' weights become their NVFP4 leaves."""
+    """Rewrite a stream of (path, float leaf) of a `model_class` model: quantized linears' weights become their
+    NVFP4 leaves."""
     for path, leaf in leaves:
-        module = quantized_module(path)
+        module = quantized_module(path, model_class)
         if module is None:
             yield path, leaf
             continue
-        block = 0 if QUANTIZED_LINEARS[module] else hadamard_block
+        block = 0 if model_class.QUANTIZED_LINEARS[module] else hadamard_block
         for name, value in quantize_stacked_weight(leaf, block).items():
             yield path[:-1] + (name,), value
 
 
 def quantize_model(model, hadamard_block: int = formats.HADAMARD_BLOCK):
-    """A quantized copy of a float CogVideoXTransformer3D (same dtype for everything left in float)."""
+    """A quantized copy of a float model of any family (same dtype for everything left in float)."""
     from sixbit_jax.checkpoint import flat_leaves, model_from_params, nest_leaves
-    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.quant.spec import QuantSpec
 
     params = nnx.to_pure_dict(nnx.state(model))
-    quantized = nest_leaves(quantize_leaves(flat_leaves(params), hadamard_block))
+    quantized = nest_leaves(quantize_leaves(flat_leaves(params), hadamard_block, type(model)))
     return model_from_params(model.config, quantized, dtype=model.dtype, quant=QuantSpec(hadamard_block))

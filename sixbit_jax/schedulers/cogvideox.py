@@ -113,6 +113,15 @@ class Schedule:
     def device_coefficients(self, dtype=jnp.float32) -> StepCoefficients:
         return StepCoefficients(*(jnp.asarray(c, dtype) for c in self.coefficients))
 
+    # The sampler's interface, shared by every schedule: the carry one step hands the next, and the step itself.
+    @staticmethod
+    def initial_carry(sample):
+        return jnp.zeros(sample.shape, jnp.float32)  # the previous x0 (DPM's second order)
+
+    @staticmethod
+    def update(c: StepCoefficients, sample, v, carry, noise):
+        return step(c, sample, v, carry, noise)
+
 
 def make_schedule(kind: str, num_steps: int, cfg: SchedulerConfig = SchedulerConfig()) -> Schedule:
     if kind not in SCHEDULERS:

@@ -24,9 +24,41 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError
 
 NUM_TRAIN_TIMESTEPS = 1000
+SCHEDULERS = ("unipc", "euler")
+# Wan's text-to-video default (its generate.py, 480p and 720p alike); diffusers' converted folders ship 3.0
+DEFAULT_SHIFT = 5.0
+_SCHEDULER_CLASSES = {"UniPCMultistepScheduler": "unipc", "FlowMatchEulerDiscreteScheduler": "euler"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSchedulerConfig:
+    """A flow-matching model's scheduler settings: the σ shift and which sampler its folder ships."""
+
+    shift: float = DEFAULT_SHIFT
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    default_scheduler: str = "unipc"
+
+    @classmethod
+    def from_json(cls, path) -> "FlowSchedulerConfig":
+        """A pipeline folder's scheduler/scheduler_config.json: diffusers' UniPCMultistepScheduler with flow sigmas
+        (`flow_shift`) or FlowMatchEulerDiscreteScheduler (`shift`, static). Other settings raise ConfigError."""
+        raw = read_json(path, "scheduler config")
+        kind = _SCHEDULER_CLASSES.get(raw.get("_class_name"))
+        if kind is None:
+            raise ConfigError(f"{path}: unsupported scheduler {raw.get('_class_name')!r}; expected one of "
+                              f"{', '.join(_SCHEDULER_CLASSES)}")
+        required = ({"use_flow_sigmas": True, "prediction_type": "flow_prediction", "solver_order": 2,
+                     "solver_type": "bh2", "predict_x0": True} if kind == "unipc"
+                    else {"use_dynamic_shifting": False, "invert_sigmas": False})
+        for key, supported in required.items():
+            if key in raw and raw[key] != supported:
+                raise ConfigError(f"{path}: unsupported scheduler config {key}={raw[key]!r} (only {supported!r})")
+        shift = raw.get("flow_shift" if kind == "unipc" else "shift", DEFAULT_SHIFT)
+        return cls(float(shift), int(raw.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS)), kind)
 
 
 def flow_sigmas(num_steps: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
@@ -67,8 +99,18 @@ class UniPCSchedule:
     def num_steps(self) -> int:
         return len(self.timesteps)
 
+    stochastic = False
+
     def device_coefficients(self, dtype=jnp.float32) -> UniPCCoefficients:
         return UniPCCoefficients(*(jnp.asarray(c, dtype) for c in self.coefficients))
+
+    @staticmethod
+    def initial_carry(sample) -> "UniPCState":
+        return UniPCState.zeros_like(sample.astype(jnp.float32))
+
+    @staticmethod
+    def update(c: UniPCCoefficients, sample, v, carry: "UniPCState", noise):
+        return unipc_step(c, sample, v, carry)
 
 
 def _lambda(sigma: float) -> float:
@@ -175,10 +217,27 @@ class EulerSchedule:
     def num_steps(self) -> int:
         return len(self.timesteps)
 
+    stochastic = False
+
     @property
     def steps(self) -> np.ndarray:
         """[num_steps] float64 σ_{i+1} - σ_i, the step each velocity is multiplied by."""
         return np.diff(self.sigmas.astype(np.float64))
+
+    def device_coefficients(self, dtype=jnp.float32) -> "EulerCoefficients":
+        return EulerCoefficients(jnp.asarray(self.steps, dtype))
+
+    @staticmethod
+    def initial_carry(sample) -> tuple:
+        return ()
+
+    @staticmethod
+    def update(c: "EulerCoefficients", sample, v, carry, noise):
+        return euler_step(c.step, sample, v), carry
+
+
+class EulerCoefficients(NamedTuple):
+    step: np.ndarray  # [num_steps] σ_{i+1} - σ_i
 
 
 def make_euler_schedule(num_steps: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> EulerSchedule:
@@ -200,3 +259,11 @@ def make_euler_schedule(num_steps: int, shift: float, num_train_timesteps: int =
 def euler_step(step, sample, v):
     """x_{σ'} = x_σ + (σ' - σ) v, in float32 as diffusers computes it."""
     return sample + step * v
+
+
+def make_flow_schedule(kind: str, num_steps: int, cfg: FlowSchedulerConfig = FlowSchedulerConfig()):
+    if kind == "unipc":
+        return make_unipc_schedule(num_steps, cfg.shift, cfg.num_train_timesteps)
+    if kind == "euler":
+        return make_euler_schedule(num_steps, cfg.shift, cfg.num_train_timesteps)
+    raise ConfigError(f"unknown flow scheduler {kind!r}; use one of {', '.join(SCHEDULERS)}")

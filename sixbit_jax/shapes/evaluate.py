@@ -162,7 +162,7 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
         summary = None
         if runtime is not None:
             stats = StepStats(*(np.concatenate([getattr(o.result.stats, f) for o in outputs]) for f in StepStats._fields))
-            summary = dataclasses.asdict(RunSummary.from_stats(stats))
+            summary = dataclasses.asdict(RunSummary.from_stats(stats, len(pipe.model.ACTIVATION_LINEARS)))
         results.append(ModeResult(row, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted),
                                   summary=summary))
     reference = results[0].clips
