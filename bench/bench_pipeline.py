@@ -125,7 +125,7 @@ def run_jax(args) -> dict:
     from flax import nnx
 
     from sixbit_jax.models import t5
-    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.quant.spec import QuantSpec
     from sixbit_jax.models.vae_cogvideox import decode_latents, postprocess
     from sixbit_jax.pipelines.cogvideox import CogVideoXPipeline
     from sixbit_jax.runtime import RuntimeConfig

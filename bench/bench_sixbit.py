@@ -30,7 +30,7 @@ def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_
     from pathlib import Path
 
     from convert import convert_checkpoint
-    from sixbit_jax.models.cogvideox import QuantSpec
+    from sixbit_jax.quant.spec import QuantSpec
     from sixbit_jax.runtime import RuntimeConfig, calibration_fields, resample_schedule
     from sixbit_jax.shapes.evaluate import eval_prompts
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION, PACKAGED_MODEL, ShapesPipeline
