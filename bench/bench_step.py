@@ -1,12 +1,15 @@
-"""Full-size CogVideoX denoising steps (the transformer forward on the CFG batch) or a whole sampling loop, ours vs
-diffusers, same GPU.
+"""Full-size denoising steps (the transformer forward on the CFG batch) or a whole sampling loop, ours vs diffusers,
+same GPU; CogVideoX or Wan (any config in configs/).
 
     python bench/bench_step.py --model cogvideox-2b             # all implementations, one subprocess each
     python bench/bench_step.py --model cogvideox-2b --impl jax  # one implementation, prints a JSON line
     python bench/bench_step.py --model cogvideox-2b --steps 50  # the whole 50-step CFG loop instead of one step
+    python bench/bench_step.py --model wan2.1-1.3b              # Wan: 81 frames at 480x832, 512 text tokens
 
-Random weights at the real shapes: B=2 (CFG), 49 frames at 480x720 -> latents [2, 13, 16, 60, 90], 17,550 video +
-226 text = 17,776 tokens per sample. Each implementation runs in its own process so its peak device memory is its
+Random weights at the real shapes, B=2 (CFG). CogVideoX: 49 frames at 480x720 -> latents [2, 13, 16, 60, 90],
+17,550 video + 226 text = 17,776 tokens per sample. Wan: latents [2, 16, 21, 60, 104], 32,760 video tokens and a
+512-token text context. The loop is each family's pipeline loop: DDIM and guidance 6 (CogVideoX), UniPC with
+shift 5 and guidance 5 (Wan). Each implementation runs in its own process so its peak device memory is its
 own. Reported: median of --iters timed forwards after --warmup untimed ones (device-synchronised wall clock), and
 peak device memory (weights included). diffusers runs eager PyTorch with SDPA, its default (`torch`), and the same
 model under `torch.compile` with its default mode (`torch-compile`; compilation happens in the untimed first call).
@@ -27,11 +30,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BATCH = 2  # the CFG batch: negative and positive prompt
+WAN_TEXT_TOKENS = 512
+DEFAULT_LATENTS = {"cogvideox": (13, 60, 90), "wan": (21, 60, 104)}  # (frames, height, width) of the latents
+
+
+def is_wan(cfg) -> bool:
+    from sixbit_jax.config import WanConfig
+
+    return isinstance(cfg, WanConfig)
 
 
 def forward_flops(cfg, args) -> float:
-    """Analytic FLOPs of one forward for the whole batch (cogvideox.md section 5)."""
-    d, text_len = cfg.inner_dim, cfg.max_text_seq_length
+    """Analytic FLOPs of one forward for the whole batch (cogvideox.md and wan2.1.md section 5)."""
+    d = cfg.inner_dim
+    if is_wan(cfg):
+        pt, ph, pw = cfg.patch_size
+        n, text = (args.frames // pt) * (args.height // ph) * (args.width // pw), WAN_TEXT_TOKENS
+        block = 12 * n * d * d + 4 * n * d * cfg.ffn_dim + 4 * n * n * d + 4 * n * text * d + 4 * text * d * d
+        return BATCH * (cfg.num_layers * block + 2 * n * 64 * d * 2 + 2 * text * (4096 * d + d * d))
+    text_len = cfg.max_text_seq_length
     n_vid = args.frames * (args.height // cfg.patch_size) * (args.width // cfg.patch_size)
     n = n_vid + text_len
     patch = cfg.in_channels * cfg.patch_size**2
@@ -40,24 +57,34 @@ def forward_flops(cfg, args) -> float:
     return BATCH * per_sample
 
 
+def input_shapes(cfg, args) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(latents, text) shapes of the CFG batch in the family's layout."""
+    if is_wan(cfg):
+        return ((BATCH, cfg.in_channels, args.frames, args.height, args.width),
+                (BATCH, WAN_TEXT_TOKENS, cfg.text_dim))
+    return ((BATCH, args.frames, cfg.in_channels, args.height, args.width),
+            (BATCH, cfg.max_text_seq_length, cfg.text_embed_dim))
+
+
 def bench_jax(cfg, args) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from sixbit_jax.checkpoint import model_from_params
-    from sixbit_jax.models import CogVideoXTransformer3D
+    from sixbit_jax.models import model_class
 
     start = time.perf_counter()
     params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(
-        CogVideoXTransformer3D(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))))()
+        model_class(cfg)(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))))()
     model = model_from_params(cfg, params)
     del params
     keys = jax.random.split(jax.random.key(1), 2)
-    latents = jax.random.normal(keys[0], (BATCH, args.frames, cfg.in_channels, args.height, args.width), jnp.bfloat16)
-    text = jax.random.normal(keys[1], (BATCH, cfg.max_text_seq_length, cfg.text_embed_dim), jnp.bfloat16)
-    timesteps = jnp.array([999, 999], jnp.int32)
-    tables = model.positional_tables(args.frames, args.height, args.width)
+    latents_shape, text_shape = input_shapes(cfg, args)
+    latents = jax.random.normal(keys[0], latents_shape, jnp.bfloat16)
+    text = jax.random.normal(keys[1], text_shape, jnp.bfloat16)
+    timesteps = jnp.array([999, 999], jnp.float32)
+    tables = model.tables_for(latents.shape)
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
     build_s = time.perf_counter() - start
@@ -65,7 +92,7 @@ def bench_jax(cfg, args) -> dict:
     if args.steps:  # the whole CFG sampling loop for one video: [negative; positive] x the same latents
         from sixbit_jax.sampling import SamplerSettings, sample
 
-        settings = SamplerSettings(scheduler="ddim", num_steps=args.steps)
+        settings = SamplerSettings(num_steps=args.steps, guidance_scale=5.0 if is_wan(cfg) else 6.0)
         run = lambda: sample(model, text[1:], text[:1], latents=latents[:1], settings=settings).latents  # noqa: E731
     else:
         run = lambda: forward(state, latents, text, timesteps, tables)  # noqa: E731
@@ -93,29 +120,31 @@ def bench_torch(cfg, args) -> dict:
 
     start = time.perf_counter()
     kwargs = {k: v for k, v in cfg.to_dict().items() if k != "_class_name"}
+    wan = is_wan(cfg)
     with torch.device("cuda"):
-        model = diffusers.CogVideoXTransformer3DModel(**kwargs).to(torch.bfloat16).eval()
+        model_cls = diffusers.WanTransformer3DModel if wan else diffusers.CogVideoXTransformer3DModel
+        model = model_cls(**kwargs).to(torch.bfloat16).eval()
     gen = torch.Generator(device="cuda").manual_seed(1)
-    latents = torch.randn(BATCH, args.frames, cfg.in_channels, args.height, args.width, generator=gen, device="cuda",
-                          dtype=torch.bfloat16)
-    text = torch.randn(BATCH, cfg.max_text_seq_length, cfg.text_embed_dim, generator=gen, device="cuda",
-                       dtype=torch.bfloat16)
+    latents_shape, text_shape = input_shapes(cfg, args)
+    latents = torch.randn(*latents_shape, generator=gen, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(*text_shape, generator=gen, device="cuda", dtype=torch.bfloat16)
     timesteps = torch.tensor([999, 999], device="cuda")
     if args.impl == "torch-compile":
         model = torch.compile(model)
-    rope = None
-    if cfg.use_rotary_positional_embeddings:
+    extra = {}
+    if not wan and cfg.use_rotary_positional_embeddings:
+        from sixbit_jax.models.cogvideox import rope_tables
+
         cos, sin = rope_tables(cfg, args.frames, args.height // cfg.patch_size, args.width // cfg.patch_size)
-        rope = (torch.tensor(cos, dtype=torch.float32, device="cuda"),
-                torch.tensor(sin, dtype=torch.float32, device="cuda"))
+        extra["image_rotary_emb"] = (torch.tensor(cos, dtype=torch.float32, device="cuda"),
+                                     torch.tensor(sin, dtype=torch.float32, device="cuda"))
     build_s = time.perf_counter() - start
 
-    def forward():
+    def forward(x=latents, t=timesteps, context=text):
         with torch.inference_mode():
-            return model(hidden_states=latents, encoder_hidden_states=text, timestep=timesteps,
-                         image_rotary_emb=rope, return_dict=False)[0]
+            return model(hidden_states=x, encoder_hidden_states=context, timestep=t, return_dict=False, **extra)[0]
 
-    def sampling_loop():
+    def cogvideox_loop():
         """CogVideoXPipeline.__call__'s denoising loop (DDIM, guidance 6), without the text encoder and VAE."""
         scheduler = diffusers.CogVideoXDDIMScheduler(
             beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
@@ -123,14 +152,25 @@ def bench_torch(cfg, args) -> dict:
             snr_shift_scale=3.0 if cfg.flavour == "2b" else 1.0, timestep_spacing="trailing")
         scheduler.set_timesteps(args.steps, device="cuda")
         x = latents[:1]
-        with torch.inference_mode():
-            for t in scheduler.timesteps:
-                v = model(hidden_states=torch.cat([x, x]), encoder_hidden_states=text, timestep=t.expand(2),
-                          image_rotary_emb=rope, return_dict=False)[0].float()
-                v_uncond, v_text = v.chunk(2)
-                x = scheduler.step(v_uncond + 6.0 * (v_text - v_uncond), t, x, return_dict=False)[0].to(x.dtype)
+        for t in scheduler.timesteps:
+            v_uncond, v_text = forward(torch.cat([x, x]), t.expand(2)).float().chunk(2)
+            x = scheduler.step(v_uncond + 6.0 * (v_text - v_uncond), t, x, return_dict=False)[0].to(x.dtype)
         return x
 
+    def wan_loop():
+        """WanPipeline.__call__'s denoising loop (UniPC, shift 5, guidance 5; float32 latents, one forward per
+        branch as the pipeline runs them), without the text encoder and VAE."""
+        scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                      num_train_timesteps=1000, flow_shift=5.0)
+        scheduler.set_timesteps(args.steps, device="cuda")
+        x = latents[:1].float()
+        for t in scheduler.timesteps:
+            cond = forward(x.to(torch.bfloat16), t.expand(1), text[1:])
+            uncond = forward(x.to(torch.bfloat16), t.expand(1), text[:1])
+            x = scheduler.step(uncond + 5.0 * (cond - uncond), t, x, return_dict=False)[0]
+        return x
+
+    sampling_loop = wan_loop if wan else cogvideox_loop
     run = sampling_loop if args.steps else forward
 
     torch.cuda.reset_peak_memory_stats()
@@ -157,14 +197,25 @@ def bench_torch(cfg, args) -> dict:
 
 
 def run_one(args) -> None:
-    from sixbit_jax.config import CogVideoXConfig
-
-    cfg = CogVideoXConfig.named(args.model)
+    cfg = family_config(args)
     result = (bench_jax if args.impl == "jax" else bench_torch)(cfg, args)
     forwards = args.steps or 1
     result.update(model=args.model, steps=args.steps, median_s=statistics.median(result["times"]),
                   tflops=forwards * forward_flops(cfg, args) / statistics.median(result["times"]) / 1e12)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def family_config(args):
+    """The named config; fills --frames/--height/--width left unset with the family's default video."""
+    sys.path.insert(0, str(ROOT))
+    from sixbit_jax.config import named_config
+
+    cfg = named_config(args.model)
+    defaults = DEFAULT_LATENTS["wan" if is_wan(cfg) else "cogvideox"]
+    for name, value in zip(("frames", "height", "width"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return cfg
 
 
 IMPLS = ("jax", "torch", "torch-compile")
@@ -186,7 +237,7 @@ def run_all(args) -> None:
         print(f"{impl}: median {results[-1]['median_s']:.4f} s", flush=True)
         if args.json:  # after every implementation, so a run cut short keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=2))
-    what = (f"{args.steps}-step DDIM sampling loop with CFG" if args.steps
+    what = (f"{args.steps}-step sampling loop with CFG" if args.steps
             else "one denoising step (transformer forward)")
     print(f"\n{args.model}: {what}, B={BATCH}, "
           f"{args.frames}x{args.height}x{args.width} latents, "
@@ -213,11 +264,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=0,
                         help="time a whole N-step DDIM sampling loop (CFG, guidance 6) instead of one forward")
-    parser.add_argument("--frames", type=int, default=13, help="latent frames (13 = 49 video frames)")
-    parser.add_argument("--height", type=int, default=60, help="latent height (60 = 480 px)")
-    parser.add_argument("--width", type=int, default=90, help="latent width (90 = 720 px)")
+    parser.add_argument("--frames", type=int, help="latent frames (CogVideoX 13 = 49 video frames; Wan 21 = 81)")
+    parser.add_argument("--height", type=int, help="latent height (60 = 480 px)")
+    parser.add_argument("--width", type=int, help="latent width (CogVideoX 90 = 720 px; Wan 104 = 832)")
     parser.add_argument("--json", help="write the results of --impl all here")
     args = parser.parse_args()
+    family_config(args)  # fills the family's default latent size
     run_all(args) if args.impl == "all" else run_one(args)
 
 
