@@ -16,9 +16,11 @@ from sixbit_jax.shapes.text import is_shapes_text_encoder
 
 
 def is_t5_pipeline(folder: Path) -> bool:
-    """A diffusers pipeline folder with a T5 text encoder and a VAE (not the shapes model's prompt encoder)."""
+    """A diffusers CogVideoX pipeline folder with a T5 text encoder and a VAE (not the shapes model's prompt
+    encoder). Wan pipelines convert their transformer alone until umT5 and the Wan VAE land."""
     return ((folder / components.MODEL_INDEX).exists() and (folder / components.VAE / "config.json").exists()
             and (folder / components.TEXT_ENCODER / "config.json").exists()
+            and components.pipeline_class(folder).startswith("CogVideoX")
             and not is_shapes_text_encoder(folder / components.TEXT_ENCODER))
 
 

@@ -33,6 +33,10 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, lambda v: v >= 0, "a number >= 0")
 
 
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a number > 0")
+
+
 def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from sixbit_jax.arguments import (activation_bits, existing_file, existing_folder, fraction, hadamard_block,
-                                  non_negative_float, non_negative_int, positive_int, writable_file, writable_folder)
+                                  non_negative_float, non_negative_int, positive_float, positive_int, writable_file,
+                                  writable_folder)
 from sixbit_jax.errors import InputError, SixbitError
 
 DESCRIPTION = """\
@@ -57,11 +58,11 @@ def _weight_bytes(ckpt) -> str:
     import jax
 
     from sixbit_jax.checkpoint import abstract_params, read_info
-    from sixbit_jax.config import CogVideoXConfig
+    from sixbit_jax.config import transformer_config
     from sixbit_jax.quant.spec import QuantSpec
 
     info = read_info(ckpt)
-    cfg = CogVideoXConfig.from_dict(info["config"])
+    cfg = transformer_config(info.get("config"), str(ckpt))
     quant = QuantSpec.from_dict(info.get("quant"))
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
     stored = nbytes(abstract_params(cfg, info.get("dtype", "bf16"), quant))
@@ -89,11 +90,14 @@ def cmd_sample(args) -> None:
 
     from sixbit_jax.checkpoint import load_checkpoint
     from sixbit_jax.io import load_array, save_array
+    from sixbit_jax.models import model_class
     from sixbit_jax.sampling import SamplerSettings, sample
 
-    settings = SamplerSettings(scheduler=args.scheduler, num_steps=args.steps, guidance_scale=args.guidance,
-                               use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
-    _check_checkpoint(args.checkpoint)
+    cfg = _checkpoint_config(_check_checkpoint(args.checkpoint))
+    scheduler, scheduler_config = _scheduler_choice(args, cfg)
+    guidance = args.guidance if args.guidance is not None else model_class(cfg).DEFAULT_GUIDANCE
+    settings = SamplerSettings(scheduler=scheduler, num_steps=args.steps, guidance_scale=guidance,
+                               use_dynamic_cfg=args.dynamic_cfg, seed=args.seed, scheduler_config=scheduler_config)
     _check_video_size(args)
     writable_file(args.out, "--out", (".npy", ".safetensors"))
     for flag in ("embeds", "negative_embeds", "latents_in"):
@@ -112,7 +116,7 @@ def cmd_sample(args) -> None:
     out = np.asarray(jax.device_get(result.latents)).astype(np.float32)
     save_array(args.out, out, "latents")
     batch = out.shape[0] * (2 if settings.uses_cfg else 1)
-    print(f"sampled {settings.num_steps} {settings.scheduler} steps (guidance {settings.guidance_scale}"
+    print(f"sampled {settings.num_steps} {scheduler} steps (guidance {settings.guidance_scale}"
           f"{', dynamic' if settings.use_dynamic_cfg else ''}, model batch {batch}) in {result.seconds:.1f} s "
           f"(compile included) | {_peak_memory()} | {_precision(args, result, model, runtime)} "
           f"| wrote {args.out} {list(out.shape)} float32")
@@ -124,6 +128,33 @@ def _check_checkpoint(path) -> Path:
         raise InputError(f"checkpoint {folder} is not a converted checkpoint (no sixbit.json); convert it with "
                          f"`sixbit convert`")
     return folder
+
+
+def _checkpoint_config(folder: Path):
+    """The transformer config of a converted checkpoint, from its sixbit.json alone (before any weight loads)."""
+    from sixbit_jax.checkpoint import read_info
+    from sixbit_jax.config import transformer_config
+
+    return transformer_config(read_info(folder).get("config"), str(folder))
+
+
+def _scheduler_choice(args, cfg):
+    """(scheduler name, scheduler config) for `sample`: --scheduler and --flow-shift checked against the model
+    family (CogVideoX: ddim or dpm; Wan: unipc or euler with a σ shift); omitted, the family's defaults."""
+    from sixbit_jax.config import WanConfig
+    from sixbit_jax.schedulers import FlowSchedulerConfig, SchedulerConfig
+    from sixbit_jax.schedulers.flow import DEFAULT_SHIFT
+
+    if isinstance(cfg, WanConfig):
+        family, config = "Wan", FlowSchedulerConfig(shift=args.flow_shift or DEFAULT_SHIFT)
+        kinds = ("unipc", "euler")
+    else:
+        if args.flow_shift is not None:
+            raise InputError("--flow-shift applies to flow-matching models (Wan); this checkpoint is CogVideoX")
+        family, config, kinds = "CogVideoX", SchedulerConfig.for_model(cfg.flavour), ("ddim", "dpm")
+    if args.scheduler is not None and args.scheduler not in kinds:
+        raise InputError(f"--scheduler {args.scheduler}: a {family} checkpoint samples with {' or '.join(kinds)}")
+    return args.scheduler or config.default_scheduler, config
 
 
 def _check_video_size(args) -> None:
@@ -351,7 +382,7 @@ def cmd_calibrate(args) -> None:
         source = f"{args.embeds} ({embeds.shape[0]} prompts) x seeds {args.seeds}"
     calibration = fit(stats, target_bits=args.target_bits, target_skip=args.target_skip, signal=args.signal,
                       routing=args.routing, target_fallback=args.target_fallback,
-                      linear_names=getattr(model.transformer_blocks, "ACTIVATION_LINEARS", None),
+                      linear_names=model.ACTIVATION_LINEARS,
                       info={"checkpoint": str(ckpt.absolute()), "source": source, "steps": args.steps,
                             "guidance": args.guidance})
     out = calibration.save(args.out or ckpt / CALIBRATION_NAME)
@@ -481,25 +512,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="denoise latents from text embeddings",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Sample with one jitted lax.scan over timesteps and classifier-free guidance.\n"
-                                   "Inputs are T5 text embeddings [B, L, text_dim] (226 tokens for CogVideoX) in\n"
-                                   ".npy or .safetensors; the output is the final latent [B, F, C, H, W] (float32).\n"
-                                   "For prompt -> MP4 with T5 and the VAE, use `sixbit generate`.")
+                                   "Inputs are text embeddings [B, L, text_dim] in .npy or .safetensors (CogVideoX:\n"
+                                   "T5 outputs, 226 tokens; Wan: umT5 outputs, 512 tokens zero-padded); the output\n"
+                                   "is the final latent (float32) in the family's layout: CogVideoX [B, F, C, H, W],\n"
+                                   "Wan [B, C, F, H, W]. For prompt -> MP4 with T5 and the VAE (CogVideoX), use\n"
+                                   "`sixbit generate`.")
     p.add_argument("checkpoint", help="converted checkpoint folder (see `sixbit convert`)")
     p.add_argument("--embeds", required=True, help="prompt embeddings (.npy/.safetensors)")
     p.add_argument("--negative-embeds", help="negative-prompt embeddings; required when guidance > 1 "
                                              "(diffusers uses the T5 encoding of '')")
-    p.add_argument("--latents-in", help="initial latents [B, F, C, H, W] instead of noise drawn from --seed")
+    p.add_argument("--latents-in", help="initial latents in the family's layout (CogVideoX [B, F, C, H, W], Wan "
+                                        "[B, C, F, H, W]) instead of noise drawn from --seed")
     p.add_argument("--frames", type=positive_int, help="video frames, 4k + 1 (default: the model's sample size; "
-                                                            "49 for CogVideoX)")
+                                                            "49 for CogVideoX, 81 for Wan)")
     p.add_argument("--height", type=positive_int, help="video height in pixels, a multiple of 16 (default: the "
-                                                            "model's; 480 for CogVideoX)")
+                                                            "model's; 480 for CogVideoX and Wan)")
     p.add_argument("--width", type=positive_int, help="video width in pixels, a multiple of 16 (default: the "
-                                                           "model's; 720 for CogVideoX)")
+                                                           "model's; 720 for CogVideoX, 832 for Wan)")
     p.add_argument("--steps", type=positive_int, default=50, help="denoising steps (50)")
-    p.add_argument("--guidance", type=non_negative_float, default=6.0, help="classifier-free guidance scale (6; 1 disables CFG)")
+    p.add_argument("--guidance", type=non_negative_float,
+                   help="classifier-free guidance scale (CogVideoX 6, Wan 5; 1 disables CFG)")
     p.add_argument("--dynamic-cfg", action="store_true", help="diffusers' use_dynamic_cfg guidance schedule")
-    p.add_argument("--scheduler", choices=["ddim", "dpm"], default="ddim",
-                   help="ddim (deterministic; recommended for 2B) or dpm (stochastic SDE-DPM-Solver++ 2M; 5B)")
+    p.add_argument("--scheduler", choices=["ddim", "dpm", "unipc", "euler"],
+                   help="CogVideoX: ddim (deterministic; 2B's default) or dpm (stochastic SDE-DPM-Solver++ 2M; 5B's "
+                        "default); Wan: unipc (flow UniPC, its default) or euler (flow Euler)")
+    p.add_argument("--flow-shift", type=positive_float,
+                   help="Wan: the σ shift of the flow schedule (5, Wan's text-to-video default; 3 in diffusers' "
+                        "480p folders)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initial latents and DPM noise (0)")
     p.add_argument("--out", required=True, help="output latents file (.npy or .safetensors)")
     _add_runtime_flags(p)

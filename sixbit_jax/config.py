@@ -192,6 +192,11 @@ class WanConfig:
         """Image-to-video models concatenate image latents on channels (Wan's I2V is not implemented yet)."""
         return self.in_channels != self.out_channels
 
+    @property
+    def text_embed_dim(self) -> int:
+        """The text features a forward takes (CogVideoXConfig's name for it, which the shared code reads)."""
+        return self.text_dim
+
     def to_dict(self) -> dict[str, Any]:
         return {"_class_name": "WanTransformer3DModel", **dataclasses.asdict(self),
                 "patch_size": list(self.patch_size)}

@@ -50,7 +50,7 @@ def test_sample_npy_and_safetensors_round_trip(checkpoint, capsys):
     assert main(common + ["--latents-in", str(checkpoint / "lat.safetensors"),
                           "--out", str(checkpoint / "out.safetensors")]) == 0
     summary = capsys.readouterr().out
-    assert "sampled 3 ddim steps" in summary and "memory" in summary and "precision" in summary
+    assert "sampled 3 dpm steps" in summary and "memory" in summary and "precision" in summary  # 5B: DPM
     from safetensors.numpy import load_file
 
     out = load_file(checkpoint / "out.safetensors")["latents"]

@@ -131,3 +131,35 @@ def test_calibration_rollout_records_every_wan_linear(quantized, inputs):
     assert np.asarray(stats.outlier_ratio).shape == (3, layers, len(quantized.ACTIVATION_LINEARS))
     assert np.all(np.asarray(stats.nvfp4_error) > 0) and np.all(np.isfinite(np.asarray(stats.gamma)))
     assert np.isnan(np.asarray(stats.change)[0]).all() and np.isfinite(np.asarray(stats.change)[1:]).all()
+
+
+def test_convert_and_sample_a_wan_checkpoint_from_the_command_line(reference, inputs, tmp_path, capsys):
+    """`sixbit convert` (diffusers layout, NVFP4) then `sixbit sample --scheduler euler --flow-shift 3 --mode int8`:
+    the latents file equals the in-process run of the same checkpoint; a scheduler of another family is refused
+    before anything loads."""
+    from sixbit_jax.checkpoint import load_checkpoint
+    from sixbit_jax.cli import main
+
+    reference.save_pretrained(tmp_path / "transformer")
+    assert main(["convert", str(tmp_path / "transformer"), str(tmp_path / "ckpt"), "--dtype", "fp32", "--quant",
+                 "nvfp4", "--quiet"]) == 0
+    assert "NVFP4 block linears" in capsys.readouterr().out
+    latents, prompt, negative = inputs
+    np.save(tmp_path / "pos.npy", prompt)
+    np.save(tmp_path / "neg.npy", negative)
+    np.save(tmp_path / "lat.npy", latents)
+    args = ["sample", str(tmp_path / "ckpt"), "--embeds", str(tmp_path / "pos.npy"), "--negative-embeds",
+            str(tmp_path / "neg.npy"), "--latents-in", str(tmp_path / "lat.npy"), "--steps", "3", "--quiet"]
+    assert main(args + ["--scheduler", "euler", "--flow-shift", "3", "--mode", "int8",
+                        "--out", str(tmp_path / "out.npy")]) == 0
+    summary = capsys.readouterr().out
+    assert "sampled 3 euler steps (guidance 5.0" in summary and "W4A8" in summary
+    settings = SamplerSettings(scheduler="euler", num_steps=3, guidance_scale=5.0,
+                               scheduler_config=FlowSchedulerConfig(shift=3.0))
+    want = sample(load_checkpoint(tmp_path / "ckpt"), prompt, negative, latents=latents, settings=settings,
+                  runtime=RuntimeConfig(mode="int8"))
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.asarray(want.latents))
+
+    assert main(args + ["--scheduler", "ddim", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "--scheduler ddim: a Wan checkpoint samples with unipc or euler" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()

@@ -352,6 +352,7 @@ class CogVideoXTransformer3D(nnx.Module):
 
     ACTIVATION_LINEARS = CogVideoXBlock.ACTIVATION_LINEARS
     QUANTIZED_LINEARS = CogVideoXBlock.QUANTIZED_LINEARS
+    DEFAULT_GUIDANCE = 6.0  # CogVideoXPipeline's
     BLOCKS = "transformer_blocks"  # the stacked blocks' attribute (and parameter-tree key)
 
     def _sinusoid(self, values: jax.Array, dim: int) -> jax.Array:

@@ -174,6 +174,7 @@ class WanTransformer3D(nnx.Module):
 
     ACTIVATION_LINEARS = WanBlock.ACTIVATION_LINEARS
     QUANTIZED_LINEARS = WanBlock.QUANTIZED_LINEARS
+    DEFAULT_GUIDANCE = 5.0  # WanPipeline's and Wan's generate.py
     BLOCKS = "blocks"  # the stacked blocks' attribute (and parameter-tree key)
 
     def __init__(self, cfg: WanConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs, attention_impl: str | None = None,

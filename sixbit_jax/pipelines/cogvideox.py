@@ -40,7 +40,8 @@ from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
 IMAGE_TO_VIDEO = ("CogVideoXImageToVideoPipeline",)
 PIPELINE_CLASSES = ("CogVideoXPipeline", *IMAGE_TO_VIDEO)
-DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_FPS = 50, 6.0, 8  # CogVideoXPipeline's and its example's
+DEFAULT_STEPS, DEFAULT_FPS = 50, 8  # CogVideoXPipeline's and its example's
+DEFAULT_GUIDANCE = CogVideoXTransformer3D.DEFAULT_GUIDANCE
 
 
 def image_posterior_noise(seed: int, shape: tuple[int, ...]) -> jax.Array:
