@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sixbit_jax.errors import ConfigError
+from sixbit_jax.layers.quant_dense import PDR_OUTLIER_RATIO
 from sixbit_jax.models.block_control import BF16, CALIBRATE, INT8, NVFP4, PDR, ROUTE_NAMES, SKIP, DeltaCache
 
 MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate", "replay")
@@ -50,7 +51,7 @@ class RuntimeConfig:
     max_skips: int = 2  # N_max
     first_steps: int = 2  # always computed
     last_steps: int = 1
-    outlier_ratio: float = 25.0  # PDR: max|x| / mean|x| above this runs BF16
+    outlier_ratio: float = PDR_OUTLIER_RATIO  # PDR: max|x| / mean|x| above this runs BF16
     # fp8 (scaled per layer) keeps the full method's peak memory at BF16's on CogVideoX-2B; bfloat16 doubles the cache
     cache_dtype: str = "float8_e4m3fn"
     backend: str | None = None  # quantized linears: None = Pallas kernels on GPU, jnp references on CPU
@@ -94,6 +95,31 @@ class RuntimeConfig:
     def knobs(self) -> dict:
         """The values a benchmark row reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("alpha", "beta", "backend", "schedule")}
+
+    def numbers(self, num_layers: int) -> "RuntimeNumbers":
+        """The thresholds and the predictor as arrays: the compiled sampler takes them as inputs, so a new
+        calibration, tau_c or PDR threshold reuses the program."""
+        zeros = (0.0,) * num_layers
+        return RuntimeNumbers(jnp.asarray(self.alpha or zeros, jnp.float32), jnp.asarray(self.beta or zeros, jnp.float32),
+                              jnp.asarray(0.0 if self.tau_q is None else self.tau_q, jnp.float32),
+                              jnp.asarray(self.tau_c, jnp.float32), jnp.asarray(self.outlier_ratio, jnp.float32))
+
+    def structure(self) -> "RuntimeConfig":
+        """This config with its numbers replaced by placeholders of the same form: the part the compiled sampler
+        depends on (its static key)."""
+        placeholder = lambda v: None if v is None else (tuple(0.0 for _ in v) if isinstance(v, tuple) else 0.0)  # noqa: E731
+        return dataclasses.replace(self, alpha=placeholder(self.alpha), beta=placeholder(self.beta),
+                                   tau_q=placeholder(self.tau_q), tau_c=0.0, outlier_ratio=0.0)
+
+
+class RuntimeNumbers(NamedTuple):
+    """RuntimeConfig's numbers as device arrays (see RuntimeConfig.numbers)."""
+
+    alpha: jax.Array  # [L] (zeros where the mode has no predictor)
+    beta: jax.Array  # [L]
+    tau_q: jax.Array  # [] or [L]
+    tau_c: jax.Array  # []
+    outlier_ratio: jax.Array  # [] PDR's threshold
 
 
 def calibration_fields(path: str | Path) -> dict:
@@ -158,9 +184,12 @@ def init_state(num_layers: int, stream_shapes: tuple[tuple[int, ...], ...], cfg:
                         false, cache)
 
 
-def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_steps: int) -> jax.Array:
-    """[L] int32 routes for this step (see the module docstring)."""
+def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_steps: int,
+                  numbers: RuntimeNumbers | None = None) -> jax.Array:
+    """[L] int32 routes for this step (see the module docstring). `numbers` (default: cfg's) supply the predictor
+    and the thresholds; `cfg` only the structure."""
     num_layers = state.gamma.shape[0]
+    numbers = numbers if numbers is not None else cfg.numbers(num_layers)
     if cfg.schedule is not None:
         if np.shape(cfg.schedule) != (num_steps, num_layers):
             raise ConfigError(f"route schedule is {np.shape(cfg.schedule)}; this run needs ({num_steps}, {num_layers})")
@@ -168,16 +197,15 @@ def choose_routes(cfg: RuntimeConfig, state: RuntimeState, step: jax.Array, num_
     if cfg.mode in FIXED_MODE_ROUTES:
         routes = jnp.full((num_layers,), FIXED_MODE_ROUTES[cfg.mode], jnp.int32)
     else:
-        predicted = jnp.asarray(cfg.alpha, jnp.float32) * state.gamma + jnp.asarray(cfg.beta, jnp.float32)
-        tau_q = jnp.asarray(cfg.tau_q, jnp.float32)  # [] or [L]
-        routes = jnp.where(state.gamma_valid & (predicted <= tau_q), NVFP4, INT8).astype(jnp.int32)
+        predicted = numbers.alpha * state.gamma + numbers.beta
+        routes = jnp.where(state.gamma_valid & (predicted <= numbers.tau_q), NVFP4, INT8).astype(jnp.int32)
     if not cfg.tdc:
         return routes
     if cfg.pdr and cfg.quantized:
         routes = jnp.where(state.skips > 0, PDR, routes)
     always = (step < cfg.first_steps) | (step >= num_steps - cfg.last_steps)
     skip = (~always & state.has_delta & (state.skips < cfg.max_skips)
-            & (state.e_acc + state.change <= cfg.tau_c))
+            & (state.e_acc + state.change <= numbers.tau_c))
     return jnp.where(skip, SKIP, routes).astype(jnp.int32)
 
 

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from sixbit_jax import rng
 from sixbit_jax.errors import InputError, SamplingError
 from sixbit_jax.models.block_control import BlockControl
-from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, choose_routes, init_state, step_stats, update_state
+from sixbit_jax.runtime import (RunSummary, RuntimeConfig, RuntimeNumbers, StepStats, choose_routes, init_state,
+                                step_stats, update_state)
 from sixbit_jax.schedulers import FlowSchedulerConfig, SchedulerConfig, dynamic_guidance, make_schedule
 
 
@@ -116,10 +117,12 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
     start = time.perf_counter()
     _progress["bar"] = tqdm(total=schedule.num_steps, desc="sampling", unit="step", disable=not progress)
     try:
+        numbers = runtime.numbers(model.config.num_layers) if runtime is not None else None
         out, block_finite, latents_finite, stats = _denoise(
             graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.float32),
             schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise, condition,
-            use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, schedule_type=type(schedule), runtime=runtime)
+            numbers, use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, schedule_type=type(schedule),
+            runtime=runtime.structure() if runtime is not None else None)
         out.block_until_ready()
     finally:
         _progress["bar"].close()
@@ -161,7 +164,9 @@ def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype
 
 
 def _denoise_impl(graphdef, state, latents, text, tables, timesteps, coefficients, guidance, step_noise, key_noise,
-                  condition, *, use_cfg: bool, stochastic: bool, schedule_type: type, runtime: RuntimeConfig | None):
+                  condition, numbers: RuntimeNumbers | None, *, use_cfg: bool, stochastic: bool, schedule_type: type,
+                  runtime: RuntimeConfig | None):
+    """The jitted loop. `runtime` is the runtime's structure (static); its numbers come traced in `numbers`."""
     model = nnx.merge(graphdef, state)
     batch = latents.shape[0]
     num_steps = timesteps.shape[0]
@@ -177,8 +182,8 @@ def _denoise_impl(graphdef, state, latents, text, tables, timesteps, coefficient
             v, block_finite = model(model_in, text, t_in, tables, return_block_finite=True)
             record = None
         else:
-            routes = choose_routes(runtime, blocks, index, num_steps)
-            control = BlockControl(routes, blocks.cache, runtime.outlier_ratio, runtime.backend,
+            routes = choose_routes(runtime, blocks, index, num_steps, numbers)
+            control = BlockControl(routes, blocks.cache, numbers.outlier_ratio, runtime.backend,
                                    runtime.possible_routes)
             v, report = model(model_in, text, t_in, tables, control=control)
             record = step_stats(blocks, routes, report)

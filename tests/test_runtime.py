@@ -146,7 +146,8 @@ def test_calibrate_route_measures_nvfp4_sensitivity_at_the_block_output(float_mo
     @jax.jit
     def run(route):
         return run_controlled_blocks(block_def, state, (video, text_tokens), run_block,
-                                     BlockControl(jnp.reshape(route, (1,)), cache))
+                                     BlockControl(jnp.reshape(route, (1,)), cache,
+                                                  possible_routes=(BF16, NVFP4, CALIBRATE)))
 
     (y_video, y_text), _ = run(jnp.int32(BF16))
     (q_video, q_text), _ = run(jnp.int32(NVFP4))
@@ -319,7 +320,10 @@ def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_
     first = sample(quantized, text, negative, latents=latents, settings=settings, runtime=cfg)
     second = sample(quantized, text, negative, latents=latents + 1, settings=dataclasses.replace(settings, seed=5),
                     runtime=cfg)
+    never = sample(quantized, text, negative, latents=latents, settings=settings,  # another tau_c and PDR threshold
+                   runtime=dataclasses.replace(cfg, tau_c=-1.0, outlier_ratio=3.0))
     assert _denoise._cache_size() == before + 1, "the whole run must be one compiled program, reused"
+    assert never.summary.skip_fraction == 0, "the new tau_c took effect without a new compile"
     routes = np.asarray(first.stats.route)
     assert routes.shape == (9, float_model.config.num_layers)
     assert (routes[:2] != SKIP).all() and (routes[-1] != SKIP).all()
@@ -334,10 +338,10 @@ def test_sampler_with_the_runtime_compiles_once_and_obeys_the_cache_rules(float_
 
 def test_delta_cache_without_skips_changes_nothing(quantized, inputs):
     latents, text, negative = inputs
-    settings = SamplerSettings(num_steps=5, guidance_scale=3.0)
+    settings = SamplerSettings(num_steps=9, guidance_scale=3.0)  # the compile-once test's program, reused
     plain = sample(quantized, text, negative, latents=latents, settings=settings, runtime=RuntimeConfig(mode="int8"))
     cached = sample(quantized, text, negative, latents=latents, settings=settings,
-                    runtime=RuntimeConfig(mode="int8", tdc=True, tau_c=-1.0))
+                    runtime=RuntimeConfig(mode="int8", tdc=True, tau_c=-1.0, max_skips=2))
     assert cached.summary.skip_fraction == 0
     np.testing.assert_array_equal(np.asarray(cached.latents), np.asarray(plain.latents))
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sixbit_jax.layers import LinearRuntime, QuantDense
+from sixbit_jax.layers.quant_dense import PDR_OUTLIER_RATIO
 
 # Per-block routes, chosen on the device each step (lax.switch index): reuse the cached delta, or run the block's
 # linears on one path (see layers.quant_dense).
@@ -75,7 +76,7 @@ class BlockControl(NamedTuple):
 
     routes: jax.Array  # [L] int32
     cache: DeltaCache
-    outlier_ratio: float = 25.0  # PDR threshold (static)
+    outlier_ratio: float | jax.Array = PDR_OUTLIER_RATIO  # PDR threshold (a number, or traced)
     backend: str | None = None  # quantized-linear backend (static); None: kernels on GPU, jnp references on CPU
     possible_routes: tuple[int, ...] = tuple(range(len(ROUTE_NAMES)))  # static: the only branches compiled
 
