@@ -216,9 +216,31 @@ class WanConfig:
             kwargs["patch_size"] = tuple(kwargs["patch_size"])
         return cls(**kwargs)
 
+    @classmethod
+    def from_original(cls, raw: dict[str, Any]) -> "WanConfig":
+        """The original Wan-Video checkpoint's config.json (`WanModel`: dim, ffn_dim, num_heads, in_dim, ...). The
+        released files do not store the patch size and text width (their code's defaults apply, as here), nor the
+        q/k norm and cross-attention norm, which are always on."""
+        check_diffusers_config(raw, "WanModel", {
+            "model_type": ("t2v", "image-to-video and other Wan variants"),
+            "window_size": ([-1, -1], "local attention windows"),
+        })
+        try:
+            dim, heads = int(raw["dim"]), int(raw["num_heads"])
+            if dim % heads:
+                raise ConfigError(f"dim {dim} is not a multiple of num_heads {heads}")
+            return cls(num_attention_heads=heads, attention_head_dim=dim // heads, ffn_dim=int(raw["ffn_dim"]),
+                       num_layers=int(raw["num_layers"]), in_channels=int(raw.get("in_dim", 16)),
+                       out_channels=int(raw.get("out_dim", 16)), freq_dim=int(raw.get("freq_dim", 256)),
+                       eps=float(raw.get("eps", 1e-6)), text_dim=int(raw.get("text_dim", 4096)),
+                       patch_size=tuple(raw.get("patch_size", (1, 2, 2))))
+        except KeyError as e:
+            raise ConfigError(f"the original Wan config has no {e.args[0]!r}") from None
 
-# diffusers transformer class -> our config class: the model families this port implements
-TRANSFORMER_CONFIGS = {"CogVideoXTransformer3DModel": CogVideoXConfig, "WanTransformer3DModel": WanConfig}
+
+# A transformer config.json's `_class_name` -> the reader of that family's config: the families this port implements
+TRANSFORMER_CONFIGS = {"CogVideoXTransformer3DModel": CogVideoXConfig.from_dict,
+                       "WanTransformer3DModel": WanConfig.from_dict, "WanModel": WanConfig.from_original}
 
 
 def transformer_config(raw: Any, where: str = "config") -> "CogVideoXConfig | WanConfig":
@@ -230,7 +252,7 @@ def transformer_config(raw: Any, where: str = "config") -> "CogVideoXConfig | Wa
     if name not in TRANSFORMER_CONFIGS:
         raise ConfigError(f"{where}: unsupported transformer class {name!r}; implemented: "
                           f"{', '.join(TRANSFORMER_CONFIGS)}")
-    return TRANSFORMER_CONFIGS[name].from_dict(raw)
+    return TRANSFORMER_CONFIGS[name](raw)
 
 
 def named_config(name: str) -> "CogVideoXConfig | WanConfig":

@@ -94,3 +94,29 @@ def test_bad_inputs_and_configs_are_named(reference):
     cfg = WanConfig.from_dict(dict(reference.config))
     with pytest.raises(CheckpointError, match="blocks.1.attn2.norm_k.weight"):
         list(converted_leaves(cfg, list(sd), lambda k: sd[k].shape, sd.__getitem__, "fp32"))
+
+
+def test_an_original_layout_folder_converts_from_the_command_line(reference, tmp_path):
+    """A Wan-Video folder (config.json of `WanModel`, the original tensor names) through `sixbit convert`: the same
+    model as the diffusers layout gives."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from sixbit_jax.checkpoint import load_checkpoint
+    from sixbit_jax.cli import main
+
+    folder = tmp_path / "Wan2.1-T2V-tiny"
+    folder.mkdir()
+    cfg = reference.config
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "model_type": "t2v", "dim": cfg.num_attention_heads * cfg.attention_head_dim,
+        "ffn_dim": cfg.ffn_dim, "num_heads": cfg.num_attention_heads, "num_layers": cfg.num_layers,
+        "in_dim": cfg.in_channels, "out_dim": cfg.out_channels, "freq_dim": cfg.freq_dim, "eps": cfg.eps,
+        "text_len": 512, "text_dim": cfg.text_dim}))
+    save_file(state_dict(reference, original_name), folder / "diffusion_pytorch_model.safetensors")
+    assert main(["convert", str(folder), str(tmp_path / "ckpt"), "--dtype", "fp32", "--quiet"]) == 0
+    latents, text, timesteps = inputs(5, 1, 2, 8, 8)
+    args = (jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timesteps))
+    np.testing.assert_array_equal(np.asarray(load_checkpoint(tmp_path / "ckpt")(*args)),
+                                  np.asarray(jax_wan(reference)(*args)))
