@@ -150,21 +150,22 @@ def test_demo_names_unknown_words(tmp_path, capsys):
 
 
 def test_eval_writes_table_and_sheet_sweeping_tau_c_and_calibrations(shipped, tmp_path):
-    """The table, the JSON and the contact sheet; a plain mode runs once, and each TDC mode once per --tau-c value
-    and once per calibration file, against one BF16 reference. The two files differ in tau_q: "strict" never
+    """The table, the JSON and the contact sheet; each TDC mode runs once per --tau-c value and once per calibration
+    file, against one BF16 reference. The two files differ in tau_q: "strict" never
     routes NVFP4, "lax" routes it wherever Γ is known."""
     raw = json.loads(PACKAGED_CALIBRATION.read_text())
     for name, tau_q in (("strict", -1.0), ("lax", 1e9)):
         (tmp_path / f"{name}.json").write_text(json.dumps({**raw, "tau_q": tau_q}))
     out = tmp_path / "out"
-    assert main(["eval", str(shipped), "--modes", "fp32", "dmpq+tdc", "--tau-c", "1e9", "--calibration",
+    assert main(["eval", str(shipped), "--modes", "dmpq+tdc", "--tau-c", "1e9", "--calibration",
                  str(tmp_path / "strict.json"), str(tmp_path / "lax.json"), "--prompts", "2", "--steps", "6",
                  "--out", str(out), "--quiet"]) == 0
     table = (out / "results.md").read_text()
-    assert "| bf16 | (reference)" in table and "| fp32 |" in table and "Detectors on generator ground truth" in table
+    assert "| bf16 | (reference)" in table and "| dmpq+tdc [lax] tau_c=1e+09 |" in table
+    assert "Detectors on generator ground truth" in table
     assert (out / "contact_sheet.png").exists()
     rows = {r["mode"]: r["summary"] for r in json.loads((out / "results.json").read_text())["results"]}
-    assert list(rows) == ["bf16", "fp32", "dmpq+tdc [strict] tau_c=1e+09", "dmpq+tdc [lax] tau_c=1e+09"]
+    assert list(rows) == ["bf16", "dmpq+tdc [strict] tau_c=1e+09", "dmpq+tdc [lax] tau_c=1e+09"]
     strict, lax = rows["dmpq+tdc [strict] tau_c=1e+09"], rows["dmpq+tdc [lax] tau_c=1e+09"]
     assert strict["skip_fraction"] > 0.2 and lax["skip_fraction"] > 0.2
     assert "nvfp4" not in strict["route_fraction"] and lax["route_fraction"]["nvfp4"] > 0
