@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -287,32 +288,69 @@ def _check_generate_args(args) -> None:
     _check_image_for_pipeline(args)
 
 
+def _is_wan_pipeline(folder) -> bool:
+    from sixbit_jax.pipelines import components
+    from sixbit_jax.pipelines.wan import PIPELINE_CLASSES
+
+    return (Path(folder) / components.MODEL_INDEX).exists() and components.pipeline_class(Path(folder)) in \
+        PIPELINE_CLASSES
+
+
+def _check_wan_generate_args(args) -> None:
+    """What a Wan pipeline does not take (checked before loading)."""
+    if args.image:
+        raise InputError("--image: Wan image-to-video pipelines are not implemented yet (text-to-video only)")
+    if args.tile:
+        raise InputError("--tile: the Wan VAE decodes one latent frame at a time, without spatial tiles")
+    if args.dynamic_cfg:
+        raise InputError("--dynamic-cfg is CogVideoX's guidance schedule; Wan samples with a constant guidance")
+    if args.scheduler is not None and args.scheduler not in ("unipc", "euler"):
+        raise InputError(f"--scheduler {args.scheduler}: a Wan pipeline samples with unipc or euler")
+
+
 def cmd_generate(args) -> None:
-    """Prompt -> MP4 with a CogVideoX pipeline folder (diffusers layout, or converted by `sixbit convert`)."""
+    """Prompt -> MP4 with a CogVideoX or Wan pipeline folder (diffusers layout; CogVideoX also converted by
+    `sixbit convert`)."""
     from sixbit_jax.io import load_array, save_array
     from sixbit_jax.media import read_image, write_mp4
     from sixbit_jax.quant.spec import QuantSpec
-    from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline
     from sixbit_jax.sampling import SamplerSettings
 
     _check_generate_args(args)
+    wan = _is_wan_pipeline(args.pipeline)
+    if wan:
+        _check_wan_generate_args(args)
+        from sixbit_jax.pipelines.wan import DEFAULT_FPS, WanPipeline as Pipeline
+    else:
+        if args.flow_shift is not None:
+            raise InputError("--flow-shift applies to flow-matching pipelines (Wan); this one is CogVideoX")
+        from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline as Pipeline
     latents = load_array(args.latents_in, ("latents",)) if args.latents_in else None
     if latents is not None and latents.ndim != 5:
-        raise InputError(f"--latents-in {args.latents_in}: initial latents must be [B, F, C, H, W] (diffusers' "
-                         f"CogVideoX layout); got shape {tuple(latents.shape)}")
+        layout = "[B, C, F, H, W] (Wan's layout)" if wan else "[B, F, C, H, W] (diffusers' CogVideoX layout)"
+        raise InputError(f"--latents-in {args.latents_in}: initial latents must be {layout}; got shape "
+                         f"{tuple(latents.shape)}")
     folder = Path(args.pipeline)
     quant = QuantSpec() if args.mode != "bf16" else None  # a diffusers folder is quantized while it is converted
-    pipe = CogVideoXPipeline.from_folder(folder, dtype=args.dtype, quant=quant, progress=not args.quiet)
+    pipe = Pipeline.from_folder(folder, dtype=args.dtype, quant=quant, progress=not args.quiet)
     pipe.transformer, runtime = _runtime(args, folder, pipe.transformer)  # calibration: FOLDER/calibration.json
-    settings = SamplerSettings(scheduler=args.scheduler or pipe.scheduler.default_scheduler, num_steps=args.steps,
-                               guidance_scale=args.guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
-    image = None
-    if args.image:
-        cfg = pipe.transformer.config
-        image = read_image(args.image, args.height or 8 * cfg.sample_height, args.width or 8 * cfg.sample_width)
+    scheduler_config = pipe.scheduler
+    if args.flow_shift is not None:
+        scheduler_config = dataclasses.replace(scheduler_config, shift=args.flow_shift)
+    guidance = args.guidance if args.guidance is not None else type(pipe.transformer).DEFAULT_GUIDANCE
+    settings = SamplerSettings(scheduler=args.scheduler or scheduler_config.default_scheduler, num_steps=args.steps,
+                               guidance_scale=guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
+    extra = {}
+    if not wan:
+        extra["tile"] = args.tile
+        if args.image:
+            cfg = pipe.transformer.config
+            extra["image"] = read_image(args.image, args.height or 8 * cfg.sample_height,
+                                        args.width or 8 * cfg.sample_width)
+    pipe.scheduler = scheduler_config
     output = pipe([args.prompt], [args.negative_prompt], frames=args.frames, height=args.height, width=args.width,
-                  settings=settings, latents=latents, runtime=runtime, tile=args.tile, progress=not args.quiet,
-                  release_text_encoder=True, image=image)
+                  settings=settings, latents=latents, runtime=runtime, progress=not args.quiet,
+                  release_text_encoder=True, **extra)
     written = [write_mp4(args.out, output.frames[0], fps=DEFAULT_FPS, scale=1)]
     if args.frames_out:
         written.append(save_array(args.frames_out, output.frames[0], "frames"))
@@ -470,18 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, DEFAULT_GUIDANCE as PIPE_GUIDANCE, DEFAULT_STEPS as PIPE_STEPS
 
-    p = sub.add_parser("generate", help="prompt -> MP4 with a CogVideoX pipeline folder (T5, DiT, VAE)",
+    p = sub.add_parser("generate", help="prompt -> MP4 with a CogVideoX or Wan pipeline folder (T5, DiT, VAE)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Runs a whole CogVideoX pipeline in JAX (text-to-video, or image-to-video "
-                                   "with --image):\nthe folder's tokenizer and T5 encoder, the transformer under the "
-                                   "6Bit runtime, the VAE decoder,\nthen an MP4 at "
-                                   f"{DEFAULT_FPS} fps.\nPIPELINE is a diffusers folder (model_index.json, tokenizer/, "
-                                   "text_encoder/,\ntransformer/, vae/, scheduler/; converted in memory on every run) "
-                                   "or one written\nby `sixbit convert PIPELINE OUT` (loads faster; --quant nvfp4 "
-                                   "stores 4-bit weights).\nDefaults follow diffusers' CogVideoXPipeline: the "
-                                   "transformer's sample size\n(49 frames at 480x720), 50 steps, guidance 6, the "
-                                   "folder's scheduler.")
-    p.add_argument("pipeline", help="CogVideoX pipeline folder (diffusers layout, or converted by sixbit convert)")
+                       description="Runs a whole CogVideoX or Wan2.1 pipeline in JAX (CogVideoX: text-to-video, or "
+                                   "image-to-video\nwith --image; Wan: text-to-video): the folder's tokenizer and "
+                                   "T5 / umT5 encoder,\nthe transformer under the 6Bit runtime, the VAE decoder, "
+                                   f"then an MP4 ({DEFAULT_FPS} fps\nfor CogVideoX, 16 for Wan).\nPIPELINE is a "
+                                   "diffusers folder (model_index.json, tokenizer/, text_encoder/,\ntransformer/, "
+                                   "vae/, scheduler/; converted in memory on every run) or, for CogVideoX,\none "
+                                   "written by `sixbit convert PIPELINE OUT` (loads faster; --quant nvfp4 stores "
+                                   "4-bit\nweights). Defaults follow diffusers' pipelines: the transformer's sample "
+                                   "size (CogVideoX\n49 frames at 480x720, Wan 81 at 480x832), 50 steps, guidance 6 "
+                                   "(Wan 5), the folder's scheduler.")
+    p.add_argument("pipeline", help="CogVideoX or Wan pipeline folder (diffusers layout; CogVideoX also converted by "
+                                    "sixbit convert)")
     p.add_argument("--prompt", required=True, help="what to show")
     p.add_argument("--negative-prompt", default="", help="what not to show (default: '', as diffusers)")
     p.add_argument("--out", default="out/video.mp4", help="the MP4 to write (out/video.mp4)")
@@ -489,10 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=positive_int, help="video height in pixels, a multiple of 16 (default: the model's, 480)")
     p.add_argument("--width", type=positive_int, help="video width in pixels, a multiple of 16 (default: the model's, 720)")
     p.add_argument("--steps", type=positive_int, default=PIPE_STEPS, help=f"denoising steps ({PIPE_STEPS})")
-    p.add_argument("--guidance", type=non_negative_float, default=PIPE_GUIDANCE,
-                   help=f"classifier-free guidance scale ({PIPE_GUIDANCE}; 1 disables CFG)")
-    p.add_argument("--scheduler", choices=["ddim", "dpm"],
-                   help="default: the folder's (CogVideoX-2b ships DDIM, CogVideoX-5b DPM)")
+    p.add_argument("--guidance", type=non_negative_float,
+                   help=f"classifier-free guidance scale (CogVideoX {PIPE_GUIDANCE}, Wan 5; 1 disables CFG)")
+    p.add_argument("--scheduler", choices=["ddim", "dpm", "unipc", "euler"],
+                   help="default: the folder's (CogVideoX-2b ships DDIM, CogVideoX-5b DPM, Wan UniPC); Wan takes "
+                        "unipc or euler, CogVideoX ddim or dpm")
+    p.add_argument("--flow-shift", type=positive_float, help="Wan: the flow schedule's σ shift (default: the "
+                                                              "folder's scheduler config)")
     p.add_argument("--dynamic-cfg", action="store_true", help="diffusers' use_dynamic_cfg guidance schedule")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial noise (and DPM's step noise) (0)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
@@ -500,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", action="store_true",
                    help="decode in overlapping spatial tiles (diffusers' enable_tiling): less memory at large "
                         "sizes, slightly different frames")
-    p.add_argument("--latents-in", help="initial noise [B, F, C, H, W] (.npy/.safetensors, diffusers' layout) "
-                                        "instead of drawing it from --seed")
+    p.add_argument("--latents-in", help="initial noise (.npy/.safetensors) in the family's layout, CogVideoX "
+                                        "[B, F, C, H, W], Wan [B, C, F, H, W], instead of drawing it from --seed")
     p.add_argument("--frames-out", help="also write the frames as .npy, float32 [F, H, W, 3] in [0, 1]")
     p.add_argument("--image", help="image-to-video pipelines (CogVideoX-5b-I2V, 1.5-5B-I2V): the first frame, any "
                                    "image file (resized to the video's size as diffusers does)")

@@ -46,7 +46,8 @@ def world(tmp_path_factory):
     (d / "pickle-only" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04")
     (d / "cal.json").write_text("{}")
     (d / "first.png").write_bytes(b"")  # never read: --image is checked against the pipeline's class first
-    for name, pipeline_class in (("t2v-pipe", "CogVideoXPipeline"), ("i2v-pipe", "CogVideoXImageToVideoPipeline")):
+    for name, pipeline_class in (("t2v-pipe", "CogVideoXPipeline"), ("i2v-pipe", "CogVideoXImageToVideoPipeline"),
+                                 ("wan-pipe", "WanPipeline")):
         (d / name).mkdir()
         (d / name / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class}))
     (d / "out").mkdir()
@@ -180,6 +181,14 @@ CASES = {
                                    "argument --guidance"),
     "generate-not-a-pipeline": (["generate", "{d}/ckpt", "--prompt", "a cat", "--out", "{d}/v.mp4"],
                                 "model_index.json"),
+    "generate-wan-tile": (["generate", "{d}/wan-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4", "--tile"],
+                          "--tile: the Wan VAE decodes one latent frame at a time"),
+    "generate-wan-scheduler": (["generate", "{d}/wan-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4", "--scheduler",
+                                "dpm"], "--scheduler dpm: a Wan pipeline samples with unipc or euler"),
+    "generate-wan-image": (["generate", "{d}/wan-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4", "--image",
+                            "{d}/first.png"], "text-to-video pipeline; it takes no image"),
+    "generate-flow-shift-on-cogvideox": (["generate", "{d}/t2v-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4",
+                                          "--flow-shift", "3"], "--flow-shift applies to flow-matching pipelines"),
     "generate-image-missing": (["generate", "{d}/i2v-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4",
                                 "--image", "{d}/missing.png"], "file not found"),
     "generate-image-for-text-to-video": (["generate", "{d}/t2v-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4",

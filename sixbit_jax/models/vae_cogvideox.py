@@ -32,10 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sixbit_jax import rng
 from sixbit_jax.config import check_diffusers_config, read_json
 from sixbit_jax.errors import ConfigError, InputError
-from sixbit_jax.layers.dense import full_precision
+from sixbit_jax.layers.conv import Conv, cache_part, silu
 
 LATENT_FRAMES_PER_CHUNK = 2  # diffusers' num_latent_frames_batch_size
 SAMPLE_FRAMES_PER_CHUNK = 8  # diffusers' num_sample_frames_batch_size
@@ -133,11 +132,6 @@ class CogVideoXVAEConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Elementwise helpers
 # ----------------------------------------------------------------------------------------------------------------
-def silu(x: jax.Array) -> jax.Array:
-    """SiLU in float32, rounded once (torch's bf16/fp16 silu does the same)."""
-    return jax.nn.silu(x.astype(jnp.float32)).astype(x.dtype)
-
-
 def group_norm(x: jax.Array, groups: int, weight: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """torch GroupNorm on channels-last x [B, ..., C]: statistics per sample and group over every other axis, in
     float32; the result is rounded once to x's dtype."""
@@ -168,41 +162,9 @@ def nearest_resize(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
     return x
 
 
-def _part(cache, key):
-    """The entry of a cache tree for one sub-module; None when there is no cache (the first chunk)."""
-    return None if cache is None else cache[key]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------------------------------
-class Conv(nnx.Module):
-    """A PyTorch Conv2d/Conv3d on channels-last input [N, *spatial, C]. `weight` is [*kernel, in, out];
-    `padding` holds (before, after) zero padding per spatial axis."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...], *, stride: int = 1,
-                 padding: tuple[tuple[int, int], ...] | None = None, dtype, rngs: nnx.Rngs):
-        fan_in = in_channels * math.prod(kernel)
-        self.weight = nnx.Param((rng.normal(rngs.params(), (*kernel, in_channels, out_channels), jnp.float32)
-                                 * fan_in**-0.5).astype(dtype))
-        self.bias = nnx.Param(jnp.zeros((out_channels,), dtype))
-        self.stride = stride
-        self.padding = tuple(padding) if padding is not None else ((0, 0),) * len(kernel)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        w = self.weight[...]
-        x = x.astype(w.dtype)
-        pointwise = all(k == 1 for k in w.shape[:-2]) and self.stride == 1 and not any(map(any, self.padding))
-        if pointwise:  # 1x1(x1) conv: a matmul over channels
-            y = jnp.einsum("...i,io->...o", x, w.reshape(w.shape[-2:]), precision=full_precision(w.dtype))
-        else:
-            layout = "NDHWC" if w.ndim == 5 else "NHWC"
-            y = jax.lax.conv_general_dilated(
-                x, w, window_strides=(self.stride,) * (w.ndim - 2), padding=self.padding,
-                dimension_numbers=(layout, layout[1:-1] + "IO", layout), precision=full_precision(w.dtype))
-        return y + self.bias[...]
-
-
 class GroupNorm(nnx.Module):
     def __init__(self, groups: int, channels: int, *, eps: float, dtype):
         self.groups, self.eps = groups, eps
@@ -283,8 +245,8 @@ class ResnetBlock3D(nnx.Module):
         return norm(x, zq) if self.spatial else norm(x)
 
     def __call__(self, x: jax.Array, cache: dict | None, zq: jax.Array | None = None):
-        h, conv1 = self.conv1(silu(self._norm(self.norm1, x, zq)), _part(cache, "conv1"))
-        h, conv2 = self.conv2(silu(self._norm(self.norm2, h, zq)), _part(cache, "conv2"))
+        h, conv1 = self.conv1(silu(self._norm(self.norm1, x, zq)), cache_part(cache, "conv1"))
+        h, conv2 = self.conv2(silu(self._norm(self.norm2, h, zq)), cache_part(cache, "conv2"))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return h + shortcut, {"conv1": conv1, "conv2": conv2}
 
@@ -332,7 +294,7 @@ class Downsample3D(nnx.Module):
 def _run_resnets(resnets, x, cache, zq=None):
     new_cache = []
     for i, resnet in enumerate(resnets):
-        x, c = resnet(x, _part(cache, i), zq)
+        x, c = resnet(x, cache_part(cache, i), zq)
         new_cache.append(c)
     return x, new_cache
 
@@ -400,13 +362,13 @@ class Decoder(nnx.Module):
         self.conv_out = CausalConv3d(channels[-1], cfg.out_channels, 3, dtype=dtype, rngs=rngs)
 
     def __call__(self, z: jax.Array, cache: dict | None = None):
-        x, conv_in = self.conv_in(z, _part(cache, "conv_in"))
-        x, mid = self.mid_block(x, _part(cache, "mid_block"), z)
+        x, conv_in = self.conv_in(z, cache_part(cache, "conv_in"))
+        x, mid = self.mid_block(x, cache_part(cache, "mid_block"), z)
         ups = []
         for i, block in enumerate(self.up_blocks):
             x, c = block(x, None if cache is None else cache["up_blocks"][i], z)
             ups.append(c)
-        x, conv_out = self.conv_out(silu(self.norm_out(x, z)), _part(cache, "conv_out"))
+        x, conv_out = self.conv_out(silu(self.norm_out(x, z)), cache_part(cache, "conv_out"))
         return x, {"conv_in": conv_in, "mid_block": mid, "up_blocks": ups, "conv_out": conv_out}
 
 
@@ -432,13 +394,13 @@ class Encoder(nnx.Module):
         self.conv_out = CausalConv3d(channels[-1], 2 * cfg.latent_channels, 3, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, cache: dict | None = None):
-        x, conv_in = self.conv_in(x, _part(cache, "conv_in"))
+        x, conv_in = self.conv_in(x, cache_part(cache, "conv_in"))
         downs = []
         for i, block in enumerate(self.down_blocks):
             x, c = block(x, None if cache is None else cache["down_blocks"][i])
             downs.append(c)
-        x, mid = self.mid_block(x, _part(cache, "mid_block"))
-        x, conv_out = self.conv_out(silu(self.norm_out(x)), _part(cache, "conv_out"))
+        x, mid = self.mid_block(x, cache_part(cache, "mid_block"))
+        x, conv_out = self.conv_out(silu(self.norm_out(x)), cache_part(cache, "conv_out"))
         return x, {"conv_in": conv_in, "down_blocks": downs, "mid_block": mid, "conv_out": conv_out}
 
 

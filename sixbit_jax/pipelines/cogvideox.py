@@ -18,7 +18,6 @@ step."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from pathlib import Path
 
@@ -32,9 +31,9 @@ from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import CogVideoXTransformer3D, t5
 from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.models.vae_cogvideox import CogVideoXVAE, decode_latents, encode, postprocess
-from sixbit_jax.pipelines import components
+from sixbit_jax.pipelines import PipelineOutput, PromptEncoding, components
 from sixbit_jax.runtime import RuntimeConfig
-from sixbit_jax.sampling import SampleResult, SamplerSettings, sample
+from sixbit_jax.sampling import SamplerSettings, sample
 from sixbit_jax.schedulers import SchedulerConfig
 from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
@@ -49,15 +48,7 @@ def image_posterior_noise(seed: int, shape: tuple[int, ...]) -> jax.Array:
     return rng.normal(jax.random.fold_in(jax.random.key(seed), 1), shape, jnp.float32)
 
 
-@dataclasses.dataclass
-class PipelineOutput:
-    frames: np.ndarray  # [B, F, H, W, 3] float32 in [0, 1]
-    latents: jax.Array  # [B, F', C, h, w] the denoised latents (model dtype)
-    result: SampleResult  # timing, schedule, the 6Bit runtime's statistics
-    seconds: dict[str, float]  # wall time of each stage: encode, denoise, decode
-
-
-class CogVideoXPipeline:
+class CogVideoXPipeline(PromptEncoding):
     def __init__(self, transformer: CogVideoXTransformer3D, text_encoder, tokenizer: T5Tokenizer,
                  vae: CogVideoXVAE, scheduler: SchedulerConfig):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
@@ -89,13 +80,7 @@ class CogVideoXPipeline:
 
     def _check_compatible(self) -> None:
         cfg = self.transformer.config
-        problems = []
-        if self.text_encoder.config.d_model != cfg.text_embed_dim:
-            problems.append(f"the text encoder's width {self.text_encoder.config.d_model} is not the transformer's "
-                            f"text_embed_dim {cfg.text_embed_dim}")
-        if self.tokenizer.vocab_size > self.text_encoder.config.vocab_size:
-            problems.append(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the text encoder embeds only "
-                            f"{self.text_encoder.config.vocab_size}: they do not belong together")
+        problems = components.text_problems(self.text_encoder, self.tokenizer, cfg.text_embed_dim, "text_embed_dim")
         if self.vae.config.latent_channels != cfg.out_channels:
             problems.append(f"the VAE's latent_channels {self.vae.config.latent_channels} is not the transformer's "
                             f"out_channels {cfg.out_channels}")
@@ -162,22 +147,12 @@ class CogVideoXPipeline:
         pipelines need `image`: float [H, W, 3] or [B, H, W, 3] in [0, 1] at the video's size (`media.read_image`
         reads and resizes a file as diffusers does); `image_noise` [B, 1, C, h, w] replaces the VAE posterior's
         noise drawn from the seed."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        negative_prompts = ([negative_prompts] * len(prompts) if isinstance(negative_prompts, str)
-                            else list(negative_prompts or [""] * len(prompts)))
-        if not prompts or len(negative_prompts) != len(prompts):
-            raise InputError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+        prompts, negative_prompts = components.prompt_lists(prompts, negative_prompts)
         settings = dataclasses.replace(settings or SamplerSettings(), scheduler_config=self.scheduler)
         self._check_latent_frames(latents, frames)
-        seconds = {}
-        start = time.perf_counter()
-        embeds = self.encode_prompts(prompts)
-        negative = self.encode_prompts(negative_prompts) if settings.uses_cfg else None
-        jax.block_until_ready(embeds)
-        seconds["encode"] = time.perf_counter() - start
-        if release_text_encoder:
-            self.text_encoder = None
-            gc.collect()
+        embeds, negative, encode_seconds = self.encode_for_sampling(prompts, negative_prompts, settings.uses_cfg,
+                                                                    release_text_encoder)
+        seconds = {"encode": encode_seconds}
         condition = None
         if self.transformer.config.image_conditioned:
             condition = self.image_latents(image, len(prompts), latents, frames, height, width, settings.seed,

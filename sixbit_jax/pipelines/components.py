@@ -86,3 +86,29 @@ def load_vae(pipeline: Path, *, dtype="bf16", progress: bool = False):
     return _load(pipeline, VAE, COGVIDEOX_VAE_COMPONENT, dtype=dtype, config_class=CogVideoXVAEConfig,
                  abstract=abstract_vae_params, build=vae_from_leaves,
                  convert=lambda f: convert_vae(f, dtype=dtype, progress=progress))
+
+
+def text_problems(text_encoder, tokenizer, text_dim: int, field: str) -> list[str]:
+    """What does not fit between a pipeline's tokenizer, text encoder and its transformer's text width (`field` is
+    the transformer config's name for it)."""
+    problems = []
+    if text_encoder.config.d_model != text_dim:
+        problems.append(f"the text encoder's width {text_encoder.config.d_model} is not the transformer's {field} "
+                        f"{text_dim}")
+    if tokenizer.vocab_size > text_encoder.config.vocab_size:
+        problems.append(f"the tokenizer has {tokenizer.vocab_size} tokens but the text encoder embeds only "
+                        f"{text_encoder.config.vocab_size}: they do not belong together")
+    return problems
+
+
+def prompt_lists(prompts, negative_prompts) -> tuple[list[str], list[str]]:
+    """(prompts, negative prompts) as equal-length lists: a string is one prompt; the negative prompt defaults to
+    "" (as diffusers) and a single one applies to every prompt."""
+    from sixbit_jax.errors import InputError
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    negative_prompts = ([negative_prompts] * len(prompts) if isinstance(negative_prompts, str)
+                        else list(negative_prompts or [""] * len(prompts)))
+    if not prompts or len(negative_prompts) != len(prompts):
+        raise InputError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+    return prompts, negative_prompts

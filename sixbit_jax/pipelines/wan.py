@@ -1,0 +1,125 @@
+"""Prompt to frames with a Wan2.1 text-to-video pipeline folder: tokenizer -> umT5 -> sampler (the DiT under the 6Bit
+runtime) -> Wan VAE decode, as diffusers' `WanPipeline` does it.
+
+    pipe = WanPipeline.from_folder("Wan2.1-T2V-1.3B-Diffusers")
+    out = pipe(["a cat walking on grass"], settings=SamplerSettings(num_steps=50, guidance_scale=5.0))
+    out.frames                                                   # [B, 81, 480, 832, 3] float32 in [0, 1]
+
+Same steps and defaults as the diffusers pipeline: prompts cleaned (HTML entities, whitespace; ftfy's fixes too when
+it is installed, as there), tokenized to 512 tokens with an attention mask, encoded by umT5 with that mask, and the
+embeddings past each prompt's length set to zero; negative prompt "" for CFG; initial noise [B, 16, F, H/8, W/8] in
+float32 from the seed; the UniPC flow sampler of the folder's scheduler config; the latents de-normalised with the
+VAE's per-channel mean and std and decoded one latent frame at a time; frames (x + 1) / 2 clipped to [0, 1].
+
+The folder's VAE and text encoder are converted in memory on every load (`sixbit convert` keeps only a Wan
+pipeline's transformer so far)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sixbit_jax.errors import CheckpointError, InputError
+from sixbit_jax.models import WanTransformer3D, t5
+from sixbit_jax.pipelines import PipelineOutput, PromptEncoding, components
+from sixbit_jax.quant.spec import QuantSpec
+from sixbit_jax.runtime import RuntimeConfig
+from sixbit_jax.sampling import SamplerSettings, sample
+from sixbit_jax.schedulers import FlowSchedulerConfig
+from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
+
+PIPELINE_CLASSES = ("WanPipeline",)
+DEFAULT_STEPS, DEFAULT_FPS = 50, 16  # WanPipeline's and Wan's export fps
+DEFAULT_GUIDANCE = WanTransformer3D.DEFAULT_GUIDANCE
+MAX_SEQUENCE_LENGTH = 512
+
+
+def clean_prompt(text: str) -> str:
+    """WanPipeline's prompt_clean: ftfy's fix_text where installed, HTML entities unescaped twice, runs of
+    whitespace collapsed, ends stripped."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class WanPipeline(PromptEncoding):
+    def __init__(self, transformer: WanTransformer3D, text_encoder, tokenizer: T5Tokenizer, vae,
+                 scheduler: FlowSchedulerConfig):
+        self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
+        self.vae, self.scheduler = vae, scheduler
+        self._check_compatible()
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, dtype="bf16", quant: QuantSpec | None = None,
+                    progress: bool = False) -> "WanPipeline":
+        """Load a diffusers Wan pipeline folder, converting every model in memory (`quant` stores the transformer's
+        block linears in NVFP4 on the way)."""
+        from convert.converter import load_transformer
+        from convert.vae_wan import load_vae
+
+        folder = Path(folder)
+        name = components.pipeline_class(folder)
+        if name not in PIPELINE_CLASSES:
+            raise CheckpointError(f"{folder} is a {name}; the Wan pipeline supports {', '.join(PIPELINE_CLASSES)}")
+        components.check_components(folder)
+        transformer = load_transformer(folder / components.TRANSFORMER, dtype=dtype, progress=progress, quant=quant)
+        if not isinstance(transformer, WanTransformer3D):
+            raise CheckpointError(f"{folder / components.TRANSFORMER} is not a Wan transformer")
+        return cls(transformer, components.load_text_encoder(folder, dtype=dtype, progress=progress),
+                   load_tokenizer(folder / components.TOKENIZER),
+                   load_vae(folder / components.VAE, dtype="fp32", progress=progress),  # WanPipeline's VAE: fp32
+                   FlowSchedulerConfig.from_json(folder / components.SCHEDULER / "scheduler_config.json"))
+
+    def _check_compatible(self) -> None:
+        cfg = self.transformer.config
+        problems = components.text_problems(self.text_encoder, self.tokenizer, cfg.text_dim, "text_dim")
+        if self.vae.config.z_dim != cfg.out_channels:
+            problems.append(f"the VAE's z_dim {self.vae.config.z_dim} is not the transformer's out_channels "
+                            f"{cfg.out_channels}")
+        if problems:
+            raise CheckpointError("pipeline components do not fit together: " + "; ".join(problems))
+
+    def encode_prompts(self, prompts: list[str]) -> jax.Array:
+        """umT5 embeddings [B, 512, D] in the transformer's dtype, zero past each prompt's tokens (as the pipeline
+        computes them)."""
+        if self.text_encoder is None:
+            raise InputError("the text encoder was released after encoding (release_text_encoder=True)")
+        ids, mask = self.tokenizer.encode_with_mask([clean_prompt(p) for p in prompts], MAX_SEQUENCE_LENGTH)
+        hidden = t5.encode(self.text_encoder, np.asarray(ids), np.asarray(mask))
+        return jnp.where(jnp.asarray(mask, bool)[..., None], hidden, 0).astype(self.transformer.dtype)
+
+    def __call__(self, prompts: list[str] | str, negative_prompts: list[str] | str | None = None, *,
+                 frames: int | None = None, height: int | None = None, width: int | None = None,
+                 settings: SamplerSettings | None = None, latents=None, runtime: RuntimeConfig | None = None,
+                 progress: bool = False, release_text_encoder: bool = False) -> PipelineOutput:
+        """Sample videos for `prompts` (default size 81 frames at 480 x 832). `latents` [B, 16, F, h, w] replace the
+        noise drawn from `settings.seed`; `release_text_encoder` drops umT5 from memory (11 GB in bf16) once the
+        prompts are encoded, before denoising."""
+        prompts, negative_prompts = components.prompt_lists(prompts, negative_prompts)
+        settings = dataclasses.replace(settings or SamplerSettings(guidance_scale=DEFAULT_GUIDANCE),
+                                       scheduler_config=self.scheduler)
+        embeds, negative, encode_seconds = self.encode_for_sampling(prompts, negative_prompts, settings.uses_cfg,
+                                                                    release_text_encoder)
+        seconds = {"encode": encode_seconds}
+        result = sample(self.transformer, embeds, negative, latents=latents, settings=settings, frames=frames,
+                        height=height, width=width, progress=progress, runtime=runtime)
+        seconds["denoise"] = result.seconds
+        start = time.perf_counter()
+        from sixbit_jax.models.vae_wan import decode_latents, postprocess
+
+        video = postprocess(decode_latents(self.vae, result.latents))
+        frames_out = np.asarray(jax.device_get(video), np.float32)
+        seconds["decode"] = time.perf_counter() - start
+        return PipelineOutput(frames_out, result.latents, result, seconds)
