@@ -306,6 +306,9 @@ def _check_wan_generate_args(args) -> None:
         raise InputError("--dynamic-cfg is CogVideoX's guidance schedule; Wan samples with a constant guidance")
     if args.scheduler is not None and args.scheduler not in ("unipc", "euler"):
         raise InputError(f"--scheduler {args.scheduler}: a Wan pipeline samples with unipc or euler")
+    if args.guidance_2 is not None and not (Path(args.pipeline) / "transformer_2").is_dir():
+        raise InputError("--guidance-2: this pipeline has one transformer; a second guidance scale is for Wan2.2's "
+                         "two experts (transformer_2/)")
 
 
 def cmd_generate(args) -> None:
@@ -322,8 +325,9 @@ def cmd_generate(args) -> None:
         _check_wan_generate_args(args)
         from sixbit_jax.pipelines.wan import DEFAULT_FPS, WanPipeline as Pipeline
     else:
-        if args.flow_shift is not None:
-            raise InputError("--flow-shift applies to flow-matching pipelines (Wan); this one is CogVideoX")
+        for flag in ("flow_shift", "guidance_2"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag.replace('_', '-')} applies to Wan pipelines; this one is CogVideoX")
         from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline as Pipeline
     latents = load_array(args.latents_in, ("latents",)) if args.latents_in else None
     if latents is not None and latents.ndim != 5:
@@ -339,7 +343,8 @@ def cmd_generate(args) -> None:
         scheduler_config = dataclasses.replace(scheduler_config, shift=args.flow_shift)
     guidance = args.guidance if args.guidance is not None else type(pipe.transformer).DEFAULT_GUIDANCE
     settings = SamplerSettings(scheduler=args.scheduler or scheduler_config.default_scheduler, num_steps=args.steps,
-                               guidance_scale=guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed)
+                               guidance_scale=guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed,
+                               guidance_scale_2=args.guidance_2)
     extra = {}
     if not wan:
         extra["tile"] = args.tile
@@ -536,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "unipc or euler, CogVideoX ddim or dpm")
     p.add_argument("--flow-shift", type=positive_float, help="Wan: the flow schedule's σ shift (default: the "
                                                               "folder's scheduler config)")
+    p.add_argument("--guidance-2", type=non_negative_float,
+                   help="Wan2.2 A14B: the low-noise expert's guidance scale (default: --guidance)")
     p.add_argument("--dynamic-cfg", action="store_true", help="diffusers' use_dynamic_cfg guidance schedule")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial noise (and DPM's step noise) (0)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",

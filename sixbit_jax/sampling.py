@@ -10,7 +10,7 @@ The sampler knows no model family. A model offers: `config.num_layers`, `latent_
 width)`, `tables_for(latents_shape)` (host-computed positions), `stream_shapes(latents_shape, text_shape)` (the
 block streams the delta cache holds), `CONDITION_AXIS`, `latents_dtype`, `default_scheduler_config()`,
 `ACTIVATION_LINEARS`, `check_inputs`, `quant`, and a call `model(latents, text, timesteps, tables, *,
-return_block_finite=, control=)`."""
+return_block_finite=, control=)`; a model of several experts (Wan2.2 A14B) also `expert_of(timesteps)`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class SamplerSettings:
     guidance_scale: float = 6.0
     use_dynamic_cfg: bool = False
     seed: int = 0
+    guidance_scale_2: float | None = None  # two-expert models (Wan2.2 A14B): the low-noise expert's guidance
     # a pipeline folder's (SchedulerConfig or FlowSchedulerConfig); None: the model family's default
     scheduler_config: SchedulerConfig | FlowSchedulerConfig | None = None
 
@@ -107,6 +108,7 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
                              scheduler_config)
     guidance = (dynamic_guidance(settings.guidance_scale, schedule.timesteps) if settings.use_dynamic_cfg
                 else np.full(schedule.num_steps, settings.guidance_scale))
+    guidance = _expert_guidance(model, schedule.timesteps, guidance, settings, runtime)
     if step_noise is not None:
         step_noise = jnp.asarray(step_noise)
         if step_noise.shape != (schedule.num_steps,) + latents.shape:
@@ -132,6 +134,23 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
     stats = jax.device_get(stats)
     summary = RunSummary.from_stats(stats, len(model.ACTIVATION_LINEARS)) if stats else None
     return SampleResult(out, seconds, schedule, guidance, stats, summary)
+
+
+def _expert_guidance(model, timesteps, guidance: np.ndarray, settings: SamplerSettings,
+                     runtime: RuntimeConfig | None) -> np.ndarray:
+    """The per-step guidance with a two-expert model's second scale on the low-noise expert's steps; what such a
+    model cannot run yet is refused."""
+    expert_of = getattr(model, "expert_of", None)
+    if expert_of is None:
+        if settings.guidance_scale_2 is not None:
+            raise InputError("a second guidance scale is for models with two experts (Wan2.2 A14B)")
+        return guidance
+    if runtime is not None and runtime.caches_deltas:
+        raise InputError("the delta cache (--tdc, calibration) does not carry across the switch between Wan2.2's two "
+                         "experts yet: run the quantized modes without it")
+    if settings.guidance_scale_2 is None:
+        return guidance
+    return np.where(expert_of(timesteps) == 1, settings.guidance_scale_2, guidance)
 
 
 def _checked_condition(model, latents, condition):

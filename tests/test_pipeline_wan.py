@@ -30,10 +30,10 @@ PROMPT = "a red  circle &amp; a blue square"
 LATENTS = (1, 4, 3, 4, 4)  # [B, C, F, h, w]: 9 frames at 32 x 32
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """(folder, diffusers pipeline) of a tiny random WanPipeline with the flow UniPC scheduler (shift 3)."""
-    root = tmp_path_factory.mktemp("wan-pipe")
+def tiny_pipeline(root, experts: int = 1):
+    """(folder, diffusers pipeline) of a tiny random WanPipeline with the flow UniPC scheduler (shift 3); with two
+    experts, Wan2.2 A14B's layout (transformer_2/, boundary_ratio 0.875: 4 steps give timesteps 999, 900 to the
+    high-noise expert and 750, 500 to the low-noise one)."""
     gen = torch.Generator().manual_seed(11)
     spm_folder = write_spm_model(root / "spm")
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(spm_folder))
@@ -47,12 +47,18 @@ def pipeline(tmp_path_factory):
                         else torch.randn(p.shape, generator=gen) * (weight_scale if p.ndim > 1 else 0.05))
     scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                                   num_train_timesteps=1000, flow_shift=3.0)
+    second = dict(transformer_2=random_wan(TRANSFORMER, seed=13), boundary_ratio=0.875) if experts == 2 else {}
     pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                 transformer=random_wan(TRANSFORMER, seed=12))
+                                 transformer=random_wan(TRANSFORMER, seed=12), **second)
     folder = root / "pipeline"
     pipe.save_pretrained(folder)
     shutil.copy2(spm_folder / "spiece.model", folder / "tokenizer" / "spiece.model")  # as the hub's umT5 folders
     return folder, pipe
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("wan-pipe"))
 
 
 def test_prompts_are_cleaned_as_wan_cleans_them():
@@ -94,3 +100,27 @@ def test_generate_command_writes_the_same_video(pipeline, tmp_path, capsys):
     assert main(args + ["--scheduler", "ddim", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "--scheduler ddim: a Wan pipeline samples with unipc or euler" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_wan22_two_experts_match_diffusers(tmp_path):
+    """Wan2.2 A14B's layout: the high-noise expert above the boundary timestep, the low-noise one below it, each
+    with its own guidance scale; the delta cache is refused (it does not carry across the switch yet)."""
+    from sixbit_jax.errors import InputError
+    from sixbit_jax.models.wan import WanExperts
+    from sixbit_jax.runtime import RuntimeConfig
+
+    folder, pipe = tiny_pipeline(tmp_path, experts=2)
+    latents = np.random.default_rng(5).standard_normal(LATENTS).astype(np.float32)
+    with torch.no_grad():
+        want = pipe(prompt=PROMPT, negative_prompt="", num_frames=9, height=32, width=32, num_inference_steps=4,
+                    guidance_scale=5.0, guidance_scale_2=3.0, latents=torch.from_numpy(latents),
+                    output_type="np").frames[0]
+    ours = WanPipeline.from_folder(folder, dtype="fp32")
+    assert isinstance(ours.transformer, WanExperts) and ours.transformer.boundary == 875.0
+    settings = SamplerSettings(num_steps=4, guidance_scale=5.0, guidance_scale_2=3.0)
+    out = ours([PROMPT], frames=9, height=32, width=32, latents=latents, settings=settings)
+    np.testing.assert_allclose(out.frames[0], want, atol=2e-4)
+    np.testing.assert_array_equal(ours.transformer.expert_of(out.result.schedule.timesteps), [0, 0, 1, 1])
+    with pytest.raises(InputError, match="does not carry across the switch"):
+        ours([PROMPT], frames=9, height=32, width=32, latents=latents, settings=settings,
+             runtime=RuntimeConfig(mode="bf16", tdc=True))

@@ -289,3 +289,52 @@ class WanTransformer3D(nnx.Module):
         if control is not None:
             return out, report
         return (out, block_finite) if return_block_finite else out
+
+
+class WanExperts(nnx.Module):
+    """Wan2.2 A14B: two transformers of one architecture, `high` for the high-noise steps (timestep >= `boundary`)
+    and `low` for the rest, as diffusers' WanPipeline runs `transformer` and `transformer_2` with a boundary_ratio.
+    Both stay resident (in NVFP4 they fit one GPU where bf16 would need 57 GB); each step runs one of them
+    (`lax.cond` on the step's timestep). The sampler sees one model: everything but the forward is `high`'s."""
+
+    ACTIVATION_LINEARS = WanTransformer3D.ACTIVATION_LINEARS
+    QUANTIZED_LINEARS = WanTransformer3D.QUANTIZED_LINEARS
+    DEFAULT_GUIDANCE = WanTransformer3D.DEFAULT_GUIDANCE
+    CONDITION_AXIS = WanTransformer3D.CONDITION_AXIS
+
+    def __init__(self, high: WanTransformer3D, low: WanTransformer3D, boundary: float):
+        if high.config != low.config or high.dtype != low.dtype or high.quant != low.quant:
+            raise InputError("the two Wan2.2 experts must share config, dtype and quantization; got "
+                             f"{high.config} / {high.dtype} / {high.quant} and {low.config} / {low.dtype} / "
+                             f"{low.quant}")
+        if not 0 < boundary < 1000:
+            raise InputError(f"the expert boundary timestep must be inside (0, 1000); got {boundary}")
+        self.high, self.low, self.boundary = high, low, float(boundary)
+        self.config, self.dtype, self.quant = high.config, high.dtype, high.quant
+
+    def expert_of(self, timesteps) -> np.ndarray:
+        """0 (high-noise expert) or 1 (low-noise) for each host timestep."""
+        return (np.asarray(timesteps) < self.boundary).astype(np.int32)
+
+    # the sampler's interface, from the high-noise expert
+    latents_dtype = property(lambda self: self.high.latents_dtype)
+
+    def latent_shape(self, *args, **kwargs):
+        return self.high.latent_shape(*args, **kwargs)
+
+    def tables_for(self, latents_shape):
+        return self.high.tables_for(latents_shape)
+
+    def stream_shapes(self, latents_shape, text_shape):
+        return self.high.stream_shapes(latents_shape, text_shape)
+
+    def default_scheduler_config(self):
+        return self.high.default_scheduler_config()
+
+    def check_inputs(self, latents_shape, text_shape) -> None:
+        self.high.check_inputs(latents_shape, text_shape)
+
+    def __call__(self, latents, text, timesteps, rope: RopeTables | None = None, **kwargs):
+        """The forward of the expert this step's timestep selects (one timestep per call, as the sampler gives)."""
+        return jax.lax.cond(timesteps[0] >= self.boundary, lambda: self.high(latents, text, timesteps, rope, **kwargs),
+                            lambda: self.low(latents, text, timesteps, rope, **kwargs))

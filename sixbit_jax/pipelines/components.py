@@ -41,6 +41,12 @@ def pipeline_class(folder: Path) -> str:
         raise CheckpointError(f"{path} is not a valid model index ({type(e).__name__}: {e})") from None
 
 
+def model_index(folder: Path) -> dict:
+    """model_index.json as a dict (after `pipeline_class` has checked that it is one)."""
+    pipeline_class(folder)
+    return json.loads((folder / MODEL_INDEX).read_text())
+
+
 def check_components(folder: Path, names=(TOKENIZER, TEXT_ENCODER, TRANSFORMER, VAE, SCHEDULER)) -> None:
     """Every component folder is there (a converted pipeline keeps its transformer at the top)."""
     names = [n for n in names if not (n == TRANSFORMER and is_converted(folder))]

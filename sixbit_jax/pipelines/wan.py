@@ -28,6 +28,7 @@ import numpy as np
 
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import WanTransformer3D, t5
+from sixbit_jax.models.wan import WanExperts
 from sixbit_jax.pipelines import PipelineOutput, PromptEncoding, components
 from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.runtime import RuntimeConfig
@@ -36,6 +37,7 @@ from sixbit_jax.schedulers import FlowSchedulerConfig
 from sixbit_jax.tokenizer import T5Tokenizer, load_tokenizer
 
 PIPELINE_CLASSES = ("WanPipeline",)
+TRANSFORMER, TRANSFORMER_2 = "transformer", "transformer_2"  # Wan2.2 A14B: the high- and low-noise experts
 DEFAULT_STEPS, DEFAULT_FPS = 50, 16  # WanPipeline's and Wan's export fps
 DEFAULT_GUIDANCE = WanTransformer3D.DEFAULT_GUIDANCE
 MAX_SEQUENCE_LENGTH = 512
@@ -55,7 +57,7 @@ def clean_prompt(text: str) -> str:
 
 
 class WanPipeline(PromptEncoding):
-    def __init__(self, transformer: WanTransformer3D, text_encoder, tokenizer: T5Tokenizer, vae,
+    def __init__(self, transformer: WanTransformer3D | WanExperts, text_encoder, tokenizer: T5Tokenizer, vae,
                  scheduler: FlowSchedulerConfig):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
         self.vae, self.scheduler = vae, scheduler
@@ -65,7 +67,8 @@ class WanPipeline(PromptEncoding):
     def from_folder(cls, folder: str | Path, *, dtype="bf16", quant: QuantSpec | None = None,
                     progress: bool = False) -> "WanPipeline":
         """Load a diffusers Wan pipeline folder, converting every model in memory (`quant` stores the transformer's
-        block linears in NVFP4 on the way)."""
+        block linears in NVFP4 on the way). A Wan2.2 A14B folder (transformer/ and transformer_2/, boundary_ratio in
+        model_index.json) loads both experts."""
         from convert.converter import load_transformer
         from convert.vae_wan import load_vae
 
@@ -74,13 +77,26 @@ class WanPipeline(PromptEncoding):
         if name not in PIPELINE_CLASSES:
             raise CheckpointError(f"{folder} is a {name}; the Wan pipeline supports {', '.join(PIPELINE_CLASSES)}")
         components.check_components(folder)
-        transformer = load_transformer(folder / components.TRANSFORMER, dtype=dtype, progress=progress, quant=quant)
-        if not isinstance(transformer, WanTransformer3D):
-            raise CheckpointError(f"{folder / components.TRANSFORMER} is not a Wan transformer")
+        index = components.model_index(folder)
+        if index.get("expand_timesteps"):
+            raise CheckpointError(f"{folder}: per-token timesteps (Wan2.2 TI2V-5B, expand_timesteps) are not "
+                                  f"implemented")
+        experts = [TRANSFORMER] + ([TRANSFORMER_2] if (folder / TRANSFORMER_2).is_dir() else [])
+        if len(experts) == 2 and index.get("boundary_ratio") is None:
+            raise CheckpointError(f"{folder} has {TRANSFORMER_2}/ but no boundary_ratio in model_index.json")
+        models = []
+        for name in experts:
+            model = load_transformer(folder / name, dtype=dtype, progress=progress, quant=quant)
+            if not isinstance(model, WanTransformer3D):
+                raise CheckpointError(f"{folder / name} is not a Wan transformer")
+            models.append(model)
+        scheduler = FlowSchedulerConfig.from_json(folder / components.SCHEDULER / "scheduler_config.json")
+        transformer = models[0] if len(models) == 1 else WanExperts(
+            *models, boundary=float(index["boundary_ratio"]) * scheduler.num_train_timesteps)
         return cls(transformer, components.load_text_encoder(folder, dtype=dtype, progress=progress),
                    load_tokenizer(folder / components.TOKENIZER),
                    load_vae(folder / components.VAE, dtype="fp32", progress=progress),  # WanPipeline's VAE: fp32
-                   FlowSchedulerConfig.from_json(folder / components.SCHEDULER / "scheduler_config.json"))
+                   scheduler)
 
     def _check_compatible(self) -> None:
         cfg = self.transformer.config
