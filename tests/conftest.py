@@ -27,8 +27,8 @@ def isolated_cache(tmp_path_factory):
 
 # The longest test files, run first: with the suite split over two processes one file at a time (pytest-xdist's
 # loadfile), a long file scheduled last leaves the other process idle while it finishes.
-LONGEST_FIRST = ("test_shapes_model.py", "test_pipeline_cogvideox.py", "test_runtime.py", "test_quant_linear.py",
-                 "test_faults.py", "test_kernels.py")
+LONGEST_FIRST = ("test_shapes_model.py", "test_pipeline_cogvideox.py", "test_runtime.py", "test_shapes_train.py",
+                 "test_quant_linear.py", "test_wan_runtime.py", "test_faults.py", "test_kernels.py")
 
 
 def pytest_collection_modifyitems(config, items):
