@@ -1,4 +1,5 @@
-"""6Bit runtime: whole-run time, bit mix, skips, resident weights and peak memory per mode, at full CogVideoX shape.
+"""6Bit runtime: whole-run time, bit mix, skips, resident weights and peak memory per mode, at full CogVideoX or Wan
+shape (`--model wan2.1-1.3b`: 81 frames at 480x832, guidance 5, flow UniPC).
 
     python3 bench/bench_sixbit.py --model cogvideox-2b --steps 50 --modes bf16 int8 nvfp4 full --out results.json
 
@@ -49,18 +50,18 @@ def run_mode(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    from sixbit_jax.config import CogVideoXConfig
-    from sixbit_jax.models import CogVideoXTransformer3D
+    from sixbit_jax.config import WanConfig, named_config
+    from sixbit_jax.models import model_class
     from sixbit_jax.models.block_control import INT8, NVFP4
     from sixbit_jax.quant.model import quantize_model
     from sixbit_jax.runtime import RuntimeConfig
     from sixbit_jax.sampling import SamplerSettings, sample
 
-    cfg = CogVideoXConfig.named(args.model)
+    cfg = named_config(args.model)
     # Built (and quantized) on the host, then moved: the device's peak then measures the sampling run, as it does
     # for a user who loads a converted checkpoint, not a float model that was quantized in place.
     with jax.default_device(jax.devices("cpu")[0]):
-        model = CogVideoXTransformer3D(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        model = model_class(cfg)(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
         if args.mode != "bf16":
             model = quantize_model(model)  # only the NVFP4 block weights stay resident
     nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
@@ -85,11 +86,13 @@ def run_mode(args) -> dict:
         }[args.mode]
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
     rng = np.random.default_rng(0)
-    text = jnp.asarray(rng.standard_normal((1, cfg.max_text_seq_length, cfg.text_embed_dim)), jnp.bfloat16)
-    settings = SamplerSettings(num_steps=args.steps, guidance_scale=6.0)
-    first = sample(model, text, text * 0, settings=settings, runtime=runtime)
+    text_tokens = 512 if isinstance(cfg, WanConfig) else cfg.max_text_seq_length  # Wan: umT5's padded length
+    text = jnp.asarray(rng.standard_normal((1, text_tokens, cfg.text_embed_dim)), jnp.bfloat16)
+    settings = SamplerSettings(num_steps=args.steps, guidance_scale=model.DEFAULT_GUIDANCE)
+    size = dict(frames=args.frames, height=args.height, width=args.width)  # None: the model's default video
+    first = sample(model, text, text * 0, settings=settings, runtime=runtime, **size)
     start = time.perf_counter()
-    result = sample(model, text, text * 0, settings=settings, runtime=runtime)
+    result = sample(model, text, text * 0, settings=settings, runtime=runtime, **size)
     seconds = time.perf_counter() - start
     stats = jax.devices()[0].memory_stats() or {}
     summary = result.summary
@@ -107,7 +110,10 @@ def run_mode(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="cogvideox-2b")
+    parser.add_argument("--model", default="cogvideox-2b", help="a config in configs/ (CogVideoX or Wan)")
+    parser.add_argument("--frames", type=int, help="video frames (default: the model's, 49 / Wan 81)")
+    parser.add_argument("--height", type=int, help="video height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, help="video width in pixels (default: the model's)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--mode", choices=MODES, help="(internal) run one mode in this process")
@@ -125,6 +131,8 @@ def main() -> None:
     for mode in args.modes:
         command = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--steps", str(args.steps),
                    "--tau-q", str(args.tau_q), "--tau-c", str(args.tau_c), "--cache-dtype", args.cache_dtype]
+        command += [x for name in ("frames", "height", "width") if getattr(args, name) is not None
+                    for x in (f"--{name}", str(getattr(args, name)))]
         if args.replay_tau_c is not None:
             command += ["--replay-tau-c", str(args.replay_tau_c)]
         done = subprocess.run(command, capture_output=True, text=True)
