@@ -74,8 +74,10 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
            runtime: RuntimeConfig | None = None, condition=None) -> SampleResult:
     """Denoise from `latents` (or Gaussian noise drawn from `settings.seed`) and return the final latents.
 
-    model: a CogVideoXTransformer3D or WanTransformer3D (anything with the interface in the module docstring).
-    prompt_embeds / negative_embeds: T5 outputs [B, L, text_dim]; negative ones are needed when guidance > 1.
+    model: a CogVideoXTransformer3D, WanTransformer3D or WanExperts (anything with the interface in the module
+    docstring).
+    prompt_embeds / negative_embeds: text encoder outputs [B, L, text_dim] (T5 for CogVideoX, umT5 for Wan);
+    negative ones are needed when guidance > 1.
     latents: in the family's layout (CogVideoX [B, F, C, H, W], Wan [B, C, F, H, W]).
     frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
     step_noise: optional [num_steps, *latents.shape] noise for the stochastic DPM scheduler (else drawn from seed).
