@@ -163,3 +163,19 @@ def test_convert_and_sample_a_wan_checkpoint_from_the_command_line(reference, in
     assert main(args + ["--scheduler", "ddim", "--out", str(tmp_path / "x.npy")]) == 2
     assert "--scheduler ddim: a Wan checkpoint samples with unipc or euler" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_two_experts_quantize_and_each_step_runs_its_own(model, quantized, inputs):
+    """Wan2.2's pair quantizes expert by expert; a forward runs the expert its timestep selects (the other expert's
+    output is far away; compiled inside lax.cond vs eagerly alone, the same one agrees to float rounding)."""
+    from sixbit_jax.models.wan import WanExperts
+
+    other = jax_wan(random_wan(TINY, seed=2, weight_scale=None))
+    experts = quantize_model(WanExperts(model, other, boundary=500.0))
+    assert isinstance(experts, WanExperts) and experts.quant is not None and experts.low.quant is not None
+    latents, prompt, _ = inputs
+    args = (jnp.asarray(latents), jnp.asarray(prompt))
+    for t, expert, wrong in ((700.0, quantized, experts.low), (300.0, experts.low, quantized)):
+        ours = experts(*args, jnp.array([t]))
+        assert rel_err(ours, expert(*args, jnp.array([t]))) < 1e-5
+        assert rel_err(ours, wrong(*args, jnp.array([t]))) > 0.1

@@ -312,6 +312,10 @@ class WanExperts(nnx.Module):
         self.high, self.low, self.boundary = high, low, float(boundary)
         self.config, self.dtype, self.quant = high.config, high.dtype, high.quant
 
+    def map_experts(self, fn) -> "WanExperts":
+        """The same pair with `fn` applied to each expert (e.g. quantization)."""
+        return WanExperts(fn(self.high), fn(self.low), self.boundary)
+
     def expert_of(self, timesteps) -> np.ndarray:
         """0 (high-noise expert) or 1 (low-noise) for each host timestep."""
         return (np.asarray(timesteps) < self.boundary).astype(np.int32)

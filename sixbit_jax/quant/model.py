@@ -53,9 +53,13 @@ def quantize_leaves(leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], hadama
 
 
 def quantize_model(model, hadamard_block: int = formats.HADAMARD_BLOCK):
-    """A quantized copy of a float model of any family (same dtype for everything left in float)."""
+    """A quantized copy of a float model of any family (same dtype for everything left in float); a model of several
+    experts (Wan2.2 A14B) has each expert quantized."""
     from sixbit_jax.checkpoint import flat_leaves, model_from_params, nest_leaves
     from sixbit_jax.quant.spec import QuantSpec
+
+    if hasattr(model, "map_experts"):
+        return model.map_experts(lambda expert: quantize_model(expert, hadamard_block))
 
     params = nnx.to_pure_dict(nnx.state(model))
     quantized = nest_leaves(quantize_leaves(flat_leaves(params), hadamard_block, type(model)))
