@@ -17,7 +17,7 @@ from sixbit_jax.shapes.text import is_shapes_text_encoder
 
 def is_t5_pipeline(folder: Path) -> bool:
     """A diffusers CogVideoX pipeline folder with a T5 text encoder and a VAE (not the shapes model's prompt
-    encoder). Wan pipelines convert their transformer alone until umT5 and the Wan VAE land."""
+    encoder). A Wan pipeline converts its transformer alone (its pipeline converts umT5 and the VAE in memory)."""
     return ((folder / components.MODEL_INDEX).exists() and (folder / components.VAE / "config.json").exists()
             and (folder / components.TEXT_ENCODER / "config.json").exists()
             and components.pipeline_class(folder).startswith("CogVideoX")

@@ -139,22 +139,31 @@ def _checkpoint_config(folder: Path):
     return transformer_config(read_info(folder).get("config"), str(folder))
 
 
+def _check_family_flags(args, wan: bool, what: str) -> None:
+    """--scheduler, --flow-shift and --guidance-2 against the model family of a checkpoint or pipeline (`what`),
+    before anything loads: CogVideoX samples with ddim or dpm, Wan with unipc or euler and a σ shift."""
+    from sixbit_jax.schedulers import cogvideox, flow
+
+    family, kinds = ("Wan", flow.SCHEDULERS) if wan else ("CogVideoX", cogvideox.SCHEDULERS)
+    if args.scheduler is not None and args.scheduler not in kinds:
+        raise InputError(f"--scheduler {args.scheduler}: a {family} {what} samples with {' or '.join(kinds)}")
+    if not wan and args.flow_shift is not None:
+        raise InputError(f"--flow-shift applies to flow-matching models (Wan); this {what} is CogVideoX")
+    if not wan and getattr(args, "guidance_2", None) is not None:
+        raise InputError(f"--guidance-2 applies to Wan2.2's two experts; this {what} is CogVideoX")
+
+
 def _scheduler_choice(args, cfg):
-    """(scheduler name, scheduler config) for `sample`: --scheduler and --flow-shift checked against the model
-    family (CogVideoX: ddim or dpm; Wan: unipc or euler with a σ shift); omitted, the family's defaults."""
+    """(scheduler name, scheduler config) for `sample`: the flags checked against the checkpoint's family;
+    omitted, the family's defaults."""
     from sixbit_jax.config import WanConfig
     from sixbit_jax.schedulers import FlowSchedulerConfig, SchedulerConfig
     from sixbit_jax.schedulers.flow import DEFAULT_SHIFT
 
-    if isinstance(cfg, WanConfig):
-        family, config = "Wan", FlowSchedulerConfig(shift=args.flow_shift or DEFAULT_SHIFT)
-        kinds = ("unipc", "euler")
-    else:
-        if args.flow_shift is not None:
-            raise InputError("--flow-shift applies to flow-matching models (Wan); this checkpoint is CogVideoX")
-        family, config, kinds = "CogVideoX", SchedulerConfig.for_model(cfg.flavour), ("ddim", "dpm")
-    if args.scheduler is not None and args.scheduler not in kinds:
-        raise InputError(f"--scheduler {args.scheduler}: a {family} checkpoint samples with {' or '.join(kinds)}")
+    wan = isinstance(cfg, WanConfig)
+    _check_family_flags(args, wan, "checkpoint")
+    config = (FlowSchedulerConfig(shift=args.flow_shift or DEFAULT_SHIFT) if wan
+              else SchedulerConfig.for_model(cfg.flavour))
     return args.scheduler or config.default_scheduler, config
 
 
@@ -304,8 +313,6 @@ def _check_wan_generate_args(args) -> None:
         raise InputError("--tile: the Wan VAE decodes one latent frame at a time, without spatial tiles")
     if args.dynamic_cfg:
         raise InputError("--dynamic-cfg is CogVideoX's guidance schedule; Wan samples with a constant guidance")
-    if args.scheduler is not None and args.scheduler not in ("unipc", "euler"):
-        raise InputError(f"--scheduler {args.scheduler}: a Wan pipeline samples with unipc or euler")
     if args.guidance_2 is not None and not (Path(args.pipeline) / "transformer_2").is_dir():
         raise InputError("--guidance-2: this pipeline has one transformer; a second guidance scale is for Wan2.2's "
                          "two experts (transformer_2/)")
@@ -321,13 +328,11 @@ def cmd_generate(args) -> None:
 
     _check_generate_args(args)
     wan = _is_wan_pipeline(args.pipeline)
+    _check_family_flags(args, wan, "pipeline")
     if wan:
         _check_wan_generate_args(args)
         from sixbit_jax.pipelines.wan import DEFAULT_FPS, WanPipeline as Pipeline
     else:
-        for flag in ("flow_shift", "guidance_2"):
-            if getattr(args, flag) is not None:
-                raise InputError(f"--{flag.replace('_', '-')} applies to Wan pipelines; this one is CogVideoX")
         from sixbit_jax.pipelines.cogvideox import DEFAULT_FPS, CogVideoXPipeline as Pipeline
     latents = load_array(args.latents_in, ("latents",)) if args.latents_in else None
     if latents is not None and latents.ndim != 5:

@@ -100,7 +100,8 @@ class RuntimeConfig:
         """The thresholds and the predictor as arrays: the compiled sampler takes them as inputs, so a new
         calibration, tau_c or PDR threshold reuses the program."""
         zeros = (0.0,) * num_layers
-        return RuntimeNumbers(jnp.asarray(self.alpha or zeros, jnp.float32), jnp.asarray(self.beta or zeros, jnp.float32),
+        return RuntimeNumbers(jnp.asarray(self.alpha or zeros, jnp.float32),
+                              jnp.asarray(self.beta or zeros, jnp.float32),
                               jnp.asarray(0.0 if self.tau_q is None else self.tau_q, jnp.float32),
                               jnp.asarray(self.tau_c, jnp.float32), jnp.asarray(self.outlier_ratio, jnp.float32))
 

@@ -239,7 +239,8 @@ def test_routing_flips_when_the_predicted_error_crosses_tau_q():
 
 def test_routing_takes_one_tau_q_per_block():
     cfg = RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=(0.3, 0.7))
-    state = init_state(2, ((1, 4, 8), (1, 2, 8)), cfg)._replace(gamma=jnp.array([0.5, 0.5]), gamma_valid=jnp.array([True, True]))
+    state = init_state(2, ((1, 4, 8), (1, 2, 8)), cfg)._replace(gamma=jnp.array([0.5, 0.5]),
+                                                                gamma_valid=jnp.array([True, True]))
     assert list(choose_routes(cfg, state, jnp.int32(3), 10)) == [INT8, NVFP4]
     with pytest.raises(ConfigError, match="tau_q has 3 entries but alpha has 2"):
         RuntimeConfig(mode="sixbit", alpha=(1.0, 1.0), beta=(0.0, 0.0), tau_q=(0.3, 0.7, 0.1))
@@ -269,7 +270,8 @@ def test_a_skipped_block_adds_the_delta_its_last_compute_cached(quantized, input
     latents, text, _ = inputs
     cfg, t = quantized.config, jnp.array([500])
     layers = cfg.num_layers
-    empty = init_state(layers, stream_shapes(quantized, 2 * 4 * 4, 8), RuntimeConfig(mode="calibrate", cache_dtype=cache_dtype))
+    empty = init_state(layers, stream_shapes(quantized, 2 * 4 * 4, 8),
+                       RuntimeConfig(mode="calibrate", cache_dtype=cache_dtype))
     forward = controlled_forward(quantized, (SKIP, BF16))
     computed, first = forward(latents, text, t, [BF16] * layers, empty.cache)
     assert float(first.gamma.min()) > 0

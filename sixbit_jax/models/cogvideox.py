@@ -26,6 +26,7 @@ from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import InputError
 from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, dot_product_attention, project
 from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
+from sixbit_jax.layers.stacked import stacked_layers
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
 from sixbit_jax.quant.spec import QuantSpec, block_linear
 from sixbit_jax.schedulers.cogvideox import SchedulerConfig
@@ -278,14 +279,10 @@ class CogVideoXTransformer3D(nnx.Module):
         if cfg.ofs_embed_dim is not None:  # 1.5-I2V
             self.ofs_embedding = TimestepEmbedding(cfg.ofs_embed_dim, cfg.ofs_embed_dim, dtype=dtype, rngs=rngs)
 
-        def make_block(block_rngs: nnx.Rngs) -> CogVideoXBlock:
-            return CogVideoXBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl, quant=quant)
-
-        # One block's structure, and its parameters initialised num_layers times along a leading layer axis.
-        block_def, _ = nnx.split(nnx.eval_shape(lambda: make_block(nnx.Rngs(0))))
-        layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
-        stacked = jax.vmap(lambda key: nnx.state(make_block(nnx.Rngs(key))))(layer_keys)
-        self.transformer_blocks = nnx.merge(block_def, stacked)
+        self.transformer_blocks = stacked_layers(
+            lambda block_rngs: CogVideoXBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl,
+                                              quant=quant),
+            cfg.num_layers, rngs)
         self.norm_final = LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, dtype=dtype)
         self.norm_out = AdaLayerNormOut(cfg, dtype=dtype, rngs=rngs)
         self.proj_out = Dense(cfg.inner_dim, cfg.out_channels * cfg.patch_volume, dtype=dtype, rngs=rngs)
@@ -327,7 +324,8 @@ class CogVideoXTransformer3D(nnx.Module):
         """Pixel-space video size (default: the model's sample size) -> latents [B, F, C, H, W] (VAE: 4x in time, 8x
         in space), with CogVideoX 1.5's padding frames in front (`CogVideoXConfig.frame_padding`)."""
         cfg = self.config
-        frames, height, width = frames or cfg.sample_frames, height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
+        frames = frames or cfg.sample_frames
+        height, width = height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
         if (frames - 1) % cfg.temporal_compression_ratio:
             raise InputError(f"frames must be 1 + a multiple of {cfg.temporal_compression_ratio} (e.g. 49); got "
                              f"{frames}")

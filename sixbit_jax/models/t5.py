@@ -43,6 +43,7 @@ from sixbit_jax import rng
 from sixbit_jax.config import read_json
 from sixbit_jax.errors import ConfigError, InputError
 from sixbit_jax.layers.dense import full_precision
+from sixbit_jax.layers.stacked import stacked_layers
 
 # feed_forward_proj values we implement -> activation. transformers maps exactly "gated-gelu" to gelu_new (tanh).
 _ACTIVATIONS = {"gated-gelu": "gelu_tanh", "gated-gelu_new": "gelu_tanh"}
@@ -290,11 +291,7 @@ class T5Encoder(nnx.Module):
                                         Embedding(cfg.relative_attention_num_buckets, cfg.num_heads, dtype=dtype,
                                                   rngs=rngs))
 
-        # One block's structure, and its parameters initialised num_layers times along a leading layer axis.
-        block_def, _ = nnx.split(nnx.eval_shape(lambda: T5Block(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
-        layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
-        stacked = jax.vmap(lambda key: nnx.state(T5Block(cfg, dtype=dtype, rngs=nnx.Rngs(key))))(layer_keys)
-        self.block = nnx.merge(block_def, stacked)
+        self.block = stacked_layers(lambda block_rngs: T5Block(cfg, dtype=dtype, rngs=block_rngs), cfg.num_layers, rngs)
         self.final_layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon, dtype=dtype)
 
     def check_inputs(self, input_ids, attention_mask) -> None:

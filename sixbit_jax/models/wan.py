@@ -27,6 +27,7 @@ from sixbit_jax.errors import InputError
 from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, RMSNorm, dot_product_attention, project
 from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.layers.norm import layer_norm
+from sixbit_jax.layers.stacked import stacked_layers
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
 from sixbit_jax.quant.spec import QuantSpec, block_linear
 from sixbit_jax.schedulers.flow import FlowSchedulerConfig
@@ -184,14 +185,9 @@ class WanTransformer3D(nnx.Module):
         self.patch_embedding = Dense(cfg.in_channels * patch, d, dtype=dtype, rngs=rngs)
         self.condition_embedder = ConditionEmbedder(cfg, dtype=dtype, rngs=rngs)
 
-        def make_block(block_rngs: nnx.Rngs) -> WanBlock:
-            return WanBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl, quant=quant)
-
-        # One block's structure, and its parameters initialised num_layers times along a leading layer axis.
-        block_def, _ = nnx.split(nnx.eval_shape(lambda: make_block(nnx.Rngs(0))))
-        layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
-        stacked = jax.vmap(lambda key: nnx.state(make_block(nnx.Rngs(key))))(layer_keys)
-        self.blocks = nnx.merge(block_def, stacked)
+        self.blocks = stacked_layers(
+            lambda block_rngs: WanBlock(cfg, dtype=dtype, rngs=block_rngs, attention_impl=attention_impl, quant=quant),
+            cfg.num_layers, rngs)
         self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) * d**-0.5)
         self.proj_out = Dense(d, cfg.out_channels * patch, dtype=dtype, rngs=rngs)
 

@@ -27,8 +27,8 @@ def is_converted(folder: Path) -> bool:
     return (folder / INFO_NAME).exists() and (folder / TEXT_ENCODER / INFO_NAME).exists()
 
 
-def pipeline_class(folder: Path) -> str:
-    """model_index.json's `_class_name`, with a clear error for a folder that is not a pipeline."""
+def model_index(folder: Path) -> dict:
+    """model_index.json as a dict, with a clear error for a folder that is not a pipeline."""
     path = folder / MODEL_INDEX
     if not folder.is_dir():
         raise CheckpointError(f"pipeline {folder} is not a folder")
@@ -36,15 +36,16 @@ def pipeline_class(folder: Path) -> str:
         raise CheckpointError(f"{folder} is not a pipeline folder (no {MODEL_INDEX}); pass the folder holding "
                               f"tokenizer/, text_encoder/, transformer/, vae/ and scheduler/")
     try:
-        return str(json.loads(path.read_text())["_class_name"])
+        index = json.loads(path.read_text())
+        index["_class_name"] = str(index["_class_name"])
+        return index
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is not a valid model index ({type(e).__name__}: {e})") from None
 
 
-def model_index(folder: Path) -> dict:
-    """model_index.json as a dict (after `pipeline_class` has checked that it is one)."""
-    pipeline_class(folder)
-    return json.loads((folder / MODEL_INDEX).read_text())
+def pipeline_class(folder: Path) -> str:
+    """model_index.json's `_class_name` (see `model_index`)."""
+    return model_index(folder)["_class_name"]
 
 
 def check_components(folder: Path, names=(TOKENIZER, TEXT_ENCODER, TRANSFORMER, VAE, SCHEDULER)) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import WanTransformer3D, t5
+from sixbit_jax.models.vae_wan import decode_latents, postprocess
 from sixbit_jax.models.wan import WanExperts
 from sixbit_jax.pipelines import PipelineOutput, PromptEncoding, components
 from sixbit_jax.quant.spec import QuantSpec
@@ -73,11 +74,11 @@ class WanPipeline(PromptEncoding):
         from convert.vae_wan import load_vae
 
         folder = Path(folder)
-        name = components.pipeline_class(folder)
-        if name not in PIPELINE_CLASSES:
-            raise CheckpointError(f"{folder} is a {name}; the Wan pipeline supports {', '.join(PIPELINE_CLASSES)}")
-        components.check_components(folder)
         index = components.model_index(folder)
+        if index["_class_name"] not in PIPELINE_CLASSES:
+            raise CheckpointError(f"{folder} is a {index['_class_name']}; the Wan pipeline supports "
+                                  f"{', '.join(PIPELINE_CLASSES)}")
+        components.check_components(folder)
         if index.get("expand_timesteps"):
             raise CheckpointError(f"{folder}: per-token timesteps (Wan2.2 TI2V-5B, expand_timesteps) are not "
                                   f"implemented")
@@ -133,8 +134,6 @@ class WanPipeline(PromptEncoding):
                         height=height, width=width, progress=progress, runtime=runtime)
         seconds["denoise"] = result.seconds
         start = time.perf_counter()
-        from sixbit_jax.models.vae_wan import decode_latents, postprocess
-
         video = postprocess(decode_latents(self.vae, result.latents))
         frames_out = np.asarray(jax.device_get(video), np.float32)
         seconds["decode"] = time.perf_counter() - start
