@@ -1,0 +1,282 @@
+"""8-bit flash attention on Hopper through Pallas Mosaic GPU (SageAttention's recipe): softmax(q kᵀ / sqrt(d)) v with
+Q·Kᵀ on the int8 tensor cores.
+
+Quantization (plain jnp, one fused XLA pass over q and one over k, `quantize_qk`):
+- K is smoothed first: its mean over the tokens is subtracted per channel. Every query's logits then shift by one
+  constant, which softmax ignores, and K's shared offset (large in DiTs) no longer eats the int8 range.
+- Q: int8 per token, its scale carrying 1/sqrt(d) and log2(e), so the kernel's logits are already in base 2.
+- K: int8 per block of `block_kv` tokens (one scale per block and head).
+With per-token Q scales and per-block K scales the dequantization of a logits tile is one row vector c = q_scale *
+k_block_scale, and p = exp2(s * c - m) is one FMA per element, as in bf16 flash attention (the exponentials bound this
+kernel at head dim 64; an extra multiply per element would show).
+
+The kernel: a grid of (head, 128-query tile, batch) CTAs, three warpgroups each. One issues TMA copies of K/V tiles
+into a `stages`-deep shared-memory ring; two compute warpgroups (64 queries each) run int8 wgmma for S = Q Kᵀ (int32,
+exact), the online softmax in float32, and bf16 wgmma for P V, taking turns on the tensor cores (a shared barrier
+orders them so one's softmax overlaps the other's matrix products; the FlashAttention-3 schedule JAX's
+`ops/gpu/attention_mgpu.py` uses). Ragged lengths: queries are padded to 128 and the padded outputs dropped; keys are
+padded to `block_kv` and the last block's padded columns masked to -inf.
+
+Mosaic GPU kernels do not run in Pallas' CPU interpret mode; on CPU `int8_attention` runs `int8_attention_reference`
+(the same quantization and the same base-2 softmax in plain jnp), and the `gpu` tests compare the kernel with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import mosaic
+from pallas_kernels.common import require
+from pallas_kernels.mosaic import plgpu, smem_transforms
+
+LOG2E = math.log2(math.e)
+# Floor of a row's or block's absolute maximum, so an all-zero row (padding) gets a tiny positive scale: its codes are
+# 0 and its logits 0 * c, never 0 * inf.
+_TINY = 1e-30
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    block_q: int = 64  # queries per compute warpgroup (wgmma's M); a CTA takes 2 * block_q
+    block_kv: int = 128  # keys per pipeline step, and the K quantization block
+    stages: int = 4  # K/V tiles in flight
+    heads_minor: bool = True  # grid order (head, q tile, batch); False: (q tile, head, batch)
+
+
+# ------------------------------------------------------------------------------------------------------ quantization
+def quantize_q(q: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q [B, N, H, D] -> int8 codes [B, N, H, D] and float32 scales [B, H, N] with 1/sqrt(D) * log2(e) folded in."""
+    qf = q.astype(jnp.float32)
+    scale = jnp.maximum(jnp.max(jnp.abs(qf), axis=-1, keepdims=True), _TINY) / 127.0
+    codes = jnp.clip(jnp.round(qf / scale), -127, 127).astype(jnp.int8)
+    folded = scale[..., 0] * (LOG2E / math.sqrt(q.shape[-1]))
+    return codes, jnp.transpose(folded, (0, 2, 1))
+
+
+def quantize_k(k: jax.Array, block_kv: int) -> tuple[jax.Array, jax.Array]:
+    """k [B, N, H, D] -> smoothed int8 codes [B, N_pad, H, D] (N padded with zeros to a multiple of block_kv) and
+    float32 scales [B, H, N_pad / block_kv], one per block of block_kv tokens."""
+    batch, n, heads, dim = k.shape
+    kf = k.astype(jnp.float32)
+    kf = kf - jnp.mean(kf, axis=1, keepdims=True)
+    n_pad = -(-n // block_kv) * block_kv
+    kf = jnp.pad(kf, ((0, 0), (0, n_pad - n), (0, 0), (0, 0)))
+    blocks = kf.reshape(batch, n_pad // block_kv, block_kv, heads, dim)
+    scale = jnp.maximum(jnp.max(jnp.abs(blocks), axis=(2, 4), keepdims=True), _TINY) / 127.0
+    codes = jnp.clip(jnp.round(blocks / scale), -127, 127).astype(jnp.int8).reshape(batch, n_pad, heads, dim)
+    return codes, jnp.transpose(scale[:, :, 0, :, 0], (0, 2, 1))
+
+
+# --------------------------------------------------------------------------------------------------------- reference
+def int8_attention_reference(q, k, v, *, block_kv: int = 128) -> jax.Array:
+    """The kernel's function in plain jnp: the same codes and scales, exact int32 Q·Kᵀ, base-2 softmax in float32 with
+    P rounded to v's dtype for P·V (fp32 accumulation), normalised at the end. q, k, v [B, N, H, D] -> q's dtype."""
+    n_q, n_k = q.shape[1], k.shape[1]
+    q_codes, q_scale = quantize_q(q)
+    k_codes, k_scale = quantize_k(k, block_kv)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q_codes, k_codes[:, :n_k], preferred_element_type=jnp.int32)
+    k_scale_per_token = jnp.repeat(k_scale, block_kv, axis=-1)[..., :n_k]  # [B, H, N_k]
+    s = s.astype(jnp.float32) * q_scale[..., :, None] * k_scale_per_token[..., None, :]
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp2(s - m)
+    l = jnp.sum(p, axis=-1)  # [B, H, N_q]
+    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = out / jnp.transpose(l, (0, 2, 1))[..., None]
+    del n_q
+    return out.astype(q.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------------ kernel
+def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped, *, config: AttentionConfig,
+            kv_steps: int, kv_tail: int):
+    """kv_steps key blocks; the last has kv_tail real keys (0: all block_kv are real)."""
+    block_q, block_kv, stages = config.block_q, config.block_kv, config.stages
+    head_dim = q_gmem.shape[-1]
+    batch, head, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    (q_smem2, k_smem, v_smem, o_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), turn = scoped
+
+    def take_turn():
+        """Both compute warpgroups arrive; the tensor cores pass to the other one."""
+        plgpu.barrier_arrive(turn)
+        plgpu.barrier_wait(turn)
+
+    @pl.when(wg < 2)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
+        q0 = lax.axis_index("q_tile") * (2 * block_q) + wg * block_q
+        plgpu.copy_gmem_to_smem(q_gmem.at[batch, pl.ds(q0, block_q), head], q_smem, q_ready.at[wg])
+        q_scale = mosaic.load(q_scale_gmem.at[batch, head, pl.ds(q0, block_q)], plgpu.Layout.WGMMA.reduce(1))
+        plgpu.barrier_wait(q_ready.at[wg])
+        row = plgpu.Layout.WGMMA.reduce(1)
+        m_i = plgpu.layout_cast(jnp.full((block_q,), -jnp.inf, jnp.float32), row)
+        l_i = plgpu.layout_cast(jnp.full((block_q,), 0.0, jnp.float32), row)
+        acc = plgpu.layout_cast(jnp.full((block_q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+        plgpu.barrier_wait(k_ready.at[0])
+        pl.when(wg == 1)(take_turn)
+
+        def step(kv, carry, tail: int = 0):
+            acc, m_i, l_i = carry
+            slot = lax.rem(kv, jnp.array(stages, kv.dtype))
+            # This block's K scale, one value repeated over the rows: c = q_scale * k_scale is a row vector.
+            k_scale = mosaic.load(k_scale_gmem.at[batch, head, kv], row)
+
+            def qk(acc_ref):
+                plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+                take_turn()
+                return acc_ref[...]
+
+            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32)).astype(jnp.float32)
+            plgpu.barrier_arrive(k_free.at[slot])
+            if tail:
+                cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
+                s = jnp.where(cols < tail, s, -jnp.inf)
+            c = q_scale * k_scale
+            m_new = jnp.maximum(m_i, s.max(axis=1) * c)
+            alpha = jnp.exp2(m_i - m_new)
+            p = jnp.exp2(s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+            l_i = l_i * alpha + p.sum(axis=1)
+            p16 = p.astype(v_smem.dtype)
+            acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+            plgpu.barrier_arrive(turn)  # softmax done
+            plgpu.barrier_wait(v_ready.at[slot])
+            plgpu.barrier_wait(turn)  # the tensor cores are ours
+
+            def pv(acc_ref):
+                plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                nxt = kv + 1
+
+                @pl.when(nxt < kv_steps)
+                def _():
+                    plgpu.barrier_wait(k_ready.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
+
+            acc = pl.run_state(pv)(plgpu.ACC.init(acc))
+            plgpu.barrier_arrive(v_free.at[slot])
+            return acc, m_new, l_i
+
+        full_steps = kv_steps - (1 if kv_tail else 0)
+        carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i))
+        if kv_tail:
+            carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
+        acc, m_i, l_i = carry
+        pl.when(wg == 0)(take_turn)
+        acc = acc * lax.broadcast_in_dim(1.0 / l_i, acc.shape, [0])
+        o_smem[...] = acc.astype(o_smem.dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, out_gmem.at[batch, pl.ds(q0, block_q), head])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == 2)
+    def _memory():
+        plgpu.set_max_registers(40, action="decrease")
+
+        def fetch(kv, slot):
+            rows = (batch, pl.ds(kv * block_kv, block_kv), head)
+            plgpu.copy_gmem_to_smem(k_gmem.at[rows], k_smem.at[slot], k_ready.at[slot])
+            plgpu.copy_gmem_to_smem(v_gmem.at[rows], v_smem.at[slot], v_ready.at[slot])
+
+        for i in range(min(stages, kv_steps)):
+            fetch(i, i)
+
+        @pl.loop(0, max(kv_steps - stages, 0))
+        def _(i):
+            slot = lax.rem(i, jnp.array(stages, i.dtype))
+            plgpu.barrier_wait(k_free.at[slot])
+            plgpu.barrier_wait(v_free.at[slot])
+            fetch(i + stages, slot)
+
+
+def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, *, config: AttentionConfig, stages: int,
+           kv_steps: int, kv_tail: int):
+    head_dim = q_gmem.shape[-1]
+    block_q, block_kv = config.block_q, config.block_kv
+    int8_t = smem_transforms(head_dim, jnp.int8)
+    v_t = smem_transforms(head_dim, v_gmem.dtype)
+    scratch = [
+        plgpu.SMEM((2, block_q, head_dim), jnp.int8, transforms=int8_t),
+        plgpu.SMEM((stages, block_kv, head_dim), jnp.int8, transforms=int8_t),
+        plgpu.SMEM((stages, block_kv, head_dim), v_gmem.dtype, transforms=v_t),
+        plgpu.SMEM((2, block_q, head_dim), out_gmem.dtype, transforms=v_t),
+    ]
+    ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=2))
+    free = (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2
+    config = dataclasses.replace(config, stages=stages)
+    pl.run_scoped(
+        lambda *scoped: _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped, config=config,
+                                kv_steps=kv_steps, kv_tail=kv_tail),
+        scratch, ready, free, plgpu.Barrier(num_arrivals=2),
+        collective_axes="wg",
+    )
+
+
+SMEM_BYTES = 227 * 1024
+
+
+def _fit_stages(config: AttentionConfig, head_dim: int, v_itemsize: int, kv_steps: int) -> int:
+    fixed = 2 * config.block_q * head_dim * (1 + v_itemsize) + 2048
+    per_stage = config.block_kv * head_dim * (1 + v_itemsize)
+    return max(1, min(config.stages, kv_steps, (SMEM_BYTES - fixed) // per_stage))
+
+
+def int8_attention_mgpu(q, k, v, *, config: AttentionConfig | None = None) -> jax.Array:
+    """The compiled kernel (Hopper only), quantization included. q [B, Nq, H, D], k and v [B, Nk, H, D]; v bf16 or
+    fp16; D 64 or 128. Returns q's dtype."""
+    config = config or AttentionConfig()
+    q_codes, q_scale = quantize_q(q)
+    k_codes, k_scale = quantize_k(k, config.block_kv)
+    return attend_quantized(q_codes, q_scale, k_codes, k_scale, v, config=config).astype(q.dtype)
+
+
+def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, *, config: AttentionConfig | None = None) -> jax.Array:
+    """The kernel alone, on `quantize_q`'s and `quantize_k`'s outputs (k padded to a multiple of block_kv) and v
+    [B, Nk, H, D]. Returns v's dtype [B, Nq, H, D]."""
+    config = config or AttentionConfig()
+    batch, n_q, heads, head_dim = q_codes.shape
+    n_k = v.shape[1]
+    block_q, block_kv = config.block_q, config.block_kv
+    n_q_pad = -(-n_q // (2 * block_q)) * (2 * block_q)
+    n_k_pad = k_codes.shape[1]
+    require(n_k_pad == -(-n_k // block_kv) * block_kv, f"int8 attention: k codes have {n_k_pad} rows for {n_k} keys")
+    q_codes = jnp.pad(q_codes, ((0, 0), (0, n_q_pad - n_q), (0, 0), (0, 0)))
+    q_scale = jnp.pad(q_scale, ((0, 0), (0, 0), (0, n_q_pad - n_q)), constant_values=1.0)
+    v = jnp.pad(v, ((0, 0), (0, n_k_pad - n_k), (0, 0), (0, 0)))
+    kv_steps = n_k_pad // block_kv
+    # One K scale per block, repeated block_q times so the kernel loads it as a row vector (no scalar loads).
+    k_scale_rows = jnp.broadcast_to(k_scale[..., None], (*k_scale.shape, block_q))
+    stages = _fit_stages(config, head_dim, v.dtype.itemsize, kv_steps)
+    q_tiles = n_q_pad // (2 * block_q)
+    if config.heads_minor:
+        grid, names = (heads, q_tiles, batch), ("heads", "q_tile", "batch")
+    else:
+        grid, names = (q_tiles, heads, batch), ("q_tile", "heads", "batch")
+    kernel = plgpu.kernel(
+        functools.partial(_entry, config=config, stages=stages, kv_steps=kv_steps, kv_tail=n_k % block_kv),
+        out_type=jax.ShapeDtypeStruct((batch, n_q_pad, heads, head_dim), v.dtype),
+        grid=grid,
+        grid_names=names,
+        num_threads=3,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )
+    return kernel(q_codes, k_codes, v, q_scale, k_scale_rows)[:, :n_q]
+
+
+def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Array:
+    """8-bit attention: the Mosaic GPU kernel on a Hopper GPU, its jnp reference anywhere else."""
+    what = "int8 attention"
+    require(q.ndim == 4 and k.shape == v.shape and k.ndim == 4 and q.shape[0] == k.shape[0]
+            and q.shape[2:] == k.shape[2:], f"{what}: q, k, v must be [B, N, H, D] with one B, H and D; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    require(q.shape[-1] in (64, 128), f"{what}: head dim {q.shape[-1]} is not supported (64 or 128)")
+    config = config or AttentionConfig()
+    if mosaic.available() and v.dtype in (jnp.bfloat16, jnp.float16):
+        return int8_attention_mgpu(q, k, v, config=config)
+    return int8_attention_reference(q, k, v, block_kv=config.block_kv)
