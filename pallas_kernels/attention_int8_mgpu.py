@@ -230,6 +230,7 @@ def int8_attention_mgpu(q, k, v, *, config: AttentionConfig | None = None) -> ja
     """The compiled kernel (Hopper only), quantization included. q [B, Nq, H, D], k and v [B, Nk, H, D]; v bf16 or
     fp16; D 64 or 128. Returns q's dtype."""
     config = config or AttentionConfig()
+    require(q.shape[-1] in (64, 128), f"int8 attention kernel: head dim {q.shape[-1]} is not supported (64 or 128)")
     q_codes, q_scale = quantize_q(q)
     k_codes, k_scale = quantize_k(k, config.block_kv)
     return attend_quantized(q_codes, q_scale, k_codes, k_scale, v, config=config).astype(q.dtype)
@@ -264,7 +265,9 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, *, config: Attention
         grid_names=names,
         num_threads=3,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        # Lane semantics (per-thread register layouts: WGMMA, its row and column reductions), named explicitly: jax
+        # 0.11 lowers to warpgroup semantics by default, where this kernel's loop bounds would not lower.
+        compiler_params=plgpu.CompilerParams(approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Lane),
     )
     return kernel(q_codes, k_codes, v, q_scale, k_scale_rows)[:, :n_q]
 
@@ -275,7 +278,6 @@ def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Arr
     require(q.ndim == 4 and k.shape == v.shape and k.ndim == 4 and q.shape[0] == k.shape[0]
             and q.shape[2:] == k.shape[2:], f"{what}: q, k, v must be [B, N, H, D] with one B, H and D; got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    require(q.shape[-1] in (64, 128), f"{what}: head dim {q.shape[-1]} is not supported (64 or 128)")
     config = config or AttentionConfig()
     if mosaic.available() and v.dtype in (jnp.bfloat16, jnp.float16):
         return int8_attention_mgpu(q, k, v, config=config)

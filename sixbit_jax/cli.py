@@ -184,9 +184,9 @@ def _runtime(args, ckpt: Path | None, model):
     from sixbit_jax.runtime import RuntimeConfig, fields_for_run
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
 
-    if args.mode == "bf16" and not args.tdc and model.quant is None:
+    if args.mode == "bf16" and not args.tdc and model.quant is None and args.attention == "bf16":
         return model, None
-    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr}
+    fields = {"mode": args.mode, "tdc": args.tdc, "pdr": not args.no_pdr, "attention": args.attention}
     if args.cache_dtype:
         fields["cache_dtype"] = args.cache_dtype
     if args.mode == "sixbit" or args.tdc:
@@ -212,10 +212,11 @@ _MODE_NAMES = {"bf16": "bf16", "int8": "W4A8 (int8)", "nvfp4": "W4A4 (nvfp4)",
 def _precision(args, result, model, runtime) -> str:
     if result.summary is None:
         short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(model.dtype.name, model.dtype.name)
-        return f"precision: {short} 100% of linears"
+        return f"precision: {short} 100% of linears, {short} attention"
     name = _MODE_NAMES[args.mode] if args.mode != "bf16" or model.quant is None else "W4A16 (NVFP4 weights, bf16 "\
         "activations)"
     name += (" +TDC" if args.tdc else "") + (" +PDR" if args.tdc and not args.no_pdr else "")
+    name += f", {runtime.attention} attention"
     if runtime.tdc:
         name += f" (tau_c {runtime.tau_c:.3g}, {runtime.cache_dtype} cache)"
     return f"precision: {name}, {result.summary.line()}"
@@ -442,7 +443,7 @@ def cmd_calibrate(args) -> None:
 
 
 def _add_runtime_flags(p) -> None:
-    from sixbit_jax.runtime import CACHE_DTYPES
+    from sixbit_jax.runtime import ATTENTION_PRECISIONS, CACHE_DTYPES
 
     p.add_argument("--mode", choices=["bf16", "int8", "nvfp4", "sixbit"], default="bf16",
                    help="linear precision: bf16; int8 (W4A8); nvfp4 (W4A4); sixbit (DMPQ: NVFP4 or INT8 per block and "
@@ -456,6 +457,9 @@ def _add_runtime_flags(p) -> None:
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES),
                    help="with --tdc: how the block deltas are stored (float8_e4m3fn, scaled per block; bfloat16 "
                         "doubles the cache)")
+    p.add_argument("--attention", choices=list(ATTENTION_PRECISIONS), default="bf16",
+                   help="self-attention precision in the transformer blocks: bf16 (cuDNN flash attention), or int8 "
+                        "(8-bit Q·Kᵀ with smoothed K, SageAttention-style; a Mosaic GPU kernel on Hopper)")
 
 
 def build_parser() -> argparse.ArgumentParser:

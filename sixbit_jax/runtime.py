@@ -33,6 +33,7 @@ from sixbit_jax.models.block_control import BF16, CALIBRATE, INT8, NVFP4, PDR, R
 
 MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate", "replay")
 CACHE_DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
+ATTENTION_PRECISIONS = ("bf16", "int8")  # of the blocks' self-attention (layers.attention)
 FIXED_MODE_ROUTES = {"bf16": BF16, "int8": INT8, "nvfp4": NVFP4, "calibrate": CALIBRATE}  # every computed block
 ROUTE_BITS = {SKIP: 0.0, BF16: 16.0, INT8: 8.0, NVFP4: 4.0, CALIBRATE: 16.0}  # PDR: by its fallbacks
 
@@ -56,10 +57,14 @@ class RuntimeConfig:
     cache_dtype: str = "float8_e4m3fn"
     backend: str | None = None  # quantized linears: None = Pallas kernels on GPU, jnp references on CPU
     schedule: tuple[tuple[int, ...], ...] | None = None  # mode replay: a recorded route per step and block
+    attention: str = "bf16"  # self-attention in every computed block: bf16 (cuDNN) or int8 (8-bit Q·Kᵀ kernel)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.attention not in ATTENTION_PRECISIONS:
+            raise ConfigError(f"unknown attention precision {self.attention!r}; use one of "
+                              f"{', '.join(ATTENTION_PRECISIONS)}")
         if self.cache_dtype not in CACHE_DTYPES:
             raise ConfigError(f"unsupported delta cache dtype {self.cache_dtype!r}; use one of "
                               f"{', '.join(CACHE_DTYPES)}")

@@ -205,7 +205,7 @@ def _denoise_impl(graphdef, state, latents, text, tables, timesteps, coefficient
         else:
             routes = choose_routes(runtime, blocks, index, num_steps, numbers)
             control = BlockControl(routes, blocks.cache, numbers.outlier_ratio, runtime.backend,
-                                   runtime.possible_routes)
+                                   runtime.possible_routes, runtime.attention)
             v, report = model(model_in, text, t_in, tables, control=control)
             record = step_stats(blocks, routes, report)
             blocks, block_finite = update_state(blocks, routes, report), report.finite

@@ -76,7 +76,7 @@ def test_quantization_layouts():
 def test_bad_inputs_are_named():
     q, k, v = qkv(1, 64, 2, 64)
     with pytest.raises(InputError, match="head dim 96"):
-        attn8.int8_attention(*qkv(1, 64, 2, 96))
+        attn8.int8_attention_mgpu(*qkv(1, 64, 2, 96))
     with pytest.raises(InputError, match=r"\[B, N, H, D\]"):
         attn8.int8_attention(q, k[:, :, :1], v[:, :, :1])
 

@@ -102,6 +102,7 @@ def test_6bit_modes_run_on_wan_and_stay_close(model, quantized, inputs):
     layers = model.config.num_layers
     runs = {
         "int8": (RuntimeConfig(mode="int8"), 0.03),
+        "int8+attn8": (RuntimeConfig(mode="int8", attention="int8"), 0.05),
         "nvfp4": (RuntimeConfig(mode="nvfp4"), 0.15),
         "sixbit+tdc": (RuntimeConfig(mode="sixbit", tdc=True, tau_c=0.5, alpha=(1.0,) * layers,
                                      beta=(0.0,) * layers, tau_q=0.42), 0.2),

@@ -2,7 +2,8 @@
 
 GPU with bf16/fp16: cuDNN flash attention through `jax.nn.dot_product_attention`. Everywhere else (CPU, float32):
 an exact softmax attention in float32 that walks over query chunks, so memory is batch x heads x chunk x tokens
-instead of tokens squared."""
+instead of tokens squared. "int8": 8-bit Q·Kᵀ (`pallas_kernels.attention_int8_mgpu`: the Mosaic GPU kernel on
+Hopper, its jnp reference elsewhere), which the 6Bit runtime selects for the blocks' self-attention."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.attention_int8_mgpu import int8_attention
 from sixbit_jax.layers.dense import full_precision
 
 # Largest logits block (elements) the chunked path materialises at once: 64 Mi float32 values = 256 MiB.
@@ -23,14 +25,22 @@ def default_implementation(dtype) -> str:
     return "xla"
 
 
+def block_implementation(module_default: str | None, runtime) -> str | None:
+    """The implementation a block's self-attention runs under a block runtime (`LinearRuntime` or None): the 8-bit
+    kernel when the runtime asks for int8 attention, else the module's own choice."""
+    return "int8" if getattr(runtime, "attention", "bf16") == "int8" else module_default
+
+
 def dot_product_attention(q, k, v, *, implementation: str | None = None) -> jax.Array:
     """softmax(q kᵀ / sqrt(d)) v, for q, k, v of shape [B, N, H, d]; the output has q's dtype."""
     implementation = implementation or default_implementation(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1])
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+    if implementation == "int8":
+        return int8_attention(q, k, v)
     if implementation != "xla":
-        raise ValueError(f"unknown attention implementation {implementation!r} (use 'cudnn' or 'xla')")
+        raise ValueError(f"unknown attention implementation {implementation!r} (use 'cudnn', 'xla' or 'int8')")
     return _chunked_attention(q, k, v, scale)
 
 

@@ -43,7 +43,8 @@ class QuantData(nnx.Variable):
 
 @dataclasses.dataclass
 class LinearRuntime:
-    """What every quantized linear in one traced block call does, and what it reports back.
+    """What every quantized linear in one traced block call does, and what it reports back; and the precision of
+    the block's self-attention (`layers.attention.block_implementation`).
 
     Created inside the traced function (one per block branch); the layers append traced scalars to the lists,
     which the block then reduces. `backend` picks kernels ("pallas"), interpreted kernels or the jnp references."""
@@ -51,6 +52,7 @@ class LinearRuntime:
     path: str = "bf16"
     outlier_ratio: float = PDR_OUTLIER_RATIO
     backend: str | None = None
+    attention: str = "bf16"  # "int8": the 8-bit attention kernel (RuntimeConfig.attention)
     fallbacks: list = dataclasses.field(default_factory=list)  # per PDR layer: 1.0 if it ran bf16
     nvfp4_errors: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": relative L1 error
     outlier_ratios: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": input's ratio

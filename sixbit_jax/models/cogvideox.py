@@ -24,7 +24,7 @@ from flax import nnx
 
 from sixbit_jax.config import CogVideoXConfig
 from sixbit_jax.errors import InputError
-from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, dot_product_attention, project
+from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, block_implementation, dot_product_attention, project
 from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.layers.stacked import stacked_layers
 from sixbit_jax.models.block_control import BlockControl, run_controlled_blocks
@@ -204,7 +204,7 @@ class JointAttention(nnx.Module):
         if rope.rope_cos is not None:
             q = q.at[:, num_text:].set(apply_rope(q[:, num_text:], rope.rope_cos, rope.rope_sin))
             k = k.at[:, num_text:].set(apply_rope(k[:, num_text:], rope.rope_cos, rope.rope_sin))
-        out = dot_product_attention(q, k, v, implementation=self.implementation)
+        out = dot_product_attention(q, k, v, implementation=block_implementation(self.implementation, runtime))
         return self.to_out(out.reshape(b, n, d), runtime)
 
 

@@ -24,7 +24,8 @@ from flax import nnx
 
 from sixbit_jax.config import WanConfig
 from sixbit_jax.errors import InputError
-from sixbit_jax.layers import Dense, LayerNorm, LinearRuntime, RMSNorm, dot_product_attention, project
+from sixbit_jax.layers import (Dense, LayerNorm, LinearRuntime, RMSNorm, block_implementation, dot_product_attention,
+                               project)
 from sixbit_jax.layers.embeddings import TimestepEmbedding, apply_rope, rope_3d, timestep_sinusoid
 from sixbit_jax.layers.norm import layer_norm
 from sixbit_jax.layers.stacked import stacked_layers
@@ -84,7 +85,10 @@ class WanAttention(nnx.Module):
         q, k, v = split(self.norm_q(q)), split(self.norm_k(k)), split(v)
         if rope is not None:
             q, k = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
-        out = dot_product_attention(q, k, v, implementation=self.implementation)
+        # 8-bit attention on the video tokens' self-attention only: the cross-attention's 512 keys cost little.
+        implementation = self.implementation if context is not None else block_implementation(self.implementation,
+                                                                                                runtime)
+        out = dot_product_attention(q, k, v, implementation=implementation)
         return self.to_out(out.reshape(*x.shape[:2], -1), runtime)
 
 

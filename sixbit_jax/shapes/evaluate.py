@@ -28,6 +28,7 @@ class Mode:
 
     dtype: str = "bf16"
     runtime: dict | None = None  # RuntimeConfig fields; None: the float model, no runtime
+    float_weights: bool = False  # run `runtime` on the float model (not quantized in memory)
 
 
 # The paper's ablation, in order: static W4A4, static W4A8, DMPQ, DMPQ+TDC, DMPQ+TDC+PDR; plus float references and
@@ -42,6 +43,11 @@ MODES = {
     "dmpq+tdc+pdr": Mode(runtime={"mode": "sixbit", "tdc": True, "pdr": True}),
     # Hopper's fastest configuration: no FP4 tensor cores there, so every computed block runs INT8.
     "int8+tdc+pdr": Mode(runtime={"mode": "int8", "tdc": True, "pdr": True}),
+    # 8-bit attention (int8 Q·Kᵀ) alone on the bf16 model, and with the quantized modes.
+    "attn8": Mode(runtime={"mode": "bf16", "attention": "int8"}, float_weights=True),
+    "int8+attn8": Mode(runtime={"mode": "int8", "attention": "int8"}),
+    "dmpq+tdc+pdr+attn8": Mode(runtime={"mode": "sixbit", "tdc": True, "pdr": True, "attention": "int8"}),
+    "int8+tdc+pdr+attn8": Mode(runtime={"mode": "int8", "tdc": True, "pdr": True, "attention": "int8"}),
 }
 REFERENCE_MODE = "bf16"
 PROMPT_SEED = 2024  # the fixed prompt set is drawn from the generator with this seed
@@ -146,12 +152,12 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
             float_pipes[mode.dtype] = ShapesPipeline.from_checkpoint(checkpoint, dtype=mode.dtype)
         pipe, runtime = float_pipes[mode.dtype], None
         if mode.runtime is not None:
-            if quantized_pipe is None:
+            if quantized_pipe is None and not mode.float_weights:
                 quantized_pipe = ShapesPipeline(quantize_model(pipe.model), pipe.text_encoder)
             fields = {**mode.runtime, **_calibration_fields(mode, calibration), **(runtime_overrides or {}),
                       **sweep_fields}
-            pipe, runtime = quantized_pipe, RuntimeConfig(**fields)
-            per_row = ("mode", "tdc", "pdr") + (("tau_c",) if tau_c_sweep else ()) + (  # named in the rows instead
+            pipe, runtime = pipe if mode.float_weights else quantized_pipe, RuntimeConfig(**fields)
+            per_row = ("mode", "tdc", "pdr", "attention") + (("tau_c",) if tau_c_sweep else ()) + (  # in the rows
                 ("tau_q", "tau_c", "outlier_ratio") if len(calibrations) > 1 else ())
             knobs = {k: v for k, v in runtime.knobs().items() if k not in per_row}
         start = time.perf_counter()
