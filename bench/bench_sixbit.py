@@ -12,17 +12,23 @@ skip fraction it actually took.
 Mode replay runs the route mix of the trained embedded model instead: it samples the shipped shapes model with
 its calibration (DMPQ + TDC + PDR, --replay-tau-c, 16 prompts), stretches that run's route table to this model's
 steps and blocks (`runtime.resample_schedule`) and replays it. Mode replay-int8 replays the same skips with every
-NVFP4 block on INT8 instead: Hopper has no FP4 tensor cores, so there INT8 is the fast path for those blocks."""
+NVFP4 block on INT8 instead: Hopper has no FP4 tensor cores, so there INT8 is the fast path for those blocks.
+
+Every mode also exists as MODE+attn8: the same run with the blocks' self-attention on the 8-bit attention kernel
+(`RuntimeConfig.attention="int8"`); bf16+attn8 runs the float model with it."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 import time
 
-MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay", "replay-int8")
+BASE_MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay", "replay-int8")
+ATTN8 = "+attn8"
+MODES = BASE_MODES + tuple(m + ATTN8 for m in BASE_MODES)
 
 
 def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_dtype: str):
@@ -58,32 +64,35 @@ def run_mode(args) -> dict:
     from sixbit_jax.sampling import SamplerSettings, sample
 
     cfg = named_config(args.model)
+    base, attention = args.mode.removesuffix(ATTN8), "int8" if args.mode.endswith(ATTN8) else "bf16"
     # Built (and quantized) on the host, then moved: the device's peak then measures the sampling run, as it does
     # for a user who loads a converted checkpoint, not a float model that was quantized in place.
     with jax.default_device(jax.devices("cpu")[0]):
         model = model_class(cfg)(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-        if args.mode != "bf16":
+        if base != "bf16":
             model = quantize_model(model)  # only the NVFP4 block weights stay resident
     nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
     runtime, embedded = None, None
-    if args.mode.startswith("replay"):
+    if base.startswith("replay"):
         schedule, summary, knobs = embedded_model_schedule(args.steps, cfg.num_layers, args.replay_tau_c,
                                                            args.cache_dtype)
-        if args.mode == "replay-int8":
+        if base == "replay-int8":
             schedule = tuple(tuple(INT8 if r == NVFP4 else r for r in row) for row in schedule)
         embedded = {"knobs": knobs, "bits_with_skips": summary.bits_with_skips,
                     "bits_without_skips": summary.bits_without_skips, "skip_fraction": summary.skip_fraction,
                     "route_fraction": summary.route_fraction}
-        runtime = RuntimeConfig(mode="replay", schedule=schedule, cache_dtype=args.cache_dtype)
-    elif args.mode != "bf16":
+        runtime = RuntimeConfig(mode="replay", schedule=schedule, cache_dtype=args.cache_dtype, attention=attention)
+    elif base != "bf16" or attention != "bf16":
         layers = (1.0,) * cfg.num_layers
         runtime = {
+            "bf16": RuntimeConfig(mode="bf16"),
             "int8": RuntimeConfig(mode="int8"),
             "nvfp4": RuntimeConfig(mode="nvfp4"),
             "dmpq": RuntimeConfig(mode="sixbit", alpha=layers, beta=(0.0,) * cfg.num_layers, tau_q=args.tau_q),
             "full": RuntimeConfig(mode="sixbit", alpha=layers, beta=(0.0,) * cfg.num_layers, tau_q=args.tau_q,
                                   tdc=True, pdr=True, tau_c=args.tau_c, cache_dtype=args.cache_dtype),
-        }[args.mode]
+        }[base]
+        runtime = dataclasses.replace(runtime, attention=attention)
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
     rng = np.random.default_rng(0)
     text_tokens = 512 if isinstance(cfg, WanConfig) else cfg.max_text_seq_length  # Wan: umT5's padded length
@@ -144,7 +153,7 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(rows, f, indent=2)
         r = rows[-1]
-        print(f"{mode:6s} {r['seconds']:7.2f} s ({r['seconds_per_step'] * 1e3:.0f} ms/step) | bits "
+        print(f"{mode:12s} {r['seconds']:7.2f} s ({r['seconds_per_step'] * 1e3:.0f} ms/step) | bits "
               f"{r['bits_with_skips']:.2f}/{r['bits_without_skips']:.2f} | skipped {r['skip_fraction']:.0%} | "
               f"weights {r['weight_bytes'] / 2**30:.2f} GiB | peak {(r['peak_bytes'] or 0) / 2**30:.2f} GiB | "
               f"{r['route_fraction']}", flush=True)
@@ -153,7 +162,7 @@ def main() -> None:
         for r in rows:
             r["speedup_vs_bf16"] = base["seconds"] / r["seconds"]
             r["weights_vs_bf16"] = base["weight_bytes"] / r["weight_bytes"]
-            print(f"{r['mode']:6s} speed-up vs bf16 {r['speedup_vs_bf16']:.2f}x, weights 1/{r['weights_vs_bf16']:.2f}")
+            print(f"{r['mode']:12s} speed-up vs bf16 {r['speedup_vs_bf16']:.2f}x, weights 1/{r['weights_vs_bf16']:.2f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
