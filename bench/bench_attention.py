@@ -118,13 +118,25 @@ def correctness(results):
         print(json.dumps(row), flush=True)
 
 
+def parse_config(spec: str) -> attn8.AttentionConfig:
+    names = {"bq": ("block_q", int), "bkv": ("block_kv", int), "stages": ("stages", int),
+             "order": ("heads_minor", lambda v: v == "heads"), "pv": ("pv", str)}
+    fields = {}
+    for item in spec.split(","):
+        key, value = item.split("=")
+        name, kind = names[key]
+        fields[name] = kind(value)
+    return dataclasses.replace(attn8.AttentionConfig(), **fields)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--check", type=int, default=512, help="query tokens compared with float32 attention")
-    ap.add_argument("--configs", nargs="+", default=["heads:4"],
-                    help="kernel variants: ORDER:STAGES, ORDER heads (grid head-minor) or q (q-tile-minor)")
+    ap.add_argument("--configs", nargs="+", default=["bq=64", "bq=128", "pv=fp8", "bq=128,pv=fp8"],
+                    help="kernel variants, each a comma-separated list of AttentionConfig fields: bq (block_q), "
+                         "bkv (block_kv), stages, order (heads: grid head-minor; q: q-tile-minor), pv (bf16, fp8)")
     ap.add_argument("--no-correctness", action="store_true")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -141,8 +153,7 @@ def main():
         results[-1].update(error(jax.jit(cudnn)(q, k, v)[:, :args.check], ref))
         timed("mgpu_bf16", mgpu_example(), (q, k, v), args.iters, flops, results, name)
         for spec in args.configs:
-            order, stages = spec.split(":")
-            cfg = dataclasses.replace(attn8.AttentionConfig(), stages=int(stages), heads_minor=order == "heads")
+            cfg = parse_config(spec)
             fn = lambda q, k, v, cfg=cfg: attn8.int8_attention_mgpu(q, k, v, config=cfg)  # noqa: E731
             row = timed(f"int8[{spec}]", fn, (q, k, v), args.iters, flops, results, name)
             if "error" not in row:

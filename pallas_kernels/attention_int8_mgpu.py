@@ -37,6 +37,10 @@ from pallas_kernels.common import require
 from pallas_kernels.mosaic import plgpu, smem_transforms
 
 LOG2E = math.log2(math.e)
+FP8 = jnp.float8_e4m3fn
+FP8_MAX = 448.0  # e4m3's largest value: P is scaled by it so its small values stay normal numbers
+LOG2_FP8_MAX = math.log2(FP8_MAX)
+PV_DTYPES = ("bf16", "fp8")
 # Floor of a row's or block's absolute maximum, so an all-zero row (padding) gets a tiny positive scale: its codes are
 # 0 and its logits 0 * c, never 0 * inf.
 _TINY = 1e-30
@@ -48,6 +52,7 @@ class AttentionConfig:
     block_kv: int = 128  # keys per pipeline step, and the K quantization block
     stages: int = 4  # K/V tiles in flight
     heads_minor: bool = True  # grid order (head, q tile, batch); False: (q tile, head, batch)
+    pv: str = "bf16"  # P·V operands: "bf16", or "fp8" (e4m3: P scaled by 448, V per channel; twice the MMA rate)
 
 
 # ------------------------------------------------------------------------------------------------------ quantization
@@ -74,10 +79,23 @@ def quantize_k(k: jax.Array, block_kv: int) -> tuple[jax.Array, jax.Array]:
     return codes, jnp.transpose(scale[:, :, 0, :, 0], (0, 2, 1))
 
 
+def quantize_v(v: jax.Array, block_kv: int) -> tuple[jax.Array, jax.Array]:
+    """v [B, N, H, D] -> e4m3 values transposed to [B, H, D, N_pad] (tokens minor: the K-major operand 8-bit
+    wgmma needs for P·V; N padded with zeros to a multiple of block_kv) and float32 scales [B, H, D], one per
+    channel."""
+    batch, n, heads, dim = v.shape
+    vf = jnp.transpose(v.astype(jnp.float32), (0, 2, 3, 1))
+    scale = jnp.maximum(jnp.max(jnp.abs(vf), axis=-1), _TINY) / FP8_MAX
+    values = (vf / scale[..., None]).astype(FP8)
+    n_pad = -(-n // block_kv) * block_kv
+    return jnp.pad(values, ((0, 0), (0, 0), (0, 0), (0, n_pad - n))), scale
+
+
 # --------------------------------------------------------------------------------------------------------- reference
-def int8_attention_reference(q, k, v, *, block_kv: int = 128) -> jax.Array:
+def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16") -> jax.Array:
     """The kernel's function in plain jnp: the same codes and scales, exact int32 Q·Kᵀ, base-2 softmax in float32 with
-    P rounded to v's dtype for P·V (fp32 accumulation), normalised at the end. q, k, v [B, N, H, D] -> q's dtype."""
+    P rounded to v's dtype for P·V (pv "fp8": P x 448 and V per channel in e4m3), fp32 accumulation, normalised at the
+    end. q, k, v [B, N, H, D] -> q's dtype."""
     n_q, n_k = q.shape[1], k.shape[1]
     q_codes, q_scale = quantize_q(q)
     k_codes, k_scale = quantize_k(k, block_kv)
@@ -86,21 +104,31 @@ def int8_attention_reference(q, k, v, *, block_kv: int = 128) -> jax.Array:
     s = s.astype(jnp.float32) * q_scale[..., :, None] * k_scale_per_token[..., None, :]
     m = jnp.max(s, axis=-1, keepdims=True)
     p = jnp.exp2(s - m)
+    if pv == "fp8":
+        p = p * FP8_MAX
+        v_values, v_scale = quantize_v(v, block_kv)
+        out = jnp.einsum("bhqk,bhdk->bqhd", p.astype(FP8).astype(jnp.float32),
+                         v_values[..., :n_k].astype(jnp.float32), precision=lax.Precision.HIGHEST)
+        out = out * v_scale[:, None]
+    else:
+        out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     l = jnp.sum(p, axis=-1)  # [B, H, N_q]
-    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / jnp.transpose(l, (0, 2, 1))[..., None]
     del n_q
     return out.astype(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------ kernel
-def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped, *, config: AttentionConfig,
-            kv_steps: int, kv_tail: int):
-    """kv_steps key blocks; the last has kv_tail real keys (0: all block_kv are real)."""
+def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out_gmem, scoped, *,
+            config: AttentionConfig, kv_steps: int, kv_tail: int):
+    """kv_steps key blocks; the last has kv_tail real keys (0: all block_kv are real). v_gmem is [B, N, H, D] in
+    bf16/fp16, or for fp8 P·V [B, H, D, N] e4m3 (tokens minor: 8-bit wgmma takes its B operand K-major only), with
+    P then going through shared memory (an 8-bit A operand in registers needs a layout the softmax's is not)."""
     block_q, block_kv, stages = config.block_q, config.block_kv, config.stages
     head_dim = q_gmem.shape[-1]
+    fp8 = v_gmem.dtype == FP8
     batch, head, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    (q_smem2, k_smem, v_smem, o_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), turn = scoped
+    (q_smem2, k_smem, v_smem, o_smem2, p_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), turn = scoped
 
     def take_turn():
         """Both compute warpgroups arrive; the tensor cores pass to the other one."""
@@ -111,6 +139,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped
     def _compute():
         plgpu.set_max_registers(232, action="increase")
         q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
+        p_smem = p_smem2.at[wg] if fp8 else None
         q0 = lax.axis_index("q_tile") * (2 * block_q) + wg * block_q
         plgpu.copy_gmem_to_smem(q_gmem.at[batch, pl.ds(q0, block_q), head], q_smem, q_ready.at[wg])
         q_scale = mosaic.load(q_scale_gmem.at[batch, head, pl.ds(q0, block_q)], plgpu.Layout.WGMMA.reduce(1))
@@ -141,24 +170,39 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped
             c = q_scale * k_scale
             m_new = jnp.maximum(m_i, s.max(axis=1) * c)
             alpha = jnp.exp2(m_i - m_new)
-            p = jnp.exp2(s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            # fp8: P x 448 (subtracted from the exponent, free), so its small values stay normal e4m3 numbers
+            shift = m_new - LOG2_FP8_MAX if fp8 else m_new
+            p = jnp.exp2(s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0]))
             acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
             l_i = l_i * alpha + p.sum(axis=1)
-            p16 = p.astype(v_smem.dtype)
-            acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+            if fp8:
+                p_smem[...] = p.astype(FP8)
+                plgpu.commit_smem()  # visible to the tensor cores' async reads
+                acc, l_i, m_new = lax.optimization_barrier((acc, l_i, m_new))
+                p_operand, v_operand = p_smem, plgpu.transpose_ref(v_smem.at[slot], (1, 0))
+            else:
+                p_operand = p.astype(v_smem.dtype)
+                acc, l_i, m_new, p_operand = lax.optimization_barrier((acc, l_i, m_new, p_operand))
+                v_operand = v_smem.at[slot]
             plgpu.barrier_arrive(turn)  # softmax done
             plgpu.barrier_wait(v_ready.at[slot])
             plgpu.barrier_wait(turn)  # the tensor cores are ours
 
             def pv(acc_ref):
-                plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                plgpu.wgmma(acc_ref, p_operand, v_operand)
                 nxt = kv + 1
 
                 @pl.when(nxt < kv_steps)
                 def _():
                     plgpu.barrier_wait(k_ready.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
 
-            acc = pl.run_state(pv)(plgpu.ACC.init(acc))
+            if fp8:  # this block's product in its own accumulator, added in float32 (fp8 wgmma sums narrower)
+                def product(acc_ref):
+                    pv(acc_ref)
+                    return acc_ref[...]
+                acc = acc + pl.run_scoped(product, plgpu.ACC((block_q, head_dim), jnp.float32))
+            else:
+                acc = pl.run_state(pv)(plgpu.ACC.init(acc))
             plgpu.barrier_arrive(v_free.at[slot])
             return acc, m_new, l_i
 
@@ -168,7 +212,8 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped
             carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
         acc, m_i, l_i = carry
         pl.when(wg == 0)(take_turn)
-        acc = acc * lax.broadcast_in_dim(1.0 / l_i, acc.shape, [0])
+        v_scale = mosaic.load(v_scale_gmem.at[batch, head], plgpu.Layout.WGMMA.reduce(0))
+        acc = acc * lax.broadcast_in_dim(1.0 / l_i, acc.shape, [0]) * lax.broadcast_in_dim(v_scale, acc.shape, [1])
         o_smem[...] = acc.astype(o_smem.dtype)
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(o_smem, out_gmem.at[batch, pl.ds(q0, block_q), head])
@@ -180,8 +225,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped
 
         def fetch(kv, slot):
             rows = (batch, pl.ds(kv * block_kv, block_kv), head)
+            v_tile = v_gmem.at[batch, head, :, pl.ds(kv * block_kv, block_kv)] if fp8 else v_gmem.at[rows]
             plgpu.copy_gmem_to_smem(k_gmem.at[rows], k_smem.at[slot], k_ready.at[slot])
-            plgpu.copy_gmem_to_smem(v_gmem.at[rows], v_smem.at[slot], v_ready.at[slot])
+            plgpu.copy_gmem_to_smem(v_tile, v_smem.at[slot], v_ready.at[slot])
 
         for i in range(min(stages, kv_steps)):
             fetch(i, i)
@@ -194,24 +240,32 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped
             fetch(i + stages, slot)
 
 
-def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, *, config: AttentionConfig, stages: int,
-           kv_steps: int, kv_tail: int):
+def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out_gmem, *, config: AttentionConfig,
+           stages: int, kv_steps: int, kv_tail: int):
     head_dim = q_gmem.shape[-1]
     block_q, block_kv = config.block_q, config.block_kv
     int8_t = smem_transforms(head_dim, jnp.int8)
-    v_t = smem_transforms(head_dim, v_gmem.dtype)
+    out_t = smem_transforms(head_dim, out_gmem.dtype)
+    if v_gmem.dtype == FP8:
+        fp8_t = smem_transforms(block_kv, FP8)
+        v_tiles = plgpu.SMEM((stages, head_dim, block_kv), FP8, transforms=fp8_t)
+        p_tiles = plgpu.SMEM((2, block_q, block_kv), FP8, transforms=fp8_t)
+    else:
+        v_tiles = plgpu.SMEM((stages, block_kv, head_dim), v_gmem.dtype, transforms=out_t)
+        p_tiles = None
     scratch = [
         plgpu.SMEM((2, block_q, head_dim), jnp.int8, transforms=int8_t),
         plgpu.SMEM((stages, block_kv, head_dim), jnp.int8, transforms=int8_t),
-        plgpu.SMEM((stages, block_kv, head_dim), v_gmem.dtype, transforms=v_t),
-        plgpu.SMEM((2, block_q, head_dim), out_gmem.dtype, transforms=v_t),
+        v_tiles,
+        plgpu.SMEM((2, block_q, head_dim), out_gmem.dtype, transforms=out_t),
+        p_tiles,
     ]
     ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=2))
     free = (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2
     config = dataclasses.replace(config, stages=stages)
     pl.run_scoped(
-        lambda *scoped: _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, out_gmem, scoped, config=config,
-                                kv_steps=kv_steps, kv_tail=kv_tail),
+        lambda *scoped: _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out_gmem, scoped,
+                                config=config, kv_steps=kv_steps, kv_tail=kv_tail),
         scratch, ready, free, plgpu.Barrier(num_arrivals=2),
         collective_axes="wg",
     )
@@ -221,7 +275,7 @@ SMEM_BYTES = 227 * 1024
 
 
 def _fit_stages(config: AttentionConfig, head_dim: int, v_itemsize: int, kv_steps: int) -> int:
-    fixed = 2 * config.block_q * head_dim * (1 + v_itemsize) + 2048
+    fixed = 2 * config.block_q * (head_dim * 3 + config.block_kv) + 2048  # q, out (bf16), P (fp8)
     per_stage = config.block_kv * head_dim * (1 + v_itemsize)
     return max(1, min(config.stages, kv_steps, (SMEM_BYTES - fixed) // per_stage))
 
@@ -231,28 +285,39 @@ def int8_attention_mgpu(q, k, v, *, config: AttentionConfig | None = None) -> ja
     fp16; D 64 or 128. Returns q's dtype."""
     config = config or AttentionConfig()
     require(q.shape[-1] in (64, 128), f"int8 attention kernel: head dim {q.shape[-1]} is not supported (64 or 128)")
+    require(config.pv in PV_DTYPES, f"int8 attention kernel: P·V dtype {config.pv!r} is not one of {PV_DTYPES}")
     q_codes, q_scale = quantize_q(q)
     k_codes, k_scale = quantize_k(k, config.block_kv)
+    if config.pv == "fp8":
+        v_values, v_scale = quantize_v(v, config.block_kv)
+        return attend_quantized(q_codes, q_scale, k_codes, k_scale, v_values, v_scale, n_k=v.shape[1],
+                                out_dtype=q.dtype, config=config)
     return attend_quantized(q_codes, q_scale, k_codes, k_scale, v, config=config).astype(q.dtype)
 
 
-def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, *, config: AttentionConfig | None = None) -> jax.Array:
-    """The kernel alone, on `quantize_q`'s and `quantize_k`'s outputs (k padded to a multiple of block_kv) and v
-    [B, Nk, H, D]. Returns v's dtype [B, Nq, H, D]."""
+def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k: int | None = None,
+                     out_dtype=None, config: AttentionConfig | None = None) -> jax.Array:
+    """The kernel alone, on `quantize_q`'s and `quantize_k`'s outputs (k padded to a multiple of block_kv) and v:
+    [B, Nk, H, D] bf16/fp16, or `quantize_v`'s e4m3 [B, H, D, Nk_pad] with its scales (then n_k names the real key
+    count). Returns [B, Nq, H, D] in out_dtype (default: v's)."""
     config = config or AttentionConfig()
     batch, n_q, heads, head_dim = q_codes.shape
-    n_k = v.shape[1]
+    fp8 = v.dtype == FP8
+    n_k = n_k if fp8 else v.shape[1]
+    out_dtype = out_dtype or v.dtype
     block_q, block_kv = config.block_q, config.block_kv
     n_q_pad = -(-n_q // (2 * block_q)) * (2 * block_q)
     n_k_pad = k_codes.shape[1]
     require(n_k_pad == -(-n_k // block_kv) * block_kv, f"int8 attention: k codes have {n_k_pad} rows for {n_k} keys")
     q_codes = jnp.pad(q_codes, ((0, 0), (0, n_q_pad - n_q), (0, 0), (0, 0)))
     q_scale = jnp.pad(q_scale, ((0, 0), (0, 0), (0, n_q_pad - n_q)), constant_values=1.0)
-    v = jnp.pad(v, ((0, 0), (0, n_k_pad - n_k), (0, 0), (0, 0)))
+    if not fp8:
+        v = jnp.pad(v, ((0, 0), (0, n_k_pad - n_k), (0, 0), (0, 0)))
+        v_scale = jnp.ones((batch, heads, head_dim), jnp.float32)
     kv_steps = n_k_pad // block_kv
     # One K scale per block, repeated block_q times so the kernel loads it as a row vector (no scalar loads).
     k_scale_rows = jnp.broadcast_to(k_scale[..., None], (*k_scale.shape, block_q))
-    stages = _fit_stages(config, head_dim, v.dtype.itemsize, kv_steps)
+    stages = _fit_stages(config, head_dim, jnp.dtype(v.dtype).itemsize, kv_steps)
     q_tiles = n_q_pad // (2 * block_q)
     if config.heads_minor:
         grid, names = (heads, q_tiles, batch), ("heads", "q_tile", "batch")
@@ -260,7 +325,7 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, *, config: Attention
         grid, names = (q_tiles, heads, batch), ("q_tile", "heads", "batch")
     kernel = plgpu.kernel(
         functools.partial(_entry, config=config, stages=stages, kv_steps=kv_steps, kv_tail=n_k % block_kv),
-        out_type=jax.ShapeDtypeStruct((batch, n_q_pad, heads, head_dim), v.dtype),
+        out_type=jax.ShapeDtypeStruct((batch, n_q_pad, heads, head_dim), out_dtype),
         grid=grid,
         grid_names=names,
         num_threads=3,
@@ -269,7 +334,7 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, *, config: Attention
         # 0.11 lowers to warpgroup semantics by default, where this kernel's loop bounds would not lower.
         compiler_params=plgpu.CompilerParams(approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Lane),
     )
-    return kernel(q_codes, k_codes, v, q_scale, k_scale_rows)[:, :n_q]
+    return kernel(q_codes, k_codes, v, q_scale, k_scale_rows, v_scale)[:, :n_q]
 
 
 def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Array:
@@ -281,4 +346,4 @@ def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Arr
     config = config or AttentionConfig()
     if mosaic.available() and v.dtype in (jnp.bfloat16, jnp.float16):
         return int8_attention_mgpu(q, k, v, config=config)
-    return int8_attention_reference(q, k, v, block_kv=config.block_kv)
+    return int8_attention_reference(q, k, v, block_kv=config.block_kv, pv=config.pv)

@@ -539,7 +539,8 @@ def test_the_cli_takes_tau_c_from_the_calibration_that_belongs_to_the_model(floa
     from sixbit_jax.cli import _runtime
     from sixbit_jax.shapes.pipeline import PACKAGED_CALIBRATION
 
-    defaults = {"mode": "int8", "tdc": True, "no_pdr": False, "cache_dtype": None, "calibration": None, "tau_c": None}
+    defaults = {"mode": "int8", "tdc": True, "no_pdr": False, "cache_dtype": None, "calibration": None, "tau_c": None,
+                "attention": "bf16"}
     args = lambda **kw: argparse.Namespace(**{**defaults, **kw})  # noqa: E731
     shipped_tau_c = json.loads(PACKAGED_CALIBRATION.read_text())["tau_c"]
     assert _runtime(args(), None, float_model)[1].tau_c == shipped_tau_c
