@@ -5,5 +5,5 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>/dev/null; export PYTHONPATH=/tmp/site:$PWD
-timeout 385 python3 bench/bench_sixbit.py --model wan2.1-1.3b --steps 10 --modes bf16 replay-int8+attn8 replay-int8 \
+timeout 280 python3 bench/bench_sixbit.py --model wan2.1-1.3b --steps 10 --modes bf16 replay-int8+attn8 replay-int8 \
   --out $OUT/wan_sixbit.json 2>&1 | tail -12

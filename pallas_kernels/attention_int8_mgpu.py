@@ -92,6 +92,7 @@ def quantize_v(v: jax.Array, block_kv: int) -> tuple[jax.Array, jax.Array]:
 
 
 # --------------------------------------------------------------------------------------------------------- reference
+@functools.partial(jax.jit, static_argnames=("block_kv", "pv"))  # one compile, not one per primitive (tests, CPU)
 def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16") -> jax.Array:
     """The kernel's function in plain jnp: the same codes and scales, exact int32 Q·Kᵀ, base-2 softmax in float32 with
     P rounded to v's dtype for P·V (pv "fp8": P x 448 and V per channel in e4m3), fp32 accumulation, normalised at the

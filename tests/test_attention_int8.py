@@ -44,8 +44,8 @@ def cosine(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("shape,outliers,pv", [((1, 300, 2, 64), False, "bf16"), ((2, 129, 3, 128), True, "bf16"),
-                                               ((1, 5, 1, 64), True, "bf16"), ((1, 300, 2, 64), True, "fp8")])
+@pytest.mark.parametrize("shape,outliers,pv", [((2, 129, 3, 128), True, "bf16"), ((1, 5, 1, 64), False, "bf16"),
+                                               ((1, 300, 2, 64), True, "fp8")])
 def test_reference_is_close_to_float32_attention(shape, outliers, pv):
     q, k, v = qkv(*shape, outliers=outliers)
     out = attn8.int8_attention_reference(q, k, v, pv=pv)

@@ -398,9 +398,9 @@ def test_quantized_sampler_stays_close_to_bf16(float_model, quantized, inputs):
         assert err < 0.10, f"{runtime.mode}: relative L1 error {err:.3f}"
 
 
-def test_8bit_attention_runs_in_every_computed_block_and_stays_close(float_model, quantized, inputs):
+def test_8bit_attention_runs_in_every_computed_block_and_stays_close(float_model, inputs):
     """RuntimeConfig(attention="int8") puts the blocks' self-attention on 8-bit Q·Kᵀ (on CPU: the kernel's jnp
-    reference): on the float model it changes the result a little, and the summary still counts the linears."""
+    reference): on the float model it changes the result a little."""
     latents, text, negative = inputs
     settings = SamplerSettings(num_steps=4, guidance_scale=3.0)
     run = lambda model, runtime: np.asarray(sample(model, text, negative, latents=latents, settings=settings,  # noqa: E731
@@ -408,9 +408,7 @@ def test_8bit_attention_runs_in_every_computed_block_and_stays_close(float_model
     rel = lambda a, b: np.abs(a - b).sum() / np.abs(b).sum()  # noqa: E731
     bf16 = run(float_model, RuntimeConfig(mode="bf16"))
     attn8 = run(float_model, RuntimeConfig(mode="bf16", attention="int8"))
-    assert 0 < rel(attn8, bf16) < 0.03
-    int8 = run(quantized, RuntimeConfig(mode="int8"))
-    assert 0 < rel(run(quantized, RuntimeConfig(mode="int8", attention="int8")), int8) < 0.03
+    assert 0 < rel(attn8, bf16) < 0.03  # with quantized linears: test_wan_runtime's int8+attn8
     with pytest.raises(ConfigError, match="attention precision 'fp8'"):
         RuntimeConfig(attention="fp8")
 

@@ -60,9 +60,10 @@ def eval_prompts(n: int, seed: int = PROMPT_SEED) -> list[str]:
     return world.captions(world.sample_clips(jax.random.key(seed), n))
 
 
-def detector_check(n: int = DETECTOR_CHECK_CLIPS, seed: int = PROMPT_SEED + 1) -> dict[str, float]:
-    """Detector accuracy on rendered ground-truth clips: the ceiling of every prompt-accuracy figure."""
-    clips = world.sample_clips(jax.random.key(seed), n)
+def detector_check(n: int | None = None, seed: int = PROMPT_SEED + 1) -> dict[str, float]:
+    """Detector accuracy on rendered ground-truth clips (default: DETECTOR_CHECK_CLIPS of them, read at call time):
+    the ceiling of every prompt-accuracy figure."""
+    clips = world.sample_clips(jax.random.key(seed), n or DETECTOR_CHECK_CLIPS)
     frames = np.asarray(world.render(clips))
     return prompt_accuracy([detect(f) for f in frames], world.truths(clips))
 
@@ -88,13 +89,14 @@ class EvalReport:
     results: list[ModeResult]
     device: str
     knobs: dict | None = None  # the runtime knobs the quantized modes used
+    detector_clips: int = DETECTOR_CHECK_CLIPS  # how many ground-truth clips the detector check rendered
 
     def markdown(self) -> str:
         gt = self.detectors_on_ground_truth
         knobs = f" Runtime knobs: {self.knobs}." if self.knobs else ""
         lines = [f"Prompt set: {len(self.prompts)} prompts x seeds {self.seeds}, {self.steps} DDIM steps, guidance "
                  f"{self.guidance}, on {self.device}.{knobs} Detectors on generator ground truth "
-                 f"({DETECTOR_CHECK_CLIPS} clips): prompt {gt['prompt']:.1%} (shape {gt['shape']:.1%}, colour "
+                 f"({self.detector_clips} clips): prompt {gt['prompt']:.1%} (shape {gt['shape']:.1%}, colour "
                  f"{gt['colour']:.1%}, motion {gt['motion']:.1%}, background {gt['background']:.1%}).", "",
                  f"| mode | PSNR vs {REFERENCE_MODE} (dB) | SSIM vs {REFERENCE_MODE} | prompt accuracy | shape | "
                  "colour | motion | background | act. bits (skips 0 / computed) | skipped | bf16 fallbacks | "
@@ -176,7 +178,7 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
         r.psnr = float(np.mean([psnr(a, b) for a, b in zip(r.clips, reference)]))
         r.ssim = float(np.mean([ssim(a, b) for a, b in zip(r.clips, reference)]))
     return EvalReport(list(prompts), list(seeds), steps, guidance, detector_check(), results,
-                      jax.devices()[0].device_kind, knobs)
+                      jax.devices()[0].device_kind, knobs, DETECTOR_CHECK_CLIPS)
 
 
 def _uses_tdc(name: str) -> bool:
