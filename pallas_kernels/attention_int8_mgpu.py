@@ -40,6 +40,12 @@ LOG2E = math.log2(math.e)
 FP8 = jnp.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest value: P is scaled by it so its small values stay normal numbers
 LOG2_FP8_MAX = math.log2(FP8_MAX)
+# int32 -> float32 without the conversion instruction, which runs at the exponential's rate (16 per clock per SM on
+# Hopper) and would double the per-logit special-function work: for |s| < 2^22, bitcast(s + bits(1.5 * 2^23)) is the
+# float 1.5 * 2^23 + s exactly. Q·Kᵀ of int8 codes stays below 127² x 128 < 2^22 at head dims up to 128. The
+# constant is folded into the softmax's per-row offset, so each logit still costs one FMA.
+_MAGIC_BITS = 0x4B400000
+_MAGIC_FLOAT = 12582912.0
 PV_DTYPES = ("bf16", "fp8")
 # Floor of a row's or block's absolute maximum, so an all-zero row (padding) gets a tiny positive scale: its codes are
 # 0 and its logits 0 * c, never 0 * inf.
@@ -53,6 +59,7 @@ class AttentionConfig:
     stages: int = 4  # K/V tiles in flight
     heads_minor: bool = True  # grid order (head, q tile, batch); False: (q tile, head, batch)
     pv: str = "bf16"  # P·V operands: "bf16", or "fp8" (e4m3: P scaled by 448, V per channel; twice the MMA rate)
+    magic_convert: bool = True  # int32 logits to float by an integer add and a bitcast (see _MAGIC), not cvt
 
 
 # ------------------------------------------------------------------------------------------------------ quantization
@@ -163,16 +170,20 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                 take_turn()
                 return acc_ref[...]
 
-            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32)).astype(jnp.float32)
+            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[slot])
+            if config.magic_convert:  # s holds 1.5 * 2^23 + the logit's integer part
+                s, offset = lax.bitcast_convert_type(s + jnp.int32(_MAGIC_BITS), jnp.float32), _MAGIC_FLOAT
+            else:
+                s, offset = s.astype(jnp.float32), 0.0
             if tail:
                 cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
                 s = jnp.where(cols < tail, s, -jnp.inf)
             c = q_scale * k_scale
-            m_new = jnp.maximum(m_i, s.max(axis=1) * c)
+            m_new = jnp.maximum(m_i, (s.max(axis=1) - offset) * c)
             alpha = jnp.exp2(m_i - m_new)
             # fp8: P x 448 (subtracted from the exponent, free), so its small values stay normal e4m3 numbers
-            shift = m_new - LOG2_FP8_MAX if fp8 else m_new
+            shift = (m_new - LOG2_FP8_MAX if fp8 else m_new) + offset * c
             p = jnp.exp2(s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0]))
             acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
             l_i = l_i * alpha + p.sum(axis=1)

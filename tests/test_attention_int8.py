@@ -95,6 +95,7 @@ KERNEL_SHAPES = [(1, 300, 2, 64), (2, 1000, 3, 128), (1, 129, 1, 64), (1, 64, 2,
 KERNEL_CONFIGS = {  # name -> (config, shapes it runs)
     "default": (attn8.AttentionConfig(), KERNEL_SHAPES),
     "q-minor": (attn8.AttentionConfig(heads_minor=False), KERNEL_SHAPES[:3]),
+    "cvt": (attn8.AttentionConfig(magic_convert=False), KERNEL_SHAPES[:3]),
     "block_q=128": (attn8.AttentionConfig(block_q=128), KERNEL_SHAPES[:3]),
     "fp8": (attn8.AttentionConfig(pv="fp8"), KERNEL_SHAPES),
     "fp8,block_q=128": (attn8.AttentionConfig(pv="fp8", block_q=128), KERNEL_SHAPES[:3]),
