@@ -125,6 +125,8 @@ CASES = {
                                    "needs a calibration"),
     "sample-calibration-missing": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--mode", "sixbit",
                                     "--calibration", "{d}/nope.json"], "--calibration {d}/nope.json: file not found"),
+    "sample-attention-unknown": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--attention", "fp4"],
+                                 "argument --attention: invalid choice: 'fp4'"),
     "sample-latents-wrong-shape": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--latents-in",
                                     "{d}/latents4.npy"], "latents"),
     # demo
@@ -141,6 +143,7 @@ CASES = {
     "demo-calibration-missing": (["demo", "--out", "{d}/out", "--tdc", "--calibration", "{d}/nope.json"],
                                  "file not found"),
     "demo-mode-unknown": (["demo", "--out", "{d}/out", "--mode", "fp4"], "invalid choice: 'fp4'"),
+    "demo-attention-unknown": (["demo", "--out", "{d}/out", "--attention", "int4"], "argument --attention"),
     # eval
     "eval-mode-unknown": (["eval", "--modes", "bogus", "--out", "{d}/out"], "invalid choice: 'bogus'"),
     "eval-prompts-zero": (["eval", "--prompts", "0", "--out", "{d}/out"], "argument --prompts"),
