@@ -123,7 +123,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype="bf16", overwr
     before_commit = None
     if is_t5_pipeline(root):
         components.check_components(root)  # a missing component fails now, not after the transformer
-        before_commit = lambda tmp: write_components(root, tmp, dtype=dtype, progress=progress)  # noqa: E731
+        before_commit = lambda tmp: write_components(root, tmp, dtype=dtype, progress=progress, quant=quant)  # noqa: E731
     cfg, leaves = transformer_leaves(src, dtype=dtype, progress=progress, quant=quant)
     return write_checkpoint(dst, cfg, dtype, leaves, overwrite=overwrite, extra_folders=extras, quant=quant,
                             info={"converted_from": str(root.absolute())}, before_commit=before_commit)

@@ -102,11 +102,30 @@ def test_generate_command_writes_the_same_video(pipeline, tmp_path, capsys):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_a_converted_wan_pipeline_generates_the_same_video(pipeline, tmp_path):
+    """`sixbit convert WAN_FOLDER OUT`: umT5 and the VAE (float32) as component checkpoints, the transformer at the
+    top; OUT generates what the diffusers folder does."""
+    from sixbit_jax.cli import main
+
+    folder, _ = pipeline
+    out = tmp_path / "converted"
+    assert main(["convert", str(folder), str(out), "--dtype", "fp32", "--quiet"]) == 0
+    for part in ("sixbit.json", "text_encoder/sixbit.json", "vae/sixbit.json", "tokenizer/spiece.model",
+                 "scheduler/scheduler_config.json", "model_index.json"):
+        assert (out / part).exists(), part
+    latents = np.random.default_rng(6).standard_normal(LATENTS).astype(np.float32)
+    run = lambda source: WanPipeline.from_folder(source, dtype="fp32")(  # noqa: E731
+        [PROMPT], frames=9, height=32, width=32, latents=latents, settings=SamplerSettings(num_steps=2)).frames
+    np.testing.assert_allclose(run(out), run(folder), atol=1e-6)
+
+
 def test_wan22_two_experts_match_diffusers(tmp_path):
     """Wan2.2 A14B's layout: the high-noise expert above the boundary timestep, the low-noise one below it, each
     with its own guidance scale; the delta cache is refused (it does not carry across the switch yet)."""
+    from convert import convert_checkpoint
     from sixbit_jax.errors import InputError
     from sixbit_jax.models.wan import WanExperts
+    from sixbit_jax.quant.spec import QuantSpec
     from sixbit_jax.runtime import RuntimeConfig
 
     folder, pipe = tiny_pipeline(tmp_path, experts=2)
@@ -121,6 +140,11 @@ def test_wan22_two_experts_match_diffusers(tmp_path):
     out = ours([PROMPT], frames=9, height=32, width=32, latents=latents, settings=settings)
     np.testing.assert_allclose(out.frames[0], want, atol=2e-4)
     np.testing.assert_array_equal(ours.transformer.expert_of(out.result.schedule.timesteps), [0, 0, 1, 1])
+    converted = tmp_path / "converted"  # both experts convert, NVFP4 (the second into transformer_2/)
+    convert_checkpoint(folder, converted, dtype="fp32", quant=QuantSpec(hadamard_block=16), progress=False)
+    experts = WanPipeline.from_folder(converted, dtype="fp32").transformer
+    assert isinstance(experts, WanExperts) and experts.boundary == 875.0
+    assert experts.high.quant is not None and experts.low.quant is not None
     with pytest.raises(InputError, match="does not carry across the switch"):
         ours([PROMPT], frames=9, height=32, width=32, latents=latents, settings=settings,
              runtime=RuntimeConfig(mode="bf16", tdc=True))

@@ -19,7 +19,7 @@ from sixbit_jax.errors import CheckpointError
 
 TOKENIZER, TEXT_ENCODER, TRANSFORMER, VAE, SCHEDULER = "tokenizer", "text_encoder", "transformer", "vae", "scheduler"
 MODEL_INDEX = "model_index.json"
-T5_COMPONENT, COGVIDEOX_VAE_COMPONENT = "t5", "vae-cogvideox"
+T5_COMPONENT, COGVIDEOX_VAE_COMPONENT, WAN_VAE_COMPONENT = "t5", "vae-cogvideox", "vae-wan"
 
 
 def is_converted(folder: Path) -> bool:
@@ -84,15 +84,23 @@ def load_text_encoder(pipeline: Path, *, dtype="bf16", progress: bool = False):
                  build=encoder_from_leaves, convert=lambda f: load_t5_encoder(f, dtype=dtype, progress=progress))
 
 
-def load_vae(pipeline: Path, *, dtype="bf16", progress: bool = False):
-    """The pipeline's CogVideoX VAE in `dtype` on the default device."""
-    from convert.vae_cogvideox import load_vae as convert_vae
-    from convert.vae_cogvideox import vae_from_leaves
-    from sixbit_jax.models.vae_cogvideox import CogVideoXVAEConfig, abstract_vae_params
+def vae_family(component: str):
+    """The `convert.vae.VAEFamily` of a VAE component name (COGVIDEOX_VAE_COMPONENT or WAN_VAE_COMPONENT)."""
+    if component == WAN_VAE_COMPONENT:
+        from convert.vae_wan import WAN_VAE
 
-    return _load(pipeline, VAE, COGVIDEOX_VAE_COMPONENT, dtype=dtype, config_class=CogVideoXVAEConfig,
-                 abstract=abstract_vae_params, build=vae_from_leaves,
-                 convert=lambda f: convert_vae(f, dtype=dtype, progress=progress))
+        return WAN_VAE
+    from convert.vae_cogvideox import COGVIDEOX_VAE
+
+    return COGVIDEOX_VAE
+
+
+def load_vae(pipeline: Path, *, component: str = COGVIDEOX_VAE_COMPONENT, dtype="bf16", progress: bool = False):
+    """The pipeline's VAE (CogVideoX's, or Wan's with WAN_VAE_COMPONENT) in `dtype` on the default device."""
+    family = vae_family(component)
+    return _load(pipeline, VAE, component, dtype=dtype, config_class=family.config_class,
+                 abstract=family.abstract_params, build=family.from_leaves,
+                 convert=lambda f: family.load(f, dtype=dtype, progress=progress))
 
 
 def text_problems(text_encoder, tokenizer, text_dim: int, field: str) -> list[str]:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import WanTransformer3D, t5
 from sixbit_jax.models.vae_wan import decode_latents, postprocess
@@ -68,10 +69,10 @@ class WanPipeline(PromptEncoding):
     def from_folder(cls, folder: str | Path, *, dtype="bf16", quant: QuantSpec | None = None,
                     progress: bool = False) -> "WanPipeline":
         """Load a diffusers Wan pipeline folder, converting every model in memory (`quant` stores the transformer's
-        block linears in NVFP4 on the way). A Wan2.2 A14B folder (transformer/ and transformer_2/, boundary_ratio in
-        model_index.json) loads both experts."""
+        block linears in NVFP4 on the way), or one converted by `sixbit convert` (quantized or not as written). A
+        Wan2.2 A14B folder (transformer/ and transformer_2/, boundary_ratio in model_index.json) loads both
+        experts."""
         from convert.converter import load_transformer
-        from convert.vae_wan import load_vae
 
         folder = Path(folder)
         index = components.model_index(folder)
@@ -85,9 +86,13 @@ class WanPipeline(PromptEncoding):
         experts = [TRANSFORMER] + ([TRANSFORMER_2] if (folder / TRANSFORMER_2).is_dir() else [])
         if len(experts) == 2 and index.get("boundary_ratio") is None:
             raise CheckpointError(f"{folder} has {TRANSFORMER_2}/ but no boundary_ratio in model_index.json")
+        converted = components.is_converted(folder)
         models = []
         for name in experts:
-            model = load_transformer(folder / name, dtype=dtype, progress=progress, quant=quant)
+            if converted:  # the first expert's checkpoint is the folder itself, the second's its transformer_2/
+                model = load_checkpoint(folder if name == TRANSFORMER else folder / name, dtype=dtype)
+            else:
+                model = load_transformer(folder / name, dtype=dtype, progress=progress, quant=quant)
             if not isinstance(model, WanTransformer3D):
                 raise CheckpointError(f"{folder / name} is not a Wan transformer")
             models.append(model)
@@ -96,7 +101,8 @@ class WanPipeline(PromptEncoding):
             *models, boundary=float(index["boundary_ratio"]) * scheduler.num_train_timesteps)
         return cls(transformer, components.load_text_encoder(folder, dtype=dtype, progress=progress),
                    load_tokenizer(folder / components.TOKENIZER),
-                   load_vae(folder / components.VAE, dtype="fp32", progress=progress),  # WanPipeline's VAE: fp32
+                   components.load_vae(folder, component=components.WAN_VAE_COMPONENT, dtype="fp32",  # as WanPipeline
+                                       progress=progress),
                    scheduler)
 
     def _check_compatible(self) -> None:
