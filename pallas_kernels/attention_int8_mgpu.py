@@ -60,6 +60,10 @@ class AttentionConfig:
     heads_minor: bool = True  # grid order (head, q tile, batch); False: (q tile, head, batch)
     pv: str = "bf16"  # P·V operands: "bf16", or "fp8" (e4m3: P scaled by 448, V per channel; twice the MMA rate)
     magic_convert: bool = True  # int32 logits to float by an integer add and a bitcast (see _MAGIC), not cvt
+    # Exponentials two per instruction (ex2.approx.f16x2) on the fp32 exponent rounded to fp16; P and V in fp16 for
+    # P·V (pv "bf16" only). Halves the special-function work per logit; fp16's 10-bit mantissa keeps P about as
+    # exact as bf16 rounding did.
+    exp16: bool = False
 
 
 # ------------------------------------------------------------------------------------------------------ quantization
@@ -98,9 +102,22 @@ def quantize_v(v: jax.Array, block_kv: int) -> tuple[jax.Array, jax.Array]:
     return jnp.pad(values, ((0, 0), (0, 0), (0, 0), (0, n_pad - n))), scale
 
 
+def _exp2_f16x2(x):
+    """exp2 of an fp16 WGMMA-layout array, two elements per `ex2.approx.f16x2` (Mosaic GPU's own exp2 is fp32 only).
+    Uses Mosaic GPU's FragmentedArray internals through `plgpu.inline_mgpu`: pinned by the `gpu` tests."""
+    shape = x.shape
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA,),
+                       return_type=plgpu.ShapeDtypeStruct(shape, jnp.float16, plgpu.Layout.WGMMA))
+    def exp2(_, array):
+        return array._pointwise(array._lift_fast_packed_instr("ex2.approx.f16x2", "ex2.approx.f16"))
+
+    return exp2(x)
+
+
 # --------------------------------------------------------------------------------------------------------- reference
-@functools.partial(jax.jit, static_argnames=("block_kv", "pv"))  # one compile, not one per primitive (tests, CPU)
-def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16") -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("block_kv", "pv", "exp16"))  # one compile, not one per primitive (tests, CPU)
+def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16", exp16: bool = False) -> jax.Array:
     """The kernel's function in plain jnp: the same codes and scales, exact int32 Q·Kᵀ, base-2 softmax in float32 with
     P rounded to v's dtype for P·V (pv "fp8": P x 448 and V per channel in e4m3), fp32 accumulation, normalised at the
     end. q, k, v [B, N, H, D] -> q's dtype."""
@@ -111,7 +128,11 @@ def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16") 
     k_scale_per_token = jnp.repeat(k_scale, block_kv, axis=-1)[..., :n_k]  # [B, H, N_k]
     s = s.astype(jnp.float32) * q_scale[..., :, None] * k_scale_per_token[..., None, :]
     m = jnp.max(s, axis=-1, keepdims=True)
-    p = jnp.exp2(s - m)
+    if exp16:  # the exponent rounded to fp16, P in fp16, V in fp16 (the kernel's exp16 option)
+        p = jnp.exp2((s - m).astype(jnp.float16).astype(jnp.float32)).astype(jnp.float16).astype(jnp.float32)
+        v = v.astype(jnp.float16)
+    else:
+        p = jnp.exp2(s - m)
     if pv == "fp8":
         p = p * FP8_MAX
         v_values, v_scale = quantize_v(v, block_kv)
@@ -184,7 +205,12 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             alpha = jnp.exp2(m_i - m_new)
             # fp8: P x 448 (subtracted from the exponent, free), so its small values stay normal e4m3 numbers
             shift = (m_new - LOG2_FP8_MAX if fp8 else m_new) + offset * c
-            p = jnp.exp2(s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0]))
+            exponent = s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0])
+            if config.exp16:
+                p16 = _exp2_f16x2(exponent.astype(jnp.float16))
+                p = p16.astype(jnp.float32)
+            else:
+                p = jnp.exp2(exponent)
             acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
             l_i = l_i * alpha + p.sum(axis=1)
             if fp8:
@@ -193,7 +219,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                 acc, l_i, m_new = lax.optimization_barrier((acc, l_i, m_new))
                 p_operand, v_operand = p_smem, plgpu.transpose_ref(v_smem.at[slot], (1, 0))
             else:
-                p_operand = p.astype(v_smem.dtype)
+                p_operand = p16 if config.exp16 else p.astype(v_smem.dtype)
                 acc, l_i, m_new, p_operand = lax.optimization_barrier((acc, l_i, m_new, p_operand))
                 v_operand = v_smem.at[slot]
             plgpu.barrier_arrive(turn)  # softmax done
@@ -298,12 +324,14 @@ def int8_attention_mgpu(q, k, v, *, config: AttentionConfig | None = None) -> ja
     config = config or AttentionConfig()
     require(q.shape[-1] in (64, 128), f"int8 attention kernel: head dim {q.shape[-1]} is not supported (64 or 128)")
     require(config.pv in PV_DTYPES, f"int8 attention kernel: P·V dtype {config.pv!r} is not one of {PV_DTYPES}")
+    require(not (config.exp16 and config.pv == "fp8"), "int8 attention kernel: exp16 takes P·V in fp16, not fp8")
     q_codes, q_scale = quantize_q(q)
     k_codes, k_scale = quantize_k(k, config.block_kv)
     if config.pv == "fp8":
         v_values, v_scale = quantize_v(v, config.block_kv)
         return attend_quantized(q_codes, q_scale, k_codes, k_scale, v_values, v_scale, n_k=v.shape[1],
                                 out_dtype=q.dtype, config=config)
+    v = v.astype(jnp.float16) if config.exp16 else v  # P·V in fp16: P comes out of the exponentials in fp16
     return attend_quantized(q_codes, q_scale, k_codes, k_scale, v, config=config).astype(q.dtype)
 
 
@@ -358,4 +386,4 @@ def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Arr
     config = config or AttentionConfig()
     if mosaic.available() and v.dtype in (jnp.bfloat16, jnp.float16):
         return int8_attention_mgpu(q, k, v, config=config)
-    return int8_attention_reference(q, k, v, block_kv=config.block_kv, pv=config.pv)
+    return int8_attention_reference(q, k, v, block_kv=config.block_kv, pv=config.pv, exp16=config.exp16)

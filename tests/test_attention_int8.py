@@ -44,11 +44,12 @@ def cosine(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("shape,outliers,pv", [((2, 129, 3, 128), True, "bf16"), ((1, 5, 1, 64), False, "bf16"),
-                                               ((1, 300, 2, 64), True, "fp8")])
-def test_reference_is_close_to_float32_attention(shape, outliers, pv):
+@pytest.mark.parametrize("shape,outliers,pv,exp16", [((2, 129, 3, 128), True, "bf16", False),
+                                                     ((1, 5, 1, 64), False, "bf16", True),
+                                                     ((1, 300, 2, 64), True, "fp8", False)])
+def test_reference_is_close_to_float32_attention(shape, outliers, pv, exp16):
     q, k, v = qkv(*shape, outliers=outliers)
-    out = attn8.int8_attention_reference(q, k, v, pv=pv)
+    out = attn8.int8_attention_reference(q, k, v, pv=pv, exp16=exp16)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert cosine(out, float32_attention(q, k, v)) > (0.998 if pv == "fp8" else 0.999)
 
@@ -85,7 +86,8 @@ def test_kernel_lowers_for_cuda():
     sds = jax.ShapeDtypeStruct
     for shape, config in [((1, 300, 2, 64), attn8.AttentionConfig()),
                           ((2, 1000, 3, 128), attn8.AttentionConfig(heads_minor=False, stages=2)),
-                          ((1, 300, 2, 64), attn8.AttentionConfig(pv="fp8", block_q=128))]:
+                          ((1, 300, 2, 64), attn8.AttentionConfig(pv="fp8", block_q=128)),
+                          ((1, 300, 2, 64), attn8.AttentionConfig(exp16=True))]:
         x = sds(shape, jnp.bfloat16)
         fn = jax.jit(lambda q, k, v, config=config: attn8.int8_attention_mgpu(q, k, v, config=config))
         fn.trace(x, x, x).lower(lowering_platforms=("cuda",))
@@ -96,6 +98,7 @@ KERNEL_CONFIGS = {  # name -> (config, shapes it runs)
     "default": (attn8.AttentionConfig(), KERNEL_SHAPES),
     "q-minor": (attn8.AttentionConfig(heads_minor=False), KERNEL_SHAPES[:3]),
     "cvt": (attn8.AttentionConfig(magic_convert=False), KERNEL_SHAPES[:3]),
+    "exp16": (attn8.AttentionConfig(exp16=True), KERNEL_SHAPES[:3]),
     "block_q=128": (attn8.AttentionConfig(block_q=128), KERNEL_SHAPES[:3]),
     "fp8": (attn8.AttentionConfig(pv="fp8"), KERNEL_SHAPES),
     "fp8,block_q=128": (attn8.AttentionConfig(pv="fp8", block_q=128), KERNEL_SHAPES[:3]),
@@ -112,7 +115,8 @@ def test_kernel_matches_reference(name, shape):
     out = jax.jit(lambda q, k, v: attn8.int8_attention_mgpu(q, k, v, config=config))(q, k, v)
     cpu = jax.devices("cpu")[0]
     with jax.default_device(cpu):
-        ref = attn8.int8_attention_reference(*(jax.device_put(x, cpu) for x in (q, k, v)), pv=config.pv)
+        ref = attn8.int8_attention_reference(*(jax.device_put(x, cpu) for x in (q, k, v)), pv=config.pv,
+                                             exp16=config.exp16)
     out, ref = np.asarray(out, np.float32), np.asarray(ref, np.float32)
     assert out.shape == ref.shape and np.isfinite(out).all()
     # Same codes and scales; differences come from the online softmax (P rounded to bf16 or e4m3 against a running
