@@ -1,7 +1,7 @@
 """8-bit flash attention on Hopper through Pallas Mosaic GPU (SageAttention's recipe): softmax(q kᵀ / sqrt(d)) v with
 Q·Kᵀ on the int8 tensor cores.
 
-Quantization (plain jnp, one fused XLA pass over q and one over k, `quantize_qk`):
+Quantization (plain jnp, one fused XLA pass over q and one over k: `quantize_q`, `quantize_k`):
 - K is smoothed first: its mean over the tokens is subtracted per channel. Every query's logits then shift by one
   constant, which softmax ignores, and K's shared offset (large in DiTs) no longer eats the int8 range.
 - Q: int8 per token, its scale carrying 1/sqrt(d) and log2(e), so the kernel's logits are already in base 2.
@@ -15,7 +15,8 @@ into a `stages`-deep shared-memory ring; two compute warpgroups (64 queries each
 exact), the online softmax in float32, and bf16 wgmma for P V, taking turns on the tensor cores (a shared barrier
 orders them so one's softmax overlaps the other's matrix products; the FlashAttention-3 schedule JAX's
 `ops/gpu/attention_mgpu.py` uses). Ragged lengths: queries are padded to 128 and the padded outputs dropped; keys are
-padded to `block_kv` and the last block's padded columns masked to -inf.
+padded to `block_kv` and the last block's padded columns masked to -inf. Options (`AttentionConfig`, measured in
+BENCHMARKS.md): fp8 P·V, 128-query tiles, the logits' int-to-float conversion, packed fp16 exponentials.
 
 Mosaic GPU kernels do not run in Pallas' CPU interpret mode; on CPU `int8_attention` runs `int8_attention_reference`
 (the same quantization and the same base-2 softmax in plain jnp), and the `gpu` tests compare the kernel with it.
@@ -59,7 +60,7 @@ class AttentionConfig:
     stages: int = 4  # K/V tiles in flight
     heads_minor: bool = True  # grid order (head, q tile, batch); False: (q tile, head, batch)
     pv: str = "bf16"  # P·V operands: "bf16", or "fp8" (e4m3: P scaled by 448, V per channel; twice the MMA rate)
-    magic_convert: bool = True  # int32 logits to float by an integer add and a bitcast (see _MAGIC), not cvt
+    magic_convert: bool = True  # int32 logits to float by an integer add and a bitcast (see _MAGIC_BITS), not cvt
     # Exponentials two per instruction (ex2.approx.f16x2) on the fp32 exponent rounded to fp16; P and V in fp16 for
     # P·V (pv "bf16" only). Halves the special-function work per logit; fp16's 10-bit mantissa keeps P about as
     # exact as bf16 rounding did.
