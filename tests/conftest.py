@@ -31,9 +31,20 @@ LONGEST_FIRST = ("test_shapes_model.py", "test_pipeline_cogvideox.py", "test_run
                  "test_quant_linear.py", "test_wan_runtime.py", "test_faults.py", "test_kernels.py")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (each is a longer cover of a path a faster test covers too; "
+                          "CI skips them)")
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+    if not config.getoption("--run-slow"):
+        skip_slow = pytest.mark.skip(reason="slow; a faster test covers the same path (pytest --run-slow runs it)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip_slow)
     if HAS_GPU:
         return
     skip = pytest.mark.skip(reason="needs a GPU (marker gpu); runs compiled on GPU runners")
@@ -66,5 +77,12 @@ def poison_device_memory(nbytes: int = 1 << 28) -> None:
 # path anyone runs, so the GPU suite tests the compiled kernels only.)
 KERNEL_MODES = [
     pytest.param(True, id="interpret", marks=pytest.mark.skipif(HAS_GPU, reason="GPU runs the kernels compiled")),
+    pytest.param(False, id="compiled", marks=pytest.mark.gpu),
+]
+# The same, with the interpreted run marked slow: for block configurations whose kernel code the default-config
+# interpret tests already cover on CPU (what differs, the tiling, is what the compiled GPU run checks).
+KERNEL_MODES_SLOW_INTERPRET = [
+    pytest.param(True, id="interpret", marks=[pytest.mark.skipif(HAS_GPU, reason="GPU runs the kernels compiled"),
+                                              pytest.mark.slow]),
     pytest.param(False, id="compiled", marks=pytest.mark.gpu),
 ]

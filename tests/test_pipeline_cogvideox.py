@@ -64,18 +64,28 @@ def test_latents_that_do_not_fit_the_frames_are_named(pipeline, tmp_path, capsys
     assert "is a text-to-video pipeline; it takes no image" in capsys.readouterr().err
 
 
-def test_converted_pipeline_generates_the_same_and_quantized_modes_run(pipeline, tmp_path):
-    folder, _, reference = pipeline
+def _only_2b(folder):
     if not folder.name.startswith("pipe-2b"):
         pytest.skip("5b and 1.5 convert as 2b does (their configs differ in RoPE and temporal patches, which "
                     "test_model covers, and their pipelines run against diffusers in test_generate_matches_...); "
                     "CI time")
+
+
+def test_converted_pipeline_generates_the_same(pipeline, tmp_path):
+    folder, _, reference = pipeline
+    _only_2b(folder)
     converted = tmp_path / "converted"
     assert main(["convert", str(folder / "diffusers"), str(converted), "--dtype", "fp32", "--quiet"]) == 0
     for part in ("text_encoder/sixbit.json", "vae/sixbit.json", "tokenizer/spiece.model",
                  "scheduler/scheduler_config.json", "model_index.json", "sixbit.json"):
         assert (converted / part).exists(), part
     np.testing.assert_allclose(_generate(folder, converted, "converted", out=tmp_path), reference, atol=2e-3)
+
+
+@pytest.mark.slow  # a quantized pipeline's conversion: test_pipeline_wan (A14B, NVFP4); int8 generate: test_wan_runtime
+def test_a_quantized_converted_pipeline_runs_int8(pipeline, tmp_path):
+    folder, _, reference = pipeline
+    _only_2b(folder)
     quantized = tmp_path / "quantized"
     assert main(["convert", str(folder / "diffusers"), str(quantized), "--dtype", "fp32", "--quant", "nvfp4",
                  "--hadamard-block", "16", "--quiet"]) == 0
