@@ -168,7 +168,7 @@ class TextProjection(nnx.Module):
 
 
 # The VAE's compression (time, height, width) and the pipeline's default video: 81 frames at 480 x 832.
-VAE_STRIDE = (4, 8, 8)
+VAE_STRIDE = (4, 8, 8)  # Wan2.1's VAE: (time, height, width) compression; Wan2.2 TI2V-5B's compresses 4 x 16 x 16
 DEFAULT_VIDEO = (81, 480, 832)
 
 
@@ -222,7 +222,7 @@ class WanTransformer3D(nnx.Module):
         """Pixel-space video size (default 81 frames at 480 x 832) -> latents [B, C, F, H, W]."""
         cfg = self.config
         frames, height, width = frames or DEFAULT_VIDEO[0], height or DEFAULT_VIDEO[1], width or DEFAULT_VIDEO[2]
-        st, sh, sw = VAE_STRIDE
+        st, sh, sw = getattr(self, "vae_stride", VAE_STRIDE)  # set by a pipeline whose VAE compresses otherwise
         if (frames - 1) % st:
             raise InputError(f"frames must be 1 + a multiple of {st} (e.g. 81); got {frames}")
         if height % (sh * cfg.patch_size[1]) or width % (sw * cfg.patch_size[2]):

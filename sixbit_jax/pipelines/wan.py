@@ -64,6 +64,10 @@ class WanPipeline(PromptEncoding):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
         self.vae, self.scheduler = vae, scheduler
         self._check_compatible()
+        # Latent sizes follow this pipeline's VAE (Wan2.1's compresses 4 x 8 x 8, Wan2.2 TI2V-5B's 4 x 16 x 16).
+        vae_stride = (vae.config.temporal_ratio, vae.config.spatial_ratio, vae.config.spatial_ratio)
+        for model in (transformer.high, transformer.low) if isinstance(transformer, WanExperts) else (transformer,):
+            model.vae_stride = vae_stride
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, dtype="bf16", quant: QuantSpec | None = None,
@@ -80,9 +84,8 @@ class WanPipeline(PromptEncoding):
             raise CheckpointError(f"{folder} is a {index['_class_name']}; the Wan pipeline supports "
                                   f"{', '.join(PIPELINE_CLASSES)}")
         components.check_components(folder)
-        if index.get("expand_timesteps"):
-            raise CheckpointError(f"{folder}: per-token timesteps (Wan2.2 TI2V-5B, expand_timesteps) are not "
-                                  f"implemented")
+        # expand_timesteps (Wan2.2 TI2V-5B) gives every token its own timestep: t where the latents are noise, 0 on
+        # a conditioning image. Text to video has no image, so every token's is t: the scalar timestep, exactly.
         experts = [TRANSFORMER] + ([TRANSFORMER_2] if (folder / TRANSFORMER_2).is_dir() else [])
         if len(experts) == 2 and index.get("boundary_ratio") is None:
             raise CheckpointError(f"{folder} has {TRANSFORMER_2}/ but no boundary_ratio in model_index.json")
