@@ -2,7 +2,9 @@
 
 Compiled variants are shared to keep the file fast on CPU: every decode uses 4x4 latents (1, 2 and 3 frames need the
 first-chunk and the cached variant, both one latent frame), every encode 32x32 pixels (1, 5, 6 and 9 frames need
-the first-chunk variant, T=1, and the cached one, T=4); the posterior sample reuses the encode programs."""
+the first-chunk variant, T=1, and the cached one, T=4); the posterior sample reuses the encode programs. The
+Wan2.2 residual variant has one tiny model of its own (2x3 latents, 32x48 videos: not square, so that a height /
+width mix-up in patchify shows), four more compiled programs."""
 
 from __future__ import annotations
 
@@ -35,13 +37,21 @@ TINY = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
             latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.25])
 LATENT_HW = (4, 4)
 VIDEO_HW = (32, 32)
+# Wan2.2 TI2V-5B's structure (residual blocks, patch_size 2, a decoder of its own width) at widths 8 / 6; dim_mult
+# [1, 2, 4, 2] makes the shortcuts regroup channels every way: averaging 4 and 2 channels (encoder levels 1-3),
+# repeating 16 and 2 times (decoder up blocks 1 and 2)
+TINY_RESIDUAL = dict(base_dim=8, decoder_base_dim=6, z_dim=4, dim_mult=[1, 2, 4, 2], num_res_blocks=1,
+                     is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16,
+                     latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.25])
+RESIDUAL_LATENT_HW = (2, 3)
+RESIDUAL_VIDEO_HW = (32, 48)
 
 
-def tiny_vae(seed: int = 0):
+def tiny_vae(seed: int = 0, config: dict = TINY):
     """Every parameter drawn from a seeded generator (independent of torch's global RNG): RMS-norm gammas around 1,
     biases around 0, weights normal / sqrt(fan-in), larger than torch's default init, so that some decoded values
     (about 4%) pass +-1 and the clamp matters."""
-    model = diffusers.AutoencoderKLWan(**TINY).eval()
+    model = diffusers.AutoencoderKLWan(**config).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, prm in model.named_parameters():
@@ -72,6 +82,19 @@ def vae(folder):
     return load_vae(folder, dtype="fp32")
 
 
+@pytest.fixture(scope="module")
+def torch_residual_vae():
+    return tiny_vae(config=TINY_RESIDUAL)
+
+
+@pytest.fixture(scope="module")
+def residual_vae(torch_residual_vae, tmp_path_factory):
+    """Converted from a save_pretrained folder, as a Wan2.2 vae/ folder would be."""
+    path = tmp_path_factory.mktemp("wan22-vae")
+    torch_residual_vae.save_pretrained(path)
+    return load_vae(path, dtype="fp32")
+
+
 def randn(*shape, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -88,8 +111,8 @@ def torch_posterior(model, video: np.ndarray):
         return model.encode(torch.from_numpy(video).permute(0, 4, 1, 2, 3)).latent_dist
 
 
-def video(frames: int, seed: int) -> np.ndarray:
-    return np.tanh(randn(1, frames, *VIDEO_HW, 3, seed=seed))
+def video(frames: int, seed: int, hw: tuple[int, int] = VIDEO_HW) -> np.ndarray:
+    return np.tanh(randn(1, frames, *hw, 3, seed=seed))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -166,6 +189,65 @@ def test_bf16_decode(folder, torch_vae):
     assert rel_err(out, ref) < max(2 * rel_err(torch16, ref), 1e-2)
 
 
+@pytest.mark.parametrize("frames", [1, 2, 3], ids=["1-first-chunk", "2-time-conv-starts", "3-cache-carried"])
+def test_residual_decode_matches_diffusers(residual_vae, torch_residual_vae, frames):
+    """Wan2.2: dup_up shortcuts (the first chunk dropping a frame) and unpatchify, 16x the latents' size."""
+    z = randn(1, 4, frames, *RESIDUAL_LATENT_HW, seed=20 + frames)
+    ref = torch_decode(torch_residual_vae, z)
+    out = np.asarray(decode(residual_vae, jnp.asarray(z)))
+    assert out.shape == ref.shape == (1, 1 + 4 * (frames - 1), *RESIDUAL_VIDEO_HW, 3)
+    assert (np.abs(ref) == 1).any()
+    assert rel_err(out, ref) < 1e-4
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9])
+def test_residual_encode_matches_diffusers(residual_vae, torch_residual_vae, frames):
+    """Wan2.2: patchify and avg_down shortcuts (the first chunk's frame averaged with a zero frame)."""
+    x = video(frames, seed=20 + frames, hw=RESIDUAL_VIDEO_HW)
+    ref = torch_posterior(torch_residual_vae, x).mode().numpy()
+    out = np.asarray(encode(residual_vae, jnp.asarray(x)))
+    assert out.shape == ref.shape == (1, 4, (frames - 1) // 4 + 1, *RESIDUAL_LATENT_HW)
+    assert rel_err(out, ref) < 1e-4
+    with pytest.raises(InputError, match="multiples of 16"):
+        encode(residual_vae, jnp.asarray(x[:, :, :24]))
+
+
+def test_residual_decode_latents_as_wan_pipeline(residual_vae, torch_residual_vae):
+    z = randn(1, 4, 1, *RESIDUAL_LATENT_HW, seed=30)
+    mean = torch.tensor(TINY_RESIDUAL["latents_mean"]).view(1, 4, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(TINY_RESIDUAL["latents_std"]).view(1, 4, 1, 1, 1)
+    expected = (torch.from_numpy(z) / inv_std + mean).numpy()
+    out = np.asarray(decode_latents(residual_vae, jnp.asarray(z)))
+    assert rel_err(out, torch_decode(torch_residual_vae, expected)) < 1e-4
+
+
+def test_wan22_ti2v_config_structure_and_latent_stats():
+    """Wan2.2 TI2V-5B's VAE config at full size, built by diffusers on the meta device (shapes, no memory): every
+    tensor name and shape, the ratios, and WanPipeline's (de)normalisation of 48-channel latents."""
+    stats = np.random.default_rng(0).uniform(0.5, 2.0, (2, 48)).round(4)
+    raw = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+               temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12,
+               out_channels=12, scale_factor_spatial=16, scale_factor_temporal=4,
+               latents_mean=list(stats[0] - 1.25), latents_std=list(stats[1]))
+    with torch.device("meta"):
+        model = diffusers.AutoencoderKLWan(**raw)
+    cfg = WanVAEConfig.from_dict({"_class_name": "AutoencoderKLWan", **dict(model.config)})
+    assert WanVAEConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.spatial_ratio == 16 and cfg.temporal_ratio == 4 and cfg.video_in_channels == 3
+    assert cfg.latent_frames(121) == 31 and cfg.video_frames(31) == 121
+    expected = expected_tensors(cfg)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: s.source_shape for k, s in expected.items()}
+    z = randn(1, 48, 2, 2, 2, seed=31)
+    mean = torch.tensor(raw["latents_mean"], dtype=torch.float32).view(1, 48, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(raw["latents_std"], dtype=torch.float32).view(1, 48, 1, 1, 1)
+    expected_z = (torch.from_numpy(z) / inv_std + mean).numpy()
+    # atol: where z * std cancels the mean, a last-bit difference of the division is a large relative one
+    np.testing.assert_allclose(np.asarray(denormalize_latents(cfg, jnp.asarray(z))), expected_z, rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(normalize_latents(cfg, jnp.asarray(expected_z))), z, atol=1e-5)
+
+
 def test_encode_chunks_follow_diffusers():
     assert encode_chunks(1) == [(0, 1)]
     assert encode_chunks(5) == [(0, 1), (1, 5)]
@@ -191,8 +273,11 @@ def _params(model) -> dict:
     return {".".join(map(str, k)): np.asarray(v) for k, v in flat_leaves(nnx.to_pure_dict(nnx.state(model)))}
 
 
-def test_every_tensor_is_converted_exactly(vae, torch_vae):
+@pytest.mark.parametrize("ours, theirs", [("vae", "torch_vae"), ("residual_vae", "torch_residual_vae")],
+                         ids=["wan21", "wan22-residual"])
+def test_every_tensor_is_converted_exactly(request, ours, theirs):
     """Names match diffusers one to one; conv kernels are the transposed torch tensors, everything else equal."""
+    vae, torch_vae = request.getfixturevalue(ours), request.getfixturevalue(theirs)
     expected = expected_tensors(vae.config)
     state = torch_vae.state_dict()
     assert sorted(expected) == sorted(state)
@@ -255,8 +340,10 @@ def test_missing_folder_and_config(tmp_path):
 
 
 @pytest.mark.parametrize("change, named", [
-    ({"is_residual": True}, "is_residual=True"),
-    ({"patch_size": 2}, "patch_size=2"),
+    ({"is_residual": True, "dim_mult": [1, 3, 2, 2]}, "encoder level 1's shortcut averages 8 x 8 channels into 24"),
+    ({"is_residual": True, "dim_mult": [1, 1, 8, 8]}, "decoder up block 2's shortcut repeats 64 channels into 8 x 4"),
+    ({"patch_size": 2}, "in_channels 3 is not divisible by patch_size\\*\\*2 = 4"),
+    ({"patch_size": 0}, "patch_size must be null or a positive integer"),
     ({"attn_scales": [0.5]}, "attn_scales=[0.5]"),
     ({"_class_name": "AutoencoderKLCogVideoX"}, "AutoencoderKLCogVideoX"),
     ({"latents_std": [1.0] * 16}, "latents_std has 16 entries; it needs z_dim = 4"),

@@ -1,4 +1,5 @@
-"""Wan2.1 causal 3D VAE (`AutoencoderKLWan`, diffusers 0.42.1) in Flax NNX: decoder and encoder.
+"""Wan's causal 3D VAE (`AutoencoderKLWan`, diffusers 0.42.1) in Flax NNX: decoder and encoder, Wan2.1's and
+Wan2.2 TI2V-5B's residual, patchified variant (`is_residual`, `patch_size` 2).
 
 Module and parameter names follow the diffusers checkpoint, so `".".join(path)` of a leaf in `nnx.to_pure_dict` is
 its diffusers key (`decoder.up_blocks.0.resnets.1.conv1.weight`, `encoder.down_blocks.1.resample.1.weight`). Only
@@ -7,6 +8,8 @@ keep diffusers' broadcastable shape ([C, 1, 1, 1] in resnets and norm_out, [C, 1
 
 Data layout inside: channels-last, [B, T, H, W, C]. The public `decode`/`decode_latents`/`encode` take and return
 Wan's latent layout [B, C, F, h, w] (as WanPipeline holds latents) and videos as [B, T, H, W, 3].
+Wan2.2's residual blocks have their own diffusers names (`encoder.down_blocks.1.downsampler.time_conv.weight`,
+`decoder.up_blocks.0.upsampler.resample.1.weight`); their shortcuts hold no tensors.
 
 Exactness notes (what makes this match diffusers, and why the structure is as it is):
 - Causal convs (3x3x3 and the 3x1x1 time convs) see 2 frames before the chunk: diffusers' `feat_cache` entry (the
@@ -29,13 +32,26 @@ Exactness notes (what makes this match diffusers, and why the structure is as it
   frames past 1 + 4k: 12 frames encode as 9). post_quant_conv / quant_conv are 1x1x1, so running them per chunk
   is the same as diffusers running them on the whole tensor. The decoded video is clamped to [-1, 1], as
   diffusers does.
+- Wan2.2's residual VAE (`is_residual`): each encoder level is resnets + downsampler plus a parameterless
+  shortcut, `avg_down` of the level's input (space-to-channel over the level's (2,) 2 x 2 cells, then a mean over
+  channel groups); each decoder up block resnets + upsampler (width kept) plus `dup_up` (channel repeat, then
+  channel-to-space). Both shortcuts cut time per chunk, which is why the chunking must stay diffusers': in the
+  encoder's first chunk (one frame) `avg_down` pads a zero frame in front, so frame 0 is averaged with zeros
+  (the downsample3d beside it leaves that chunk's time alone); in the decoder's first chunk `dup_up` drops its
+  first of two frames, as the upsample3d beside it does not double time (diffusers' `first_chunk`, which is our
+  call without a cache). Later chunks pair frames within the chunk too (4 encoder frames: (1, 2), (3, 4)), as
+  diffusers does.
+- patch_size p (Wan2.2: 2): the encoder sees patchify(video), each p x p pixel block as C p p channels (channel
+  c p p + dw p + dh, diffusers' order), and the decoder's output is unpatchified; both are per frame, so done per
+  chunk. in/out_channels count the patchified channels (Wan2.2: 12), spatial_ratio is 2^(levels - 1) p (16).
 - Latent normalisation (`latents_mean`/`latents_std`) belongs to the pipeline, not to `AutoencoderKLWan`:
   `denormalize_latents` does what WanPipeline does before `vae.decode`, `decode_latents` both.
 - Memory is bounded by one chunk: each chunk is one jitted call (chunk + caches in, output + new caches out) in a
   Python loop, the old caches donated. Two compiled variants per spatial size and dtype: the first chunk (no cache)
   and the rest.
-- Not implemented (ConfigError): Wan 2.2's residual VAE (`is_residual`, `patch_size`), encoder attention
-  (`attn_scales`, empty in every released Wan VAE); tiled decode/encode (`enable_tiling`, off in WanPipeline).
+- Not implemented (ConfigError): encoder attention (`attn_scales`, empty in every released Wan VAE); residual
+  widths whose shortcuts would not regroup whole channels (diffusers refuses them too). Not implemented at all:
+  tiled decode/encode (`enable_tiling`, off in WanPipeline).
 """
 
 from __future__ import annotations
@@ -72,7 +88,9 @@ WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0
 @dataclasses.dataclass(frozen=True)
 class WanVAEConfig:
     """diffusers' `AutoencoderKLWan` config (`vae/config.json`); the defaults are Wan2.1's VAE (also used by the
-    Wan2.2 A14B models). The misspelling `temperal_downsample` is diffusers'."""
+    Wan2.2 A14B models). Wan2.2 TI2V-5B's VAE sets is_residual, patch_size 2 (so in/out_channels 12 and
+    scale_factor_spatial 16), base_dim 160, decoder_base_dim 256 and z_dim 48. The misspelling
+    `temperal_downsample` is diffusers'."""
 
     base_dim: int = 96
     decoder_base_dim: int | None = None  # None: base_dim
@@ -107,12 +125,59 @@ class WanVAEConfig:
                 raise ConfigError(f"{key} has {len(getattr(self, key))} entries; it needs z_dim = {self.z_dim}")
         if any(s == 0 for s in self.latents_std):
             raise ConfigError("latents_std has a zero entry")
+        if self.patch_size is not None and (isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int)
+                                            or self.patch_size < 1):
+            raise ConfigError(f"patch_size must be null or a positive integer; got {self.patch_size!r}")
+        for key in ("in_channels", "out_channels"):  # counted after patchify: Wan2.2's 12 are 3 colours x 2 x 2
+            if getattr(self, key) % self.patch**2:
+                raise ConfigError(f"{key} {getattr(self, key)} is not divisible by patch_size**2 = {self.patch**2} "
+                                  f"(it counts the channels of patchified frames)")
+        if self.is_residual:
+            self._check_residual_shortcuts()
         if self.scale_factor_spatial is not None and self.scale_factor_spatial != self.spatial_ratio:
             raise ConfigError(f"scale_factor_spatial {self.scale_factor_spatial} contradicts dim_mult (its "
                               f"{n - 1} downsampling levels give {self.spatial_ratio})")
         if self.scale_factor_temporal is not None and self.scale_factor_temporal != self.temporal_ratio:
             raise ConfigError(f"scale_factor_temporal {self.scale_factor_temporal} contradicts temperal_downsample "
                               f"(its {sum(self.encoder_temporal)} temporal levels give {self.temporal_ratio})")
+
+    def _check_residual_shortcuts(self) -> None:
+        """The residual blocks' parameterless shortcuts regroup channels: the encoder's averages groups of
+        in * factor / out channels, the decoder's repeats each of its in channels out * factor / in times (factor:
+        the block's time x height x width resampling). diffusers refuses widths where those are not whole."""
+        n = len(self.dim_mult)
+        enc = [self.base_dim * m for m in (1, *self.dim_mult)]
+        for i in range(n):
+            factor = (4 * (2 if self.encoder_temporal[i] else 1)) if i < n - 1 else 1
+            if enc[i] * factor % enc[i + 1]:
+                raise ConfigError(f"is_residual: encoder level {i}'s shortcut averages {enc[i]} x {factor} channels "
+                                  f"into {enc[i + 1]}, which does not divide them (base_dim, dim_mult)")
+        dec = self.decoder_dims
+        for i in range(n - 1):
+            factor = 4 * (2 if self.decoder_temporal[i] else 1)
+            if dec[i + 1] * factor % dec[i]:
+                raise ConfigError(f"is_residual: decoder up block {i}'s shortcut repeats {dec[i]} channels into "
+                                  f"{dec[i + 1]} x {factor}, which they do not divide (decoder_base_dim, dim_mult)")
+
+    @property
+    def patch(self) -> int:
+        """Pixels per side that patchify folds into channels (1: no patchify)."""
+        return self.patch_size or 1
+
+    @property
+    def video_in_channels(self) -> int:
+        """Channels of the video `encode` takes (in_channels counts them after patchify)."""
+        return self.in_channels // self.patch**2
+
+    @property
+    def video_out_channels(self) -> int:
+        return self.out_channels // self.patch**2
+
+    @property
+    def decoder_dims(self) -> list[int]:
+        """Decoder widths: conv_in's output, then each up block's."""
+        base = self.decoder_base_dim or self.base_dim
+        return [base * m for m in (self.dim_mult[-1], *self.dim_mult[::-1])]
 
     @property
     def encoder_temporal(self) -> tuple[bool, ...]:
@@ -126,7 +191,7 @@ class WanVAEConfig:
 
     @property
     def spatial_ratio(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        return 2 ** (len(self.dim_mult) - 1) * self.patch
 
     @property
     def temporal_ratio(self) -> int:
@@ -151,8 +216,6 @@ class WanVAEConfig:
         """Accepts diffusers' vae/config.json. Values this port does not implement raise ConfigError naming the
         field; keys unknown to AutoencoderKLWan (diffusers' `_diffusers_version`, ...) are ignored."""
         check_diffusers_config(raw, "AutoencoderKLWan", {
-            "is_residual": (False, "the Wan 2.2 residual VAE"),
-            "patch_size": (None, "patchified (Wan 2.2) VAE input"),
             "attn_scales": ([], "attention in the encoder's down blocks"),
         }, what="VAE")
         lists = {"dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"}
@@ -316,6 +379,52 @@ class Resample(nnx.Module):
         return x, new_cache
 
 
+def avg_down(x: jax.Array, out_dim: int, factor_t: int, factor_s: int) -> jax.Array:
+    """AvgDown3D, the residual encoder block's shortcut: [B, T, H, W, C] -> [B, T/ft, H/fs, W/fs, out_dim]. Each
+    (ft, fs, fs) cell's values become channels (c, dt, dh, dw), c slowest, and runs of C ft fs fs / out_dim of those
+    are averaged (in float32, rounded once). T is first padded in front with zeros to a multiple of ft: in the
+    first chunk (one frame) the zero frame is half of the average, as in diffusers."""
+    b, t, h, w, c = x.shape
+    pad_t = -t % factor_t
+    if pad_t:
+        x = jnp.concatenate([jnp.zeros((b, pad_t, h, w, c), x.dtype), x], axis=1)
+        t += pad_t
+    x = x.reshape(b, t // factor_t, factor_t, h // factor_s, factor_s, w // factor_s, factor_s, c)
+    x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, t // factor_t, h // factor_s, w // factor_s, out_dim, -1)
+    return jnp.mean(x.astype(jnp.float32), axis=-1).astype(x.dtype)
+
+
+def dup_up(x: jax.Array, out_dim: int, factor_t: int, factor_s: int, first_chunk: bool) -> jax.Array:
+    """DupUp3D, the residual decoder block's shortcut, avg_down's converse without the average: each channel
+    repeated out_dim ft fs fs / C times, the result read as channels (o, dt, dh, dw), o slowest, spread over the
+    (ft, fs, fs) cell. In the first chunk the first ft - 1 frames are dropped, matching the upsampler, which leaves
+    the first latent frame's time alone."""
+    b, t, h, w, c = x.shape
+    x = jnp.repeat(x, out_dim * factor_t * factor_s * factor_s // c, axis=-1)
+    x = x.reshape(b, t, h, w, out_dim, factor_t, factor_s, factor_s)
+    x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, t * factor_t, h * factor_s, w * factor_s, out_dim)
+    return x[:, factor_t - 1:] if first_chunk else x
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """diffusers' patchify on [B, T, H, W, C] -> [B, T, H/p, W/p, C p p]: channel c p p + dw p + dh holds pixel
+    (p h' + dh, p w' + dw) of colour c (the width offset before the height offset, as diffusers orders them)."""
+    if p == 1:
+        return x
+    b, t, h, w, c = x.shape
+    x = x.reshape(b, t, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 6, 5, 3)
+    return x.reshape(b, t, h // p, w // p, c * p * p)
+
+
+def unpatchify(x: jax.Array, p: int) -> jax.Array:
+    """patchify's inverse: [B, T, h, w, C p p] -> [B, T, h p, w p, C]."""
+    if p == 1:
+        return x
+    b, t, h, w, cpp = x.shape
+    x = x.reshape(b, t, h, w, cpp // (p * p), p, p).transpose(0, 1, 2, 6, 3, 5, 4)
+    return x.reshape(b, t, h * p, w * p, cpp // (p * p))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,18 +463,81 @@ class UpBlock(nnx.Module):
         return x, {"resnets": resnets, "upsampler": up}
 
 
+class ResidualDownBlock(nnx.Module):
+    """WanResidualDownBlock (Wan2.2, one per encoder level): num_res_blocks resnets and (all but the last level)
+    a downsample2d/3d Resample (`downsampler`), plus `avg_down` of the block's input as a shortcut (parameterless:
+    diffusers' `avg_shortcut` holds no tensors)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, *, temporal: bool, down: bool, dtype,
+                 rngs: nnx.Rngs):
+        resnets = []
+        for _ in range(num_res_blocks):
+            resnets.append(ResidualBlock(in_dim, out_dim, dtype=dtype, rngs=rngs))
+            in_dim = out_dim
+        self.resnets = nnx.List(resnets)
+        self.downsampler = (Resample(out_dim, "downsample3d" if temporal else "downsample2d", dtype=dtype, rngs=rngs)
+                            if down else None)
+        self.out_dim = out_dim
+        self.factor_t, self.factor_s = (2 if temporal and down else 1), (2 if down else 1)
+
+    def __call__(self, x: jax.Array, cache: dict | None):
+        shortcut = avg_down(x, self.out_dim, self.factor_t, self.factor_s)
+        resnets = []
+        for i, resnet in enumerate(self.resnets):
+            x, c = resnet(x, None if cache is None else cache["resnets"][i])
+            resnets.append(c)
+        down = None
+        if self.downsampler is not None:
+            x, down = self.downsampler(x, cache_part(cache, "downsampler"))
+        return x + shortcut, {"resnets": resnets, "downsampler": down}
+
+
+class ResidualUpBlock(nnx.Module):
+    """WanResidualUpBlock (Wan2.2): num_res_blocks + 1 resnets, then an optional Resample (`upsampler`, keeping the
+    width: upsample_out_dim = out_dim), plus, where it upsamples, `dup_up` of the block's input as a shortcut. The
+    first chunk is the call without a cache (diffusers' `first_chunk=True`)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_res_blocks: int, *, upsample_mode: str | None, dtype,
+                 rngs: nnx.Rngs):
+        self.resnets = nnx.List([ResidualBlock(in_dim if i == 0 else out_dim, out_dim, dtype=dtype, rngs=rngs)
+                                 for i in range(num_res_blocks + 1)])
+        self.upsampler = (Resample(out_dim, upsample_mode, upsample_out_dim=out_dim, dtype=dtype, rngs=rngs)
+                          if upsample_mode is not None else None)
+        self.out_dim = out_dim
+        self.factor_t = 2 if upsample_mode == "upsample3d" else 1
+
+    def __call__(self, x: jax.Array, cache: dict | None):
+        shortcut = (dup_up(x, self.out_dim, self.factor_t, 2, first_chunk=cache is None)
+                    if self.upsampler is not None else None)
+        resnets = []
+        for i, resnet in enumerate(self.resnets):
+            x, c = resnet(x, None if cache is None else cache["resnets"][i])
+            resnets.append(c)
+        up = None
+        if self.upsampler is not None:
+            x, up = self.upsampler(x, cache_part(cache, "upsampler"))
+            x = x + shortcut
+        return x, {"resnets": resnets, "upsampler": up}
+
+
 class Encoder(nnx.Module):
     """WanEncoder3d: one chunk of frames x [B, T, H, W, in_channels] and the previous chunk's cache (None for the
     first) -> (moments [B, t, h, w, 2 z_dim] before quant_conv, new cache).
 
     conv_in; `down_blocks`, a flat list: per level num_res_blocks resnets, then (all but the last level) a
-    downsample2d/3d Resample; mid block; RMS norm, SiLU, conv_out."""
+    downsample2d/3d Resample (Wan2.2's `is_residual`: one ResidualDownBlock per level instead); mid block; RMS
+    norm, SiLU, conv_out. x is patchified already where the config has a patch_size."""
 
     def __init__(self, cfg: WanVAEConfig, *, dtype, rngs: nnx.Rngs):
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
         self.conv_in = CausalConv3d(cfg.in_channels, dims[0], 3, padding=1, dtype=dtype, rngs=rngs)
         blocks = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if cfg.is_residual:
+                down = i < len(cfg.dim_mult) - 1
+                blocks.append(ResidualDownBlock(in_dim, out_dim, cfg.num_res_blocks, temporal=down and
+                                                cfg.encoder_temporal[i], down=down, dtype=dtype, rngs=rngs))
+                continue
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResidualBlock(in_dim, out_dim, dtype=dtype, rngs=rngs))
                 in_dim = out_dim
@@ -394,11 +566,11 @@ class Decoder(nnx.Module):
 
     conv_in; mid block; up blocks (widths base * dim_mult reversed; every block after the first takes half the
     previous width, which its predecessor's upsampler produced; all but the last upsample, in time too where
-    temperal_downsample[::-1] says so); RMS norm, SiLU, conv_out."""
+    temperal_downsample[::-1] says so; Wan2.2's `is_residual`: ResidualUpBlocks, whose upsamplers keep the width);
+    RMS norm, SiLU, conv_out. The frames are still patchified where the config has a patch_size."""
 
     def __init__(self, cfg: WanVAEConfig, *, dtype, rngs: nnx.Rngs):
-        base = cfg.decoder_base_dim or cfg.base_dim
-        dims = [base * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+        dims = cfg.decoder_dims
         self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1, dtype=dtype, rngs=rngs)
         self.mid_block = MidBlock(dims[0], dtype=dtype, rngs=rngs)
         blocks = []
@@ -406,8 +578,12 @@ class Decoder(nnx.Module):
             mode = None
             if i < len(cfg.dim_mult) - 1:
                 mode = "upsample3d" if cfg.decoder_temporal[i] else "upsample2d"
-            blocks.append(UpBlock(in_dim // 2 if i > 0 else in_dim, out_dim, cfg.num_res_blocks, upsample_mode=mode,
-                                  dtype=dtype, rngs=rngs))
+            if cfg.is_residual:
+                blocks.append(ResidualUpBlock(in_dim, out_dim, cfg.num_res_blocks, upsample_mode=mode, dtype=dtype,
+                                              rngs=rngs))
+            else:
+                blocks.append(UpBlock(in_dim // 2 if i > 0 else in_dim, out_dim, cfg.num_res_blocks,
+                                      upsample_mode=mode, dtype=dtype, rngs=rngs))
         self.up_blocks = nnx.List(blocks)
         self.norm_out = RMSNorm(dims[-1], images=False, dtype=dtype)
         self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
@@ -462,6 +638,7 @@ def encode_chunks(frames: int) -> list[tuple[int, int]]:
 def _decoder_step(graphdef, state, z, cache):
     vae = nnx.merge(graphdef, state)
     frames, cache = vae.decoder(vae.post_quant_conv(z)[0], cache)
+    frames = unpatchify(frames, vae.config.patch)  # per frame, so per chunk is as diffusers' on the whole video
     return jnp.clip(frames, -1, 1).astype(jnp.float32), cache
 
 
@@ -470,7 +647,7 @@ def _encoder_step(graphdef, state, x, cache):
     """The posterior's moments [mean | logvar] for one chunk (both, so that the mode and a sample share one
     compiled program; they are latent-sized)."""
     vae = nnx.merge(graphdef, state)
-    moments, cache = vae.encoder(x, cache)
+    moments, cache = vae.encoder(patchify(x, vae.config.patch), cache)
     return vae.quant_conv(moments)[0].astype(jnp.float32), cache
 
 
@@ -503,8 +680,8 @@ def normalize_latents(cfg: WanVAEConfig, z: jax.Array) -> jax.Array:
 
 def decode(vae: WanVAE, z: jax.Array) -> jax.Array:
     """Latents [B, z_dim, F, h, w] (Wan's layout, already denormalised: see `decode_latents`) -> video
-    [B, 1 + 4(F - 1), 8h, 8w, out_channels] float32 in [-1, 1], one latent frame per jitted call as diffusers'
-    `_decode`."""
+    [B, 1 + 4(F - 1), r h, r w, out_channels / patch_size**2] float32 in [-1, 1] (r = spatial_ratio: 8 for Wan2.1,
+    16 for Wan2.2's patchified VAE), one latent frame per jitted call as diffusers' `_decode`."""
     cfg = vae.config
     if z.ndim != 5 or z.shape[1] != cfg.z_dim:
         raise InputError(f"latents must be [B, {cfg.z_dim}, F, h, w]; got {tuple(z.shape)}")
@@ -524,14 +701,19 @@ def decode_latents(vae: WanVAE, latents: jax.Array) -> jax.Array:
 
 
 def encode(vae: WanVAE, video: jax.Array, *, posterior_noise: jax.Array | None = None) -> jax.Array:
-    """Video [B, T, H, W, in_channels] in [-1, 1] -> the latent posterior's mean (mode) [B, z_dim, F, H/8, W/8]
-    float32, T cut as diffusers' `_encode` (`encode_chunks`: frame 0, then 4 frames per chunk, F = 1 + (T - 1) // 4;
-    frames past 1 + 4(F - 1) are ignored). Not normalised (see `normalize_latents`).
+    """Video [B, T, H, W, in_channels / patch_size**2] in [-1, 1] -> the latent posterior's mean (mode)
+    [B, z_dim, F, H/r, W/r] float32 (r = spatial_ratio; H and W multiples of it for the residual VAE, whose
+    shortcuts need whole cells, else of patch_size), T cut as diffusers' `_encode` (`encode_chunks`: frame 0, then
+    4 frames per chunk, F = 1 + (T - 1) // 4; frames past 1 + 4(F - 1) are ignored). Not normalised (see
+    `normalize_latents`).
     With `posterior_noise` (standard normal, the output's shape) a sample of the posterior instead, mean + std *
     noise, as diffusers' `latent_dist.sample()` (its log-variance clipped to [-30, 20])."""
     cfg = vae.config
-    if video.ndim != 5 or video.shape[-1] != cfg.in_channels:
-        raise InputError(f"video must be [B, T, H, W, {cfg.in_channels}]; got {tuple(video.shape)}")
+    if video.ndim != 5 or video.shape[-1] != cfg.video_in_channels:
+        raise InputError(f"video must be [B, T, H, W, {cfg.video_in_channels}]; got {tuple(video.shape)}")
+    multiple = cfg.spatial_ratio if cfg.is_residual else cfg.patch
+    if video.shape[2] % multiple or video.shape[3] % multiple:
+        raise InputError(f"video height and width must be multiples of {multiple}; got {tuple(video.shape[2:4])}")
     x = jnp.asarray(video).astype(vae.dtype)
     graphdef, state = nnx.split(vae)
     cache, outs = None, []
