@@ -26,19 +26,25 @@ UMT5 = dict(vocab_size=SPM_VOCAB + 100, d_model=32, d_kv=8, num_heads=4, d_ff=48
             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
            latents_mean=[0.3, -0.2, 0.1, 0.5], latents_std=[1.5, 0.8, 1.2, 2.0])
+# Wan2.2 TI2V-5B's VAE structure at widths 8 / 6 (see test_vae_wan.TINY_RESIDUAL)
+RESIDUAL_VAE = dict(base_dim=8, decoder_base_dim=6, z_dim=4, dim_mult=[1, 2, 4, 2], num_res_blocks=1,
+                    temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12,
+                    out_channels=12, scale_factor_spatial=16, latents_mean=[0.3, -0.2, 0.1, 0.5],
+                    latents_std=[1.5, 0.8, 1.2, 2.0])
 PROMPT = "a red  circle &amp; a blue square"
 LATENTS = (1, 4, 3, 4, 4)  # [B, C, F, h, w]: 9 frames at 32 x 32
 
 
-def tiny_pipeline(root, experts: int = 1):
+def tiny_pipeline(root, experts: int = 1, ti2v: bool = False):
     """(folder, diffusers pipeline) of a tiny random WanPipeline with the flow UniPC scheduler (shift 3); with two
     experts, Wan2.2 A14B's layout (transformer_2/, boundary_ratio 0.875: 4 steps give timesteps 999, 900 to the
-    high-noise expert and 750, 500 to the low-noise one)."""
+    high-noise expert and 750, 500 to the low-noise one); with ti2v, Wan2.2 TI2V-5B's (the residual, patchified
+    VAE compressing 4 x 16 x 16, expand_timesteps)."""
     gen = torch.Generator().manual_seed(11)
     spm_folder = write_spm_model(root / "spm")
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(spm_folder))
     text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(**UMT5)).eval()
-    vae = diffusers.AutoencoderKLWan(**VAE).eval()
+    vae = diffusers.AutoencoderKLWan(**(RESIDUAL_VAE if ti2v else VAE)).eval()
     with torch.no_grad():
         for module, weight_scale in ((text_encoder, 0.3), (vae, 0.2)):
             for name, p in module.named_parameters():
@@ -49,7 +55,7 @@ def tiny_pipeline(root, experts: int = 1):
                                                   num_train_timesteps=1000, flow_shift=3.0)
     second = dict(transformer_2=random_wan(TRANSFORMER, seed=13), boundary_ratio=0.875) if experts == 2 else {}
     pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                 transformer=random_wan(TRANSFORMER, seed=12), **second)
+                                 transformer=random_wan(TRANSFORMER, seed=12), expand_timesteps=ti2v, **second)
     folder = root / "pipeline"
     pipe.save_pretrained(folder)
     shutil.copy2(spm_folder / "spiece.model", folder / "tokenizer" / "spiece.model")  # as the hub's umT5 folders
@@ -117,6 +123,22 @@ def test_a_converted_wan_pipeline_generates_the_same_video(pipeline, tmp_path):
     run = lambda source: WanPipeline.from_folder(source, dtype="fp32")(  # noqa: E731
         [PROMPT], frames=9, height=32, width=32, latents=latents, settings=SamplerSettings(num_steps=2)).frames
     np.testing.assert_allclose(run(out), run(folder), atol=1e-6)
+
+
+def test_wan22_ti2v_text_to_video_matches_diffusers(tmp_path):
+    """Wan2.2 TI2V-5B's layout, text to video: per-token timesteps (all t without an image) and the residual VAE's
+    4 x 16 x 16 compression set the latent size; the video matches diffusers' WanPipeline."""
+    folder, pipe = tiny_pipeline(tmp_path, ti2v=True)
+    latents = np.random.default_rng(7).standard_normal((1, 4, 3, 4, 4)).astype(np.float32)  # 9 frames at 64 x 64
+    with torch.no_grad():
+        want = pipe(prompt=PROMPT, negative_prompt="", num_frames=9, height=64, width=64, num_inference_steps=3,
+                    guidance_scale=5.0, latents=torch.from_numpy(latents), output_type="np").frames[0]
+    ours = WanPipeline.from_folder(folder, dtype="fp32")
+    assert ours.transformer.latent_shape(1, 9, 64, 64) == latents.shape
+    out = ours([PROMPT], frames=9, height=64, width=64, latents=latents,
+               settings=SamplerSettings(num_steps=3, guidance_scale=5.0))
+    assert out.frames.shape == (1, 9, 64, 64, 3) == (1, *want.shape)
+    np.testing.assert_allclose(out.frames[0], want, atol=2e-4)
 
 
 def test_wan22_two_experts_match_diffusers(tmp_path):
