@@ -379,6 +379,16 @@ class Resample(nnx.Module):
         return x, new_cache
 
 
+def run_resnets(resnets, x: jax.Array, cache: dict | None) -> tuple[jax.Array, list]:
+    """A block's resnets in order, each with its part of the block's cache (None: the first chunk); returns the
+    output and the resnets' new caches."""
+    new = []
+    for i, resnet in enumerate(resnets):
+        x, c = resnet(x, None if cache is None else cache["resnets"][i])
+        new.append(c)
+    return x, new
+
+
 def avg_down(x: jax.Array, out_dim: int, factor_t: int, factor_s: int) -> jax.Array:
     """AvgDown3D, the residual encoder block's shortcut: [B, T, H, W, C] -> [B, T/ft, H/fs, W/fs, out_dim]. Each
     (ft, fs, fs) cell's values become channels (c, dt, dh, dw), c slowest, and runs of C ft fs fs / out_dim of those
@@ -453,10 +463,7 @@ class UpBlock(nnx.Module):
                            if upsample_mode is not None else None)
 
     def __call__(self, x: jax.Array, cache: dict | None):
-        resnets = []
-        for i, resnet in enumerate(self.resnets):
-            x, c = resnet(x, None if cache is None else cache["resnets"][i])
-            resnets.append(c)
+        x, resnets = run_resnets(self.resnets, x, cache)
         up = None
         if self.upsamplers is not None:
             x, up = self.upsamplers[0](x, cache_part(cache, "upsampler"))
@@ -482,10 +489,7 @@ class ResidualDownBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, cache: dict | None):
         shortcut = avg_down(x, self.out_dim, self.factor_t, self.factor_s)
-        resnets = []
-        for i, resnet in enumerate(self.resnets):
-            x, c = resnet(x, None if cache is None else cache["resnets"][i])
-            resnets.append(c)
+        x, resnets = run_resnets(self.resnets, x, cache)
         down = None
         if self.downsampler is not None:
             x, down = self.downsampler(x, cache_part(cache, "downsampler"))
@@ -509,10 +513,7 @@ class ResidualUpBlock(nnx.Module):
     def __call__(self, x: jax.Array, cache: dict | None):
         shortcut = (dup_up(x, self.out_dim, self.factor_t, 2, first_chunk=cache is None)
                     if self.upsampler is not None else None)
-        resnets = []
-        for i, resnet in enumerate(self.resnets):
-            x, c = resnet(x, None if cache is None else cache["resnets"][i])
-            resnets.append(c)
+        x, resnets = run_resnets(self.resnets, x, cache)
         up = None
         if self.upsampler is not None:
             x, up = self.upsampler(x, cache_part(cache, "upsampler"))
