@@ -106,6 +106,9 @@ def cmd_sample(args) -> None:
             existing_file(getattr(args, flag), f"--{flag.replace('_', '-')}", (".npy", ".safetensors"))
     if args.calibration:
         existing_file(args.calibration, "--calibration", (".json",))
+    from sixbit_jax.parallel import sequence_mesh
+
+    mesh = sequence_mesh(args.devices) if args.devices > 1 else None  # a clear error past the machine's devices
     model, runtime = _runtime(args, Path(args.checkpoint), load_checkpoint(args.checkpoint))
     embeds = _load_embeds(args.embeds, "prompt", model)
     negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
@@ -113,7 +116,7 @@ def cmd_sample(args) -> None:
     if latents is not None and latents.ndim == 4:
         latents = latents[None]
     result = sample(model, embeds, negative, latents=latents, settings=settings, frames=args.frames,
-                    height=args.height, width=args.width, progress=not args.quiet, runtime=runtime)
+                    height=args.height, width=args.width, progress=not args.quiet, runtime=runtime, mesh=mesh)
     out = np.asarray(jax.device_get(result.latents)).astype(np.float32)
     save_array(args.out, out, "latents")
     batch = out.shape[0] * (2 if settings.uses_cfg else 1)
@@ -599,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Wan: the σ shift of the flow schedule (5, Wan's text-to-video default; 3 in diffusers' "
                         "480p folders)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initial latents and DPM noise (0)")
+    p.add_argument("--devices", type=positive_int, default=1,
+                   help="sequence parallelism over the first N devices: tokens split along the sequence, attention "
+                        "by Ulysses (the head count must divide by N) (1)")
     p.add_argument("--out", required=True, help="output latents file (.npy or .safetensors)")
     _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,12 +7,20 @@ into sequence shards. Heads must divide by the device count (else a clear error;
 for such head counts, is not written yet). Everything else in a DiT block (linears, norms, modulation) is per token
 and runs on the local shard as it is.
 
-Not wired into the models and the sampler yet: that (the mesh passed to the sampler, `--devices N`, the 6Bit
-runtime's reductions taken over all shards) is the rest of issue 17.
+The sampler takes a mesh (`sample(..., mesh=)`, `sixbit sample --devices N`): while its program is traced,
+`sequence_parallel(mesh)` is active and every `layers.attention.dot_product_attention` call runs as Ulysses over it.
+The rest of the program is one SPMD program XLA partitions; its reductions (the 6Bit runtime's Γ, r and PDR ratios)
+are over the whole tensors, so every device takes the same routes. On 2 simulated CPU devices the sampler's latents
+equal one device's with float32 or bf16 delta caches; with the fp8 cache they differ by 1-5% (the routes do not):
+the partitioned program's fp8 encoding of a delta rounds differently on XLA CPU (not yet pinned down). Not yet:
+sharding constraints that keep the per-token work split between the attention calls (today XLA decides), ring
+attention, a GPU measurement.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Callable
 
 import jax
@@ -20,11 +28,26 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sixbit_jax.errors import InputError
-from sixbit_jax.layers.attention import dot_product_attention
 
 SEQUENCE_AXIS = "seq"
 # [B, N, H, d] sharded along N
 TOKEN_SHARDED = PartitionSpec(None, SEQUENCE_AXIS, None, None)
+_ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("sixbit_sequence_mesh", default=None)
+
+
+@contextlib.contextmanager
+def sequence_parallel(mesh: Mesh | None):
+    """While tracing inside this context, attention runs as Ulysses over `mesh` (None or one device: as it is). The
+    sampler enters it inside its jitted function, whose static arguments include the mesh."""
+    token = _ACTIVE_MESH.set(mesh if mesh is not None and mesh.size > 1 else None)
+    try:
+        yield
+    finally:
+        _ACTIVE_MESH.reset(token)
+
+
+def active_mesh() -> Mesh | None:
+    return _ACTIVE_MESH.get()
 
 
 def sequence_mesh(devices: int) -> Mesh:
@@ -36,13 +59,21 @@ def sequence_mesh(devices: int) -> Mesh:
     return Mesh(np.asarray(available[:devices]), (SEQUENCE_AXIS,))
 
 
+def replicate(tree, mesh: Mesh | None):
+    """Every array of `tree` on all of the mesh's devices (what a program partitioned over the mesh takes); as it is
+    without a mesh."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
 def shard_tokens(x: jax.Array, mesh: Mesh) -> jax.Array:
     """x [B, N, H, d] placed with N split over the mesh."""
     return jax.device_put(x, NamedSharding(mesh, TOKEN_SHARDED))
 
 
-def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, mesh: Mesh, *,
-                      attention: Callable = dot_product_attention, implementation: str | None = None) -> jax.Array:
+def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, mesh: Mesh, *, attention: Callable,
+                      implementation: str | None = None) -> jax.Array:
     """softmax(q kᵀ / sqrt(d)) v for q, k, v [B, N, H, d] whose tokens are split over `mesh` (N and H must divide by
     its size); the output is split the same way. `attention(q, k, v, implementation=...)` runs on each device over
     all N tokens of its H / P heads."""

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from sixbit_jax import rng
+from sixbit_jax import parallel, rng
 from sixbit_jax.errors import InputError, SamplingError
 from sixbit_jax.models.block_control import BlockControl
 from sixbit_jax.runtime import (RunSummary, RuntimeConfig, RuntimeNumbers, StepStats, choose_routes, init_state,
@@ -71,7 +71,7 @@ def _tick(_step_index) -> None:
 def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
            settings: SamplerSettings = SamplerSettings(), frames: int | None = None, height: int | None = None,
            width: int | None = None, step_noise=None, progress: bool = False,
-           runtime: RuntimeConfig | None = None, condition=None) -> SampleResult:
+           runtime: RuntimeConfig | None = None, condition=None, mesh=None) -> SampleResult:
     """Denoise from `latents` (or Gaussian noise drawn from `settings.seed`) and return the final latents.
 
     model: a CogVideoXTransformer3D, WanTransformer3D or WanExperts (anything with the interface in the module
@@ -83,7 +83,9 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
     step_noise: optional [num_steps, *latents.shape] noise for the stochastic DPM scheduler (else drawn from seed).
     runtime: the 6Bit runtime (mode, delta cache, PDR, calibration); None runs every block in the model's dtype.
     condition: image-to-video models' image latents (shaped like the latents), concatenated to them on channels at
-    every step (the pipeline's `image_latents`)."""
+    every step (the pipeline's `image_latents`).
+    mesh: a 1-D device mesh (`parallel.sequence_mesh(n)`): attention runs as Ulysses over it (sequence
+    parallelism); None: one device."""
     if runtime is not None and runtime.quantized and model.quant is None:
         raise InputError(f"mode {runtime.mode} needs a quantized model: convert with `sixbit convert --quant nvfp4` "
                          f"or quantize a loaded one with sixbit_jax.quant.model.quantize_model")
@@ -122,11 +124,12 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
     _progress["bar"] = tqdm(total=schedule.num_steps, desc="sampling", unit="step", disable=not progress)
     try:
         numbers = runtime.numbers(model.config.num_layers) if runtime is not None else None
+        inputs = parallel.replicate((state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.float32),
+                                     schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise,
+                                     key_noise, condition, numbers), mesh)
         out, block_finite, latents_finite, stats = _denoise(
-            graphdef, state, latents, text, tables, jnp.asarray(schedule.timesteps, jnp.float32),
-            schedule.device_coefficients(), jnp.asarray(guidance, jnp.float32), step_noise, key_noise, condition,
-            numbers, use_cfg=settings.uses_cfg, stochastic=schedule.stochastic, schedule_type=type(schedule),
-            runtime=runtime.structure() if runtime is not None else None)
+            graphdef, *inputs, use_cfg=settings.uses_cfg, stochastic=schedule.stochastic,
+            schedule_type=type(schedule), runtime=runtime.structure() if runtime is not None else None, mesh=mesh)
         out.block_until_ready()
     finally:
         _progress["bar"].close()
@@ -186,8 +189,17 @@ def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype
 
 def _denoise_impl(graphdef, state, latents, text, tables, timesteps, coefficients, guidance, step_noise, key_noise,
                   condition, numbers: RuntimeNumbers | None, *, use_cfg: bool, stochastic: bool, schedule_type: type,
-                  runtime: RuntimeConfig | None):
-    """The jitted loop. `runtime` is the runtime's structure (static); its numbers come traced in `numbers`."""
+                  runtime: RuntimeConfig | None, mesh=None):
+    """The jitted loop. `runtime` is the runtime's structure (static); its numbers come traced in `numbers`; `mesh`
+    (static) makes attention sequence-parallel while the loop is traced."""
+    with parallel.sequence_parallel(mesh):
+        return _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficients, guidance, step_noise,
+                             key_noise, condition, numbers, use_cfg=use_cfg, stochastic=stochastic,
+                             schedule_type=schedule_type, runtime=runtime)
+
+
+def _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficients, guidance, step_noise, key_noise,
+                  condition, numbers, *, use_cfg, stochastic, schedule_type, runtime):
     model = nnx.merge(graphdef, state)
     batch = latents.shape[0]
     num_steps = timesteps.shape[0]
@@ -236,7 +248,7 @@ def _denoise_impl(graphdef, state, latents, text, tables, timesteps, coefficient
 
 
 _denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic", "schedule_type",
-                                                                         "runtime"))
+                                                                         "runtime", "mesh"))
 
 
 def _raise_if_not_finite(block_finite: np.ndarray, latents_finite: np.ndarray, timesteps: np.ndarray) -> None:

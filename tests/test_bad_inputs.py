@@ -127,6 +127,10 @@ CASES = {
                                     "--calibration", "{d}/nope.json"], "--calibration {d}/nope.json: file not found"),
     "sample-attention-unknown": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--attention", "fp4"],
                                  "argument --attention: invalid choice: 'fp4'"),
+    "sample-devices-too-many": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--devices", "64"],
+                                "--devices 64: this machine has"),
+    "sample-devices-zero": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--devices", "0"],
+                            "argument --devices"),
     "sample-latents-wrong-shape": ([*SAMPLE, "--embeds", "{d}/ok.npy", "--out", "{d}/o.npy", "--latents-in",
                                     "{d}/latents4.npy"], "latents"),
     # demo

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.attention_int8_mgpu import int8_attention
+from sixbit_jax import parallel
 from sixbit_jax.layers.dense import full_precision
 
 # Largest logits block (elements) the chunked path materialises at once: 64 Mi float32 values = 256 MiB.
@@ -32,7 +33,15 @@ def block_implementation(module_default: str | None, runtime) -> str | None:
 
 
 def dot_product_attention(q, k, v, *, implementation: str | None = None) -> jax.Array:
-    """softmax(q kᵀ / sqrt(d)) v, for q, k, v of shape [B, N, H, d]; the output has q's dtype."""
+    """softmax(q kᵀ / sqrt(d)) v, for q, k, v of shape [B, N, H, d]; the output has q's dtype. Inside
+    `parallel.sequence_parallel(mesh)`, as Ulysses over the mesh."""
+    mesh = parallel.active_mesh()
+    if mesh is not None:
+        return parallel.ulysses_attention(q, k, v, mesh, attention=_local_attention, implementation=implementation)
+    return _local_attention(q, k, v, implementation=implementation)
+
+
+def _local_attention(q, k, v, *, implementation: str | None = None) -> jax.Array:
     implementation = implementation or default_implementation(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1])
     if implementation == "cudnn":
