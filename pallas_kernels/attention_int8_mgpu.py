@@ -122,7 +122,7 @@ def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16", 
     """The kernel's function in plain jnp: the same codes and scales, exact int32 Q·Kᵀ, base-2 softmax in float32 with
     P rounded to v's dtype for P·V (pv "fp8": P x 448 and V per channel in e4m3), fp32 accumulation, normalised at the
     end. q, k, v [B, N, H, D] -> q's dtype."""
-    n_q, n_k = q.shape[1], k.shape[1]
+    n_k = k.shape[1]
     q_codes, q_scale = quantize_q(q)
     k_codes, k_scale = quantize_k(k, block_kv)
     s = jnp.einsum("bqhd,bkhd->bhqk", q_codes, k_codes[:, :n_k], preferred_element_type=jnp.int32)
@@ -144,7 +144,6 @@ def int8_attention_reference(q, k, v, *, block_kv: int = 128, pv: str = "bf16", 
         out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     l = jnp.sum(p, axis=-1)  # [B, H, N_q]
     out = out / jnp.transpose(l, (0, 2, 1))[..., None]
-    del n_q
     return out.astype(q.dtype)
 
 

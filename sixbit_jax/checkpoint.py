@@ -15,6 +15,7 @@ when complete, so a failed or interrupted write leaves nothing at the destinatio
 from __future__ import annotations
 
 import contextlib
+import functools
 import ctypes
 import glob
 import json
@@ -59,6 +60,17 @@ def abstract_state(make_module: Callable[[], nnx.Module]) -> dict:
     """The parameter tree (`nnx.to_pure_dict` layout) of the module `make_module` builds, as ShapeDtypeStructs,
     without allocating anything."""
     return nnx.to_pure_dict(nnx.state(nnx.eval_shape(make_module)))
+
+
+def abstract_module_params(module_class, cfg, dtype) -> dict:
+    """`abstract_state` of module_class(cfg, dtype=dtype, rngs=...), the tracing done once per class, config and
+    dtype (tracing a VAE's init takes a second; converters and loaders ask repeatedly). A fresh tree per call."""
+    return nnx.to_pure_dict(_abstract_module_state(module_class, cfg, jnp.dtype(dtype)))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_module_state(module_class, cfg, dtype):
+    return nnx.state(nnx.eval_shape(lambda: module_class(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
 
 
 def module_from_leaves(make_module: Callable[[], nnx.Module], leaves: Iterable[tuple[tuple[str, ...], Any]],

@@ -27,7 +27,8 @@ def isolated_cache(tmp_path_factory):
 
 # The longest test files, run first: with the suite split over two processes one file at a time (pytest-xdist's
 # loadfile), a long file scheduled last leaves the other process idle while it finishes.
-# Measured per-file totals on 2026-12-03 (seconds): runtime 140, kernels ~125 (after the slow marker),
+# Per-file totals on 2026-12-03 (seconds; measured with --durations=0, ~: estimated from the tests added or marked
+# slow since): runtime 140, kernels ~125 (after the slow marker),
 # pipeline_wan ~110, shapes_model 113, quant_linear 107, pipeline_cogvideox ~80, vae_wan ~90, shapes_train 89,
 # wan_runtime 79, convert 57, model 55, vae_cogvideox 46, wan 44, parallel 34, faults 32.
 LONGEST_FIRST = ("test_runtime.py", "test_kernels.py", "test_shapes_model.py", "test_pipeline_wan.py",

@@ -23,6 +23,16 @@ def cache_part(cache, key):
     return None if cache is None else cache[key]
 
 
+def run_cached(modules, x, caches, *args):
+    """Run `modules` in order, module i with caches[i] (caches None: the first chunk, no cache) and `args`; returns
+    the output and the modules' new caches, a list."""
+    new = []
+    for i, module in enumerate(modules):
+        x, c = module(x, cache_part(caches, i), *args)
+        new.append(c)
+    return x, new
+
+
 class Conv(nnx.Module):
     """A PyTorch Conv2d/Conv3d on channels-last input [N, *spatial, C]. `weight` is [*kernel, in, out]; `padding`
     holds (before, after) zero padding per spatial axis."""

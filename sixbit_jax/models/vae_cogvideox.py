@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sixbit_jax.checkpoint import abstract_module_params
 from sixbit_jax.config import check_diffusers_config, read_json
 from sixbit_jax.errors import ConfigError, InputError
-from sixbit_jax.layers.conv import Conv, cache_part, silu
+from sixbit_jax.layers.conv import Conv, cache_part, run_cached, silu
 
 LATENT_FRAMES_PER_CHUNK = 2  # diffusers' num_latent_frames_batch_size
 SAMPLE_FRAMES_PER_CHUNK = 8  # diffusers' num_sample_frames_batch_size
@@ -291,21 +292,13 @@ class Downsample3D(nnx.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------------------------------
-def _run_resnets(resnets, x, cache, zq=None):
-    new_cache = []
-    for i, resnet in enumerate(resnets):
-        x, c = resnet(x, cache_part(cache, i), zq)
-        new_cache.append(c)
-    return x, new_cache
-
-
 class MidBlock3D(nnx.Module):
     def __init__(self, channels: int, *, groups: int, eps: float, zq_channels: int | None, dtype, rngs: nnx.Rngs):
         self.resnets = nnx.List([ResnetBlock3D(channels, channels, groups=groups, eps=eps, zq_channels=zq_channels,
                                                dtype=dtype, rngs=rngs) for _ in range(2)])
 
     def __call__(self, x, cache, zq=None):
-        return _run_resnets(self.resnets, x, cache, zq)
+        return run_cached(self.resnets, x, cache, zq)
 
 
 class UpBlock3D(nnx.Module):
@@ -318,7 +311,7 @@ class UpBlock3D(nnx.Module):
                            if upsample else None)
 
     def __call__(self, x, cache, zq):
-        x, new_cache = _run_resnets(self.resnets, x, cache, zq)
+        x, new_cache = run_cached(self.resnets, x, cache, zq)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x, new_cache
@@ -335,7 +328,7 @@ class DownBlock3D(nnx.Module):
                              if downsample else None)
 
     def __call__(self, x, cache):
-        x, new_cache = _run_resnets(self.resnets, x, cache)
+        x, new_cache = run_cached(self.resnets, x, cache)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
         return x, new_cache
@@ -364,10 +357,7 @@ class Decoder(nnx.Module):
     def __call__(self, z: jax.Array, cache: dict | None = None):
         x, conv_in = self.conv_in(z, cache_part(cache, "conv_in"))
         x, mid = self.mid_block(x, cache_part(cache, "mid_block"), z)
-        ups = []
-        for i, block in enumerate(self.up_blocks):
-            x, c = block(x, None if cache is None else cache["up_blocks"][i], z)
-            ups.append(c)
+        x, ups = run_cached(self.up_blocks, x, cache_part(cache, "up_blocks"), z)
         x, conv_out = self.conv_out(silu(self.norm_out(x, z)), cache_part(cache, "conv_out"))
         return x, {"conv_in": conv_in, "mid_block": mid, "up_blocks": ups, "conv_out": conv_out}
 
@@ -395,10 +385,7 @@ class Encoder(nnx.Module):
 
     def __call__(self, x: jax.Array, cache: dict | None = None):
         x, conv_in = self.conv_in(x, cache_part(cache, "conv_in"))
-        downs = []
-        for i, block in enumerate(self.down_blocks):
-            x, c = block(x, None if cache is None else cache["down_blocks"][i])
-            downs.append(c)
+        x, downs = run_cached(self.down_blocks, x, cache_part(cache, "down_blocks"))
         x, mid = self.mid_block(x, cache_part(cache, "mid_block"))
         x, conv_out = self.conv_out(silu(self.norm_out(x)), cache_part(cache, "conv_out"))
         return x, {"conv_in": conv_in, "down_blocks": downs, "mid_block": mid, "conv_out": conv_out}
@@ -414,15 +401,9 @@ class CogVideoXVAE(nnx.Module):
         self.decoder = Decoder(cfg, dtype=dtype, rngs=rngs)
 
 
-@functools.lru_cache(maxsize=8)
-def _skeleton(cfg: CogVideoXVAEConfig, dtype) -> tuple:
-    """(graphdef, abstract state) of a VAE, traced once per config and dtype (tracing the init takes a second)."""
-    return nnx.split(nnx.eval_shape(lambda: CogVideoXVAE(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
-
-
 def abstract_vae_params(cfg: CogVideoXVAEConfig, dtype) -> dict:
     """The parameter tree (`nnx.to_pure_dict` layout, list indices as int keys) as ShapeDtypeStructs."""
-    return nnx.to_pure_dict(_skeleton(cfg, jnp.dtype(dtype))[1])
+    return abstract_module_params(CogVideoXVAE, cfg, jnp.dtype(dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------------

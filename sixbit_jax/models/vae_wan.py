@@ -66,9 +66,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sixbit_jax.checkpoint import abstract_module_params
 from sixbit_jax.config import check_diffusers_config, read_json
 from sixbit_jax.errors import ConfigError, InputError
-from sixbit_jax.layers.conv import Conv, cache_part, silu
+from sixbit_jax.layers.conv import Conv, cache_part, run_cached, silu
 from sixbit_jax.layers.dense import full_precision
 
 CACHE_T = 2  # frames every causal conv keeps from the previous chunk (diffusers' CACHE_T)
@@ -379,16 +380,6 @@ class Resample(nnx.Module):
         return x, new_cache
 
 
-def run_resnets(resnets, x: jax.Array, cache: dict | None) -> tuple[jax.Array, list]:
-    """A block's resnets in order, each with its part of the block's cache (None: the first chunk); returns the
-    output and the resnets' new caches."""
-    new = []
-    for i, resnet in enumerate(resnets):
-        x, c = resnet(x, None if cache is None else cache["resnets"][i])
-        new.append(c)
-    return x, new
-
-
 def avg_down(x: jax.Array, out_dim: int, factor_t: int, factor_s: int) -> jax.Array:
     """AvgDown3D, the residual encoder block's shortcut: [B, T, H, W, C] -> [B, T/ft, H/fs, W/fs, out_dim]. Each
     (ft, fs, fs) cell's values become channels (c, dt, dh, dw), c slowest, and runs of C ft fs fs / out_dim of those
@@ -463,7 +454,7 @@ class UpBlock(nnx.Module):
                            if upsample_mode is not None else None)
 
     def __call__(self, x: jax.Array, cache: dict | None):
-        x, resnets = run_resnets(self.resnets, x, cache)
+        x, resnets = run_cached(self.resnets, x, cache_part(cache, "resnets"))
         up = None
         if self.upsamplers is not None:
             x, up = self.upsamplers[0](x, cache_part(cache, "upsampler"))
@@ -489,7 +480,7 @@ class ResidualDownBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, cache: dict | None):
         shortcut = avg_down(x, self.out_dim, self.factor_t, self.factor_s)
-        x, resnets = run_resnets(self.resnets, x, cache)
+        x, resnets = run_cached(self.resnets, x, cache_part(cache, "resnets"))
         down = None
         if self.downsampler is not None:
             x, down = self.downsampler(x, cache_part(cache, "downsampler"))
@@ -513,7 +504,7 @@ class ResidualUpBlock(nnx.Module):
     def __call__(self, x: jax.Array, cache: dict | None):
         shortcut = (dup_up(x, self.out_dim, self.factor_t, 2, first_chunk=cache is None)
                     if self.upsampler is not None else None)
-        x, resnets = run_resnets(self.resnets, x, cache)
+        x, resnets = run_cached(self.resnets, x, cache_part(cache, "resnets"))
         up = None
         if self.upsampler is not None:
             x, up = self.upsampler(x, cache_part(cache, "upsampler"))
@@ -552,10 +543,7 @@ class Encoder(nnx.Module):
 
     def __call__(self, x: jax.Array, cache: dict | None = None):
         x, conv_in = self.conv_in(x, cache_part(cache, "conv_in"))
-        downs = []
-        for i, block in enumerate(self.down_blocks):
-            x, c = block(x, None if cache is None else cache["down_blocks"][i])
-            downs.append(c)
+        x, downs = run_cached(self.down_blocks, x, cache_part(cache, "down_blocks"))
         x, mid = self.mid_block(x, cache_part(cache, "mid_block"))
         x, conv_out = self.conv_out(silu(self.norm_out(x)), cache_part(cache, "conv_out"))
         return x, {"conv_in": conv_in, "down_blocks": downs, "mid_block": mid, "conv_out": conv_out}
@@ -592,10 +580,7 @@ class Decoder(nnx.Module):
     def __call__(self, z: jax.Array, cache: dict | None = None):
         x, conv_in = self.conv_in(z, cache_part(cache, "conv_in"))
         x, mid = self.mid_block(x, cache_part(cache, "mid_block"))
-        ups = []
-        for i, block in enumerate(self.up_blocks):
-            x, c = block(x, None if cache is None else cache["up_blocks"][i])
-            ups.append(c)
+        x, ups = run_cached(self.up_blocks, x, cache_part(cache, "up_blocks"))
         x, conv_out = self.conv_out(silu(self.norm_out(x)), cache_part(cache, "conv_out"))
         return x, {"conv_in": conv_in, "mid_block": mid, "up_blocks": ups, "conv_out": conv_out}
 
@@ -613,15 +598,9 @@ class WanVAE(nnx.Module):
         self.decoder = Decoder(cfg, dtype=dtype, rngs=rngs)
 
 
-@functools.lru_cache(maxsize=8)
-def _skeleton(cfg: WanVAEConfig, dtype) -> tuple:
-    """(graphdef, abstract state) of a VAE, traced once per config and dtype."""
-    return nnx.split(nnx.eval_shape(lambda: WanVAE(cfg, dtype=dtype, rngs=nnx.Rngs(0))))
-
-
 def abstract_wan_vae_params(cfg: WanVAEConfig, dtype) -> dict:
     """The parameter tree (`nnx.to_pure_dict` layout, list indices as int keys) as ShapeDtypeStructs."""
-    return nnx.to_pure_dict(_skeleton(cfg, jnp.dtype(dtype))[1])
+    return abstract_module_params(WanVAE, cfg, jnp.dtype(dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------------
