@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import resource
 import sys
@@ -106,9 +107,7 @@ def cmd_sample(args) -> None:
             existing_file(getattr(args, flag), f"--{flag.replace('_', '-')}", (".npy", ".safetensors"))
     if args.calibration:
         existing_file(args.calibration, "--calibration", (".json",))
-    from sixbit_jax.parallel import sequence_mesh
-
-    mesh = sequence_mesh(args.devices) if args.devices > 1 else None  # a clear error past the machine's devices
+    mesh = _device_mesh(args, cfg)
     model, runtime = _runtime(args, Path(args.checkpoint), load_checkpoint(args.checkpoint))
     embeds = _load_embeds(args.embeds, "prompt", model)
     negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
@@ -140,6 +139,30 @@ def _checkpoint_config(folder: Path):
     from sixbit_jax.config import transformer_config
 
     return transformer_config(read_info(folder).get("config"), str(folder))
+
+
+def _device_mesh(args, cfg):
+    """--devices as a sequence mesh (None for one device), refused before anything loads where the machine lacks
+    the devices or the model's heads (`cfg`, None where not known yet) do not divide by them."""
+    from sixbit_jax.parallel import sequence_mesh
+
+    heads = cfg.num_attention_heads if cfg is not None else None
+    return sequence_mesh(args.devices, heads) if args.devices > 1 else None
+
+
+def _pipeline_transformer_config(folder: Path):
+    """The transformer config of a pipeline folder (converted or diffusers) read before anything loads; None where
+    it cannot be read (loading the pipeline then names the problem)."""
+    from sixbit_jax.config import transformer_config
+    from sixbit_jax.errors import SixbitError
+    from sixbit_jax.pipelines import components
+
+    try:
+        if components.is_converted(folder):
+            return _checkpoint_config(folder)
+        return transformer_config(json.loads((folder / components.TRANSFORMER / "config.json").read_text()))
+    except (OSError, ValueError, SixbitError):
+        return None
 
 
 def _check_family_flags(args, wan: bool, what: str) -> None:
@@ -344,6 +367,7 @@ def cmd_generate(args) -> None:
         raise InputError(f"--latents-in {args.latents_in}: initial latents must be {layout}; got shape "
                          f"{tuple(latents.shape)}")
     folder = Path(args.pipeline)
+    mesh = _device_mesh(args, _pipeline_transformer_config(folder) if args.devices > 1 else None)
     quant = QuantSpec() if args.mode != "bf16" else None  # a diffusers folder is quantized while it is converted
     pipe = Pipeline.from_folder(folder, dtype=args.dtype, quant=quant, progress=not args.quiet)
     pipe.transformer, runtime = _runtime(args, folder, pipe.transformer)  # calibration: FOLDER/calibration.json
@@ -364,7 +388,7 @@ def cmd_generate(args) -> None:
     pipe.scheduler = scheduler_config
     output = pipe([args.prompt], [args.negative_prompt], frames=args.frames, height=args.height, width=args.width,
                   settings=settings, latents=latents, runtime=runtime, progress=not args.quiet,
-                  release_text_encoder=True, **extra)
+                  release_text_encoder=True, mesh=mesh, **extra)
     written = [write_mp4(args.out, output.frames[0], fps=DEFAULT_FPS, scale=1)]
     if args.frames_out:
         written.append(save_array(args.frames_out, output.frames[0], "frames"))
@@ -443,6 +467,12 @@ def cmd_calibrate(args) -> None:
         print(f"wrote {route_plot(calibration, stats, args.plot)} (Γ(t-1) against the chosen route, per block)")
     print(f"calibrated on {len(stats)} rollouts in {time.perf_counter() - start:.1f} s | {_peak_memory()} | "
           f"wrote {out}")
+
+
+def _add_devices_flag(p) -> None:
+    p.add_argument("--devices", type=positive_int, default=1,
+                   help="sequence parallelism over the first N devices: tokens split along the sequence, attention "
+                        "by Ulysses (the head count must divide by N) (1)")
 
 
 def _add_runtime_flags(p) -> None:
@@ -567,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-out", help="also write the frames as .npy, float32 [F, H, W, 3] in [0, 1]")
     p.add_argument("--image", help="image-to-video pipelines (CogVideoX-5b-I2V, 1.5-5B-I2V): the first frame, any "
                                    "image file (resized to the video's size as diffusers does)")
+    _add_devices_flag(p)
     _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_generate)
@@ -602,9 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Wan: the σ shift of the flow schedule (5, Wan's text-to-video default; 3 in diffusers' "
                         "480p folders)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initial latents and DPM noise (0)")
-    p.add_argument("--devices", type=positive_int, default=1,
-                   help="sequence parallelism over the first N devices: tokens split along the sequence, attention "
-                        "by Ulysses (the head count must divide by N) (1)")
+    _add_devices_flag(p)
     p.add_argument("--out", required=True, help="output latents file (.npy or .safetensors)")
     _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

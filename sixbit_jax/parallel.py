@@ -7,14 +7,17 @@ into sequence shards. Heads must divide by the device count (else a clear error;
 for such head counts, is not written yet). Everything else in a DiT block (linears, norms, modulation) is per token
 and runs on the local shard as it is.
 
-The sampler takes a mesh (`sample(..., mesh=)`, `sixbit sample --devices N`): while its program is traced,
-`sequence_parallel(mesh)` is active and every `layers.attention.dot_product_attention` call runs as Ulysses over it.
-The rest of the program is one SPMD program XLA partitions; its reductions (the 6Bit runtime's Γ, r and PDR ratios)
-are over the whole tensors, so every device takes the same routes. On 2 simulated CPU devices the sampler's latents
-equal one device's with float32 or bf16 delta caches; with the fp8 cache they differ by 1-5% (the routes do not):
-the partitioned program's fp8 encoding of a delta rounds differently on XLA CPU (not yet pinned down). Not yet:
-sharding constraints that keep the per-token work split between the attention calls (today XLA decides), ring
-attention, a GPU measurement.
+The sampler takes a mesh (`sample(..., mesh=)`, `sixbit sample|generate --devices N`): while its program is
+traced, `sequence_parallel(mesh)` is active and every `layers.attention.dot_product_attention` call runs as Ulysses
+over it. The rest of the program is one SPMD program XLA partitions. The block stack pins its token streams and the
+delta cache to sequence shards (`split_tokens`), so the per-token work (linears, norms, modulation) and the largest
+buffer stay split between the attention calls instead of wherever XLA's propagation would put them; the text
+context Wan's cross-attention reads is not a stream and stays replicated. Reductions (the 6Bit runtime's Γ, r and
+PDR ratios) are over the whole tensors, so every device takes the same routes. On 2 simulated CPU devices the sampler's latents
+equal one device's within 1e-5 on the float path; with quantized routes (and the fp8 cache, a quantizer too) by up
+to a few percent, the routes not: the partitioned program fuses and rounds its float arithmetic differently in the
+last bit, and a quantizer turns such a bit, now and then, into a whole code step (tests/test_parallel.py). Not yet:
+ring attention, a GPU measurement.
 """
 
 from __future__ import annotations
@@ -50,13 +53,28 @@ def active_mesh() -> Mesh | None:
     return _ACTIVE_MESH.get()
 
 
-def sequence_mesh(devices: int) -> Mesh:
-    """A 1-D mesh over the first `devices` devices, its axis named SEQUENCE_AXIS."""
+def sequence_mesh(devices: int, heads: int | None = None) -> Mesh:
+    """A 1-D mesh over the first `devices` devices, its axis named SEQUENCE_AXIS; with `heads` (the model's
+    attention heads), refused up front where Ulysses could not split them."""
     available = jax.devices()
     if not 1 <= devices <= len(available):
         raise InputError(f"--devices {devices}: this machine has {len(available)} {available[0].platform} "
                          f"device{'s' if len(available) > 1 else ''}")
+    if heads is not None and heads % devices:
+        raise InputError(f"--devices {devices}: Ulysses attention splits the model's {heads} heads over the devices; "
+                         f"use a device count that divides {heads}")
     return Mesh(np.asarray(available[:devices]), (SEQUENCE_AXIS,))
+
+
+def split_tokens(x: jax.Array, axis: int) -> jax.Array:
+    """Inside `sequence_parallel`: x constrained to be split over the mesh along `axis` (its tokens); as it is without
+    a mesh or where that axis does not divide by the device count (then XLA places it)."""
+    mesh = active_mesh()
+    if mesh is None or x.shape[axis] % mesh.size:
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = SEQUENCE_AXIS
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
 def replicate(tree, mesh: Mesh | None):

@@ -188,6 +188,8 @@ CASES = {
                                    "argument --guidance"),
     "generate-not-a-pipeline": (["generate", "{d}/ckpt", "--prompt", "a cat", "--out", "{d}/v.mp4"],
                                 "model_index.json"),
+    "generate-devices-too-many": (["generate", "{d}/wan-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4", "--devices",
+                                   "64"], "--devices 64: this machine has"),
     "generate-wan-tile": (["generate", "{d}/wan-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4", "--tile"],
                           "--tile: the Wan VAE decodes one latent frame at a time"),
     "generate-wan-scheduler": (["generate", "{d}/wan-pipe", "--prompt", "a cat", "--out", "{d}/v.mp4", "--scheduler",

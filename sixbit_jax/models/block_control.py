@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sixbit_jax import parallel
 from sixbit_jax.layers import LinearRuntime, QuantDense
 from sixbit_jax.layers.quant_dense import PDR_OUTLIER_RATIO
 
@@ -54,7 +55,7 @@ class DeltaCache(NamedTuple):
     def write(self, layer: jax.Array, deltas: tuple[jax.Array, ...], keep: jax.Array) -> "DeltaCache":
         """The cache with layer `layer` replaced by the encoded deltas, or left as it is where `keep`."""
         encoded = [_encode(delta, stored.dtype) for delta, stored in zip(deltas, self.deltas)]
-        stored = tuple(old.at[layer].set(jnp.where(keep, old[layer], new))
+        stored = tuple(parallel.split_tokens(old.at[layer].set(jnp.where(keep, old[layer], new)), axis=2)
                        for old, (new, _) in zip(self.deltas, encoded))
         scale = jnp.where(keep, self.scale[layer], jnp.stack([s for _, s in encoded]))
         return DeltaCache(stored, self.scale.at[layer].set(scale))
@@ -124,6 +125,7 @@ def run_controlled_blocks(block_def, block_state, streams: Streams, run_block: R
 
     def one_block(carry, xs):
         streams, cache = carry
+        streams = tuple(parallel.split_tokens(x, axis=1) for x in streams)  # sequence-parallel: stays split
         state, route, layer = xs
         block = nnx.merge(block_def, state)
 
@@ -159,6 +161,7 @@ def run_controlled_blocks(block_def, block_state, streams: Streams, run_block: R
         branches = [skip if r == SKIP else compute(ROUTE_NAMES[r]) for r in possible]
         branch_of_route = jnp.asarray([possible.index(r) if r in possible else 0 for r in range(len(ROUTE_NAMES))])
         new, fallbacks, error, linear_error, ratios = jax.lax.switch(branch_of_route[route], branches, *streams)
+        new = tuple(parallel.split_tokens(y, axis=1) for y in new)
         steps = [y - x for y, x in zip(new, streams)]
         gamma = l1_ratio(steps, list(streams))
         finite = jnp.stack([jnp.isfinite(y).all() for y in new]).all()

@@ -140,13 +140,14 @@ class CogVideoXPipeline(PromptEncoding):
                  frames: int | None = None, height: int | None = None, width: int | None = None,
                  settings: SamplerSettings | None = None, latents=None, runtime: RuntimeConfig | None = None,
                  tile: bool = False, progress: bool = False, release_text_encoder: bool = False,
-                 image=None, image_noise=None) -> PipelineOutput:
+                 image=None, image_noise=None, mesh=None) -> PipelineOutput:
         """Sample videos for `prompts`. `latents` [B, F, C, h, w] replace the noise drawn from `settings.seed`;
         `tile` decodes in blended spatial tiles (diffusers' enable_tiling); `release_text_encoder` drops T5 from
         memory once the prompts are encoded (9.5 GB in bf16 for T5-XXL), before denoising. Image-to-video
         pipelines need `image`: float [H, W, 3] or [B, H, W, 3] in [0, 1] at the video's size (`media.read_image`
         reads and resizes a file as diffusers does); `image_noise` [B, 1, C, h, w] replaces the VAE posterior's
-        noise drawn from the seed."""
+        noise drawn from the seed. `mesh` (`parallel.sequence_mesh(n)`) denoises sequence-parallel over its
+        devices."""
         prompts, negative_prompts = components.prompt_lists(prompts, negative_prompts)
         settings = dataclasses.replace(settings or SamplerSettings(), scheduler_config=self.scheduler)
         self._check_latent_frames(latents, frames)
@@ -160,7 +161,8 @@ class CogVideoXPipeline(PromptEncoding):
         elif image is not None:
             raise InputError("an image was given but this is a text-to-video pipeline")
         result = sample(self.transformer, embeds, negative, latents=latents, settings=settings, frames=frames,
-                        height=height, width=width, progress=progress, runtime=runtime, condition=condition)
+                        height=height, width=width, progress=progress, runtime=runtime, condition=condition,
+                        mesh=mesh)
         seconds["denoise"] = result.seconds
         start = time.perf_counter()
         # CogVideoX 1.5 samples whole temporal patches: the frames its pipeline padded in front are not decoded

@@ -129,10 +129,11 @@ class WanPipeline(PromptEncoding):
     def __call__(self, prompts: list[str] | str, negative_prompts: list[str] | str | None = None, *,
                  frames: int | None = None, height: int | None = None, width: int | None = None,
                  settings: SamplerSettings | None = None, latents=None, runtime: RuntimeConfig | None = None,
-                 progress: bool = False, release_text_encoder: bool = False) -> PipelineOutput:
+                 progress: bool = False, release_text_encoder: bool = False, mesh=None) -> PipelineOutput:
         """Sample videos for `prompts` (default size 81 frames at 480 x 832). `latents` [B, 16, F, h, w] replace the
         noise drawn from `settings.seed`; `release_text_encoder` drops umT5 from memory (11 GB in bf16) once the
-        prompts are encoded, before denoising."""
+        prompts are encoded, before denoising; `mesh` (`parallel.sequence_mesh(n)`) denoises sequence-parallel
+        over its devices."""
         prompts, negative_prompts = components.prompt_lists(prompts, negative_prompts)
         settings = dataclasses.replace(settings or SamplerSettings(guidance_scale=DEFAULT_GUIDANCE),
                                        scheduler_config=self.scheduler)
@@ -140,7 +141,7 @@ class WanPipeline(PromptEncoding):
                                                                     release_text_encoder)
         seconds = {"encode": encode_seconds}
         result = sample(self.transformer, embeds, negative, latents=latents, settings=settings, frames=frames,
-                        height=height, width=width, progress=progress, runtime=runtime)
+                        height=height, width=width, progress=progress, runtime=runtime, mesh=mesh)
         seconds["denoise"] = result.seconds
         start = time.perf_counter()
         video = postprocess(decode_latents(self.vae, result.latents))
