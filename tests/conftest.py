@@ -18,6 +18,31 @@ def _has_gpu() -> bool:
 HAS_GPU = _has_gpu()
 
 
+def _share_compilations() -> None:
+    """One persistent XLA compilation cache per CPU test run, in a fresh folder that the xdist workers and the
+    subprocesses the tests start inherit through the environment: many tests compile the same programs (the shipped
+    model's sampler, the tiny models' steps), and a second compile becomes a disk read (the suite took 6:12 with it
+    against 9:06 without, 2-core machine, 2026-12-03). The first process to get here (pytest's controller) creates
+    the folder and removes it at exit. GPU runs keep JAX's default (no persistent cache)."""
+    if HAS_GPU:
+        return
+    if "SIXBIT_TEST_XLA_CACHE" not in os.environ:
+        import atexit
+        import shutil
+        import tempfile
+
+        os.environ["SIXBIT_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="sixbit-jax-xla-cache-")
+        atexit.register(shutil.rmtree, os.environ["SIXBIT_TEST_XLA_CACHE"], ignore_errors=True)
+    folder = os.environ["SIXBIT_TEST_XLA_CACHE"]
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder  # for subprocesses: jax reads it when it is imported
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+_share_compilations()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Commands that cache their own conversions (demo, eval) write into a session folder instead of the user's
