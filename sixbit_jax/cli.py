@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import resource
 import sys
@@ -107,7 +106,7 @@ def cmd_sample(args) -> None:
             existing_file(getattr(args, flag), f"--{flag.replace('_', '-')}", (".npy", ".safetensors"))
     if args.calibration:
         existing_file(args.calibration, "--calibration", (".json",))
-    mesh = _device_mesh(args, cfg)
+    mesh = _device_mesh(args)
     model, runtime = _runtime(args, Path(args.checkpoint), load_checkpoint(args.checkpoint))
     embeds = _load_embeds(args.embeds, "prompt", model)
     negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
@@ -141,28 +140,12 @@ def _checkpoint_config(folder: Path):
     return transformer_config(read_info(folder).get("config"), str(folder))
 
 
-def _device_mesh(args, cfg):
+def _device_mesh(args):
     """--devices as a sequence mesh (None for one device), refused before anything loads where the machine lacks
-    the devices or the model's heads (`cfg`, None where not known yet) do not divide by them."""
+    the devices."""
     from sixbit_jax.parallel import sequence_mesh
 
-    heads = cfg.num_attention_heads if cfg is not None else None
-    return sequence_mesh(args.devices, heads) if args.devices > 1 else None
-
-
-def _pipeline_transformer_config(folder: Path):
-    """The transformer config of a pipeline folder (converted or diffusers) read before anything loads; None where
-    it cannot be read (loading the pipeline then names the problem)."""
-    from sixbit_jax.config import transformer_config
-    from sixbit_jax.errors import SixbitError
-    from sixbit_jax.pipelines import components
-
-    try:
-        if components.is_converted(folder):
-            return _checkpoint_config(folder)
-        return transformer_config(json.loads((folder / components.TRANSFORMER / "config.json").read_text()))
-    except (OSError, ValueError, SixbitError):
-        return None
+    return sequence_mesh(args.devices) if args.devices > 1 else None
 
 
 def _check_family_flags(args, wan: bool, what: str) -> None:
@@ -367,7 +350,7 @@ def cmd_generate(args) -> None:
         raise InputError(f"--latents-in {args.latents_in}: initial latents must be {layout}; got shape "
                          f"{tuple(latents.shape)}")
     folder = Path(args.pipeline)
-    mesh = _device_mesh(args, _pipeline_transformer_config(folder) if args.devices > 1 else None)
+    mesh = _device_mesh(args)
     quant = QuantSpec() if args.mode != "bf16" else None  # a diffusers folder is quantized while it is converted
     pipe = Pipeline.from_folder(folder, dtype=args.dtype, quant=quant, progress=not args.quiet)
     pipe.transformer, runtime = _runtime(args, folder, pipe.transformer)  # calibration: FOLDER/calibration.json
@@ -471,8 +454,9 @@ def cmd_calibrate(args) -> None:
 
 def _add_devices_flag(p) -> None:
     p.add_argument("--devices", type=positive_int, default=1,
-                   help="sequence parallelism over the first N devices: tokens split along the sequence, attention "
-                        "by Ulysses (the head count must divide by N) (1)")
+                   help="sequence parallelism over the first N devices: tokens split along the sequence; attention "
+                        "by Ulysses where the heads divide by N, else each device gathers every token's keys and "
+                        "values (1)")
 
 
 def _add_runtime_flags(p) -> None:

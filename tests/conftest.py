@@ -21,8 +21,8 @@ HAS_GPU = _has_gpu()
 def _share_compilations() -> None:
     """One persistent XLA compilation cache per CPU test run, in a fresh folder that the xdist workers and the
     subprocesses the tests start inherit through the environment: many tests compile the same programs (the shipped
-    model's sampler, the tiny models' steps), and a second compile becomes a disk read (the suite took 6:12 with it
-    against 9:06 without, 2-core machine, 2026-12-03). The first process to get here (pytest's controller) creates
+    model's sampler, the tiny models' steps), and a second compile becomes a disk read (the suite took 6:35 with it
+    against 7:40 without, the 2-core machine otherwise idle, 2026-12-03). The first process to get here (pytest's controller) creates
     the folder and removes it at exit. GPU runs keep JAX's default (no persistent cache)."""
     if HAS_GPU:
         return

@@ -32,12 +32,14 @@ def block_implementation(module_default: str | None, runtime) -> str | None:
     return "int8" if getattr(runtime, "attention", "bf16") == "int8" else module_default
 
 
-def dot_product_attention(q, k, v, *, implementation: str | None = None) -> jax.Array:
-    """softmax(q kᵀ / sqrt(d)) v, for q, k, v of shape [B, N, H, d]; the output has q's dtype. Inside
-    `parallel.sequence_parallel(mesh)`, as Ulysses over the mesh."""
+def dot_product_attention(q, k, v, *, implementation: str | None = None, cross: bool = False) -> jax.Array:
+    """softmax(q kᵀ / sqrt(d)) v, for q [B, N, H, d] and k, v [B, M, H, d]; the output has q's dtype. Inside
+    `parallel.sequence_parallel(mesh)`, split over the mesh's devices along the tokens: self-attention (k, v from
+    q's tokens) by Ulysses or gathered keys, `cross`-attention (k, v from a context each device holds) locally."""
     mesh = parallel.active_mesh()
     if mesh is not None:
-        return parallel.ulysses_attention(q, k, v, mesh, attention=_local_attention, implementation=implementation)
+        return parallel.sequence_attention(q, k, v, mesh, attention=_local_attention, implementation=implementation,
+                                           cross=cross)
     return _local_attention(q, k, v, implementation=implementation)
 
 

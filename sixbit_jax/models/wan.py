@@ -88,7 +88,7 @@ class WanAttention(nnx.Module):
         # 8-bit attention on the video tokens' self-attention only: the cross-attention's 512 keys cost little.
         implementation = self.implementation if context is not None else block_implementation(self.implementation,
                                                                                                 runtime)
-        out = dot_product_attention(q, k, v, implementation=implementation)
+        out = dot_product_attention(q, k, v, implementation=implementation, cross=context is not None)
         return self.to_out(out.reshape(*x.shape[:2], -1), runtime)
 
 
