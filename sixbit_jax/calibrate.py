@@ -12,6 +12,11 @@ E_rel <= tau_q, INT8 otherwise; INT8 on the first step) averages `target_bits` o
 predictions across blocks routes mostly by block (the most sensitive block never gets NVFP4), one per block routes
 by each block's stability over time.
 
+Signal "output" measures E where routing pays for it, at the model's output: from each step's input the model runs
+once more per block with that block alone on NVFP4 activations, E(l, t) = |v_l - v|₁ / |v|₁ (`sixbit calibrate
+--signal output`; rollouts cost L + 2 forwards a step instead of 2). The block signal says how far a block's own
+output moves; whether that reaches the video depends on the blocks after it, which the output signal includes.
+
 Signal "linear" is the earlier definition, the mean of the block's linears' own relative errors under NVFP4
 activations. It barely moves with Γ and trends the wrong way in most blocks of the shipped model (pooled r -0.38),
 so it handed NVFP4 to the least stable block-steps; it stays selectable for the ablation and is reported beside the
@@ -43,7 +48,9 @@ from sixbit_jax.errors import ConfigError
 from sixbit_jax.runtime import RuntimeConfig, StepStats
 
 CALIBRATION_NAME = "calibration.json"
-SIGNALS = ("block", "linear")  # the sensitivity E: at the block output, or the mean over its linears (earlier)
+# The sensitivity E: at the block output; the mean over its linears (earlier); at the model output (block l alone on
+# NVFP4: what routing by E should minimise, at one more forward per block and step of the rollouts).
+SIGNALS = ("block", "linear", "output")
 # How tau_q is solved: one threshold on every block's predicted error ("global", the paper's rule), or one per block,
 # each giving its block the target bits ("per-block": every block sends its most stable steps to NVFP4).
 ROUTINGS = ("global", "per-block")
@@ -97,9 +104,9 @@ class Calibration:
         table = ["block   alpha       beta        r", *(
             f"{layer:5d}   {a:+.4e} {b:+.4e} {r:+.3f}"
             for layer, (a, b, r) in enumerate(zip(self.alpha, self.beta, self.pearson_r)))]
-        other = self.info.get("other_signal")
-        comparison = (f"; the {other['signal']} signal would fit pooled r {other['pearson_r_pooled']:+.3f}, per block "
-                      + " ".join(f"{r:+.2f}" for r in other["pearson_r"])) if other else ""
+        comparison = "".join(f"; the {other['signal']} signal would fit pooled r {other['pearson_r_pooled']:+.3f}, per "
+                             f"block " + " ".join(f"{r:+.2f}" for r in other["pearson_r"])
+                             for other in self.info.get("other_signals", []))
         tau_q = (f"{self.tau_q:.4g}" if self.routing == "global"
                  else "per block " + " ".join(f"{t:.4g}" for t in self.tau_q))
         return ("\n".join(table) + "\n"
@@ -152,8 +159,10 @@ def fit_predictor(gamma: np.ndarray, error: np.ndarray) -> PredictorFit:
     return PredictorFit(alpha, beta, pearson, _pearson(gamma.ravel(), error.ravel()), within)
 
 
-def _signal(stats: StepStats, signal: str) -> np.ndarray:
-    return np.asarray(stats.nvfp4_error if signal == "block" else stats.linear_error, np.float64)
+def _signal(stats: StepStats, signal: str) -> np.ndarray | None:
+    """[steps, L] E of one rollout under `signal`; None where the rollout did not measure it."""
+    values = {"block": stats.nvfp4_error, "linear": stats.linear_error, "output": stats.output_error}[signal]
+    return None if values is None else np.asarray(values, np.float64)
 
 
 def solve_outlier_ratio(ratios: np.ndarray, target_fallback: float) -> tuple[float, dict[str, list[float]]]:
@@ -177,7 +186,8 @@ def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
     """Fit the predictor on `signal` and solve tau_q (one, or one per block: `routing`), tau_c and (when the
     rollouts recorded outlier ratios) PDR's threshold from calibration rollouts (each a StepStats with [steps, L]
     arrays). `skip_rule` supplies max_skips and the always-computed steps that tau_c is solved under;
-    `linear_names` label the outlier percentiles. The other signal's fit is kept in info["other_signal"]."""
+    `linear_names` label the outlier percentiles. The other measured signals' fits are kept in
+    info["other_signals"]."""
     if not stats:
         raise ConfigError("calibration needs at least one rollout")
     if signal not in SIGNALS:
@@ -185,10 +195,12 @@ def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
     if routing not in ROUTINGS:
         raise ConfigError(f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)}")
     gamma = np.concatenate([np.asarray(s.gamma, np.float64)[:-1] for s in stats])  # Γ(t-1) ...
-    errors = {name: np.concatenate([_signal(s, name)[1:] for s in stats]) for name in SIGNALS}  # ... against E(t)
+    measured = [name for name in SIGNALS if all(_signal(s, name) is not None for s in stats)]
+    if signal not in measured:
+        raise ConfigError(f"the calibration rollouts did not measure the {signal} signal (the output signal needs "
+                          f"rollouts with RuntimeConfig(mode='calibrate', output_sensitivity=True))")
+    errors = {name: np.concatenate([_signal(s, name)[1:] for s in stats]) for name in measured}  # ... against E(t)
     predictor = fit_predictor(gamma, errors[signal])
-    other = next(name for name in SIGNALS if name != signal)
-    other_fit = fit_predictor(gamma, errors[other])
     predicted = gamma * np.array(predictor.alpha) + np.array(predictor.beta)
     steps = np.asarray(stats[0].gamma).shape[0]
     if routing == "global":
@@ -198,9 +210,13 @@ def fit(stats: list[StepStats], *, target_bits: float = DEFAULT_TARGET_BITS,
         tau_q, expected = [t for t, _ in solved], float(np.mean([bits for _, bits in solved]))
     changes = np.stack([np.asarray(s.change, np.float64) for s in stats])  # [rollouts, steps, L]
     tau_c, expected_skip = _solve_tau_c(changes, target_skip, skip_rule)
-    report = {"signal": other, "pearson_r": other_fit.pearson_r, "pearson_r_pooled": other_fit.pearson_r_pooled,
-              "pearson_r_within_blocks": other_fit.pearson_r_within_blocks}
-    info = {"date": datetime.date.today().isoformat(), "other_signal": report, **(info or {})}
+    others = []
+    for other in (name for name in measured if name != signal):
+        other_fit = fit_predictor(gamma, errors[other])
+        others.append({"signal": other, "pearson_r": other_fit.pearson_r,
+                       "pearson_r_pooled": other_fit.pearson_r_pooled,
+                       "pearson_r_within_blocks": other_fit.pearson_r_within_blocks})
+    info = {"date": datetime.date.today().isoformat(), "other_signals": others, **(info or {})}
     outlier_ratio, fallback = None, None
     if all(s.outlier_ratio is not None for s in stats):
         ratios = np.concatenate([np.asarray(s.outlier_ratio, np.float64).reshape(-1, np.shape(s.outlier_ratio)[-1])

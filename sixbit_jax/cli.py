@@ -429,12 +429,13 @@ def cmd_calibrate(args) -> None:
             raise InputError("--embeds is required: this checkpoint has no shapes text encoder to draw prompts with")
         pipe = ShapesPipeline(model, TextEncoder.load(ckpt / "text_encoder"))
         stats = calibration_rollouts(pipe, eval_prompts(args.prompts, seed=args.prompt_seed), steps=args.steps,
-                                     guidance=args.guidance, progress=not args.quiet)
+                                     guidance=args.guidance, progress=not args.quiet,
+                                     output_sensitivity=args.signal == "output")
         source = f"{args.prompts} shapes prompts (generator seed {args.prompt_seed}), 4 per rollout"
     else:
         embeds = _load_embeds(args.embeds, "prompt", model)
         negative = _load_embeds(args.negative_embeds, "negative", model) if args.negative_embeds else None
-        runtime = RuntimeConfig(mode="calibrate")
+        runtime = RuntimeConfig(mode="calibrate", output_sensitivity=args.signal == "output")
         stats = [sample(model, embeds, negative, runtime=runtime, progress=not args.quiet,
                         settings=SamplerSettings(num_steps=args.steps, guidance_scale=args.guidance, seed=seed)).stats
                  for seed in args.seeds]
@@ -526,9 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-fallback", type=fraction, default=0.05,
                    help="fraction of linears PDR should run in BF16 when a skipped block is refreshed, to solve its "
                         "outlier threshold for (0.05)")
-    p.add_argument("--signal", choices=["block", "linear"], default="block",
-                   help="the sensitivity E: at the block output (block, default) or the mean of its linears' own "
-                        "errors (linear: the earlier definition, kept for the ablation)")
+    p.add_argument("--signal", choices=["block", "linear", "output"], default="block",
+                   help="the sensitivity E: at the block output (block, default), the mean of its linears' own "
+                        "errors (linear: the earlier definition, kept for the ablation), or at the model output "
+                        "with the block alone on NVFP4 (output: one more forward per block and step)")
     p.add_argument("--routing", choices=["global", "per-block"], default="global",
                    help="global: one tau_q for every block's predicted error (the paper's rule); per-block: one "
                         "tau_q per block, each block sending its most stable steps to NVFP4 at the target bits")

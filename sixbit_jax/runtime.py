@@ -58,6 +58,9 @@ class RuntimeConfig:
     backend: str | None = None  # quantized linears: None = Pallas kernels on GPU, jnp references on CPU
     schedule: tuple[tuple[int, ...], ...] | None = None  # mode replay: a recorded route per step and block
     attention: str = "bf16"  # self-attention in every computed block: bf16 (cuDNN) or int8 (8-bit Q·Kᵀ kernel)
+    # mode calibrate: also measure each block's NVFP4 sensitivity at the model's output (one more forward per block
+    # and step, calibration only): StepStats.output_error
+    output_sensitivity: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -77,6 +80,8 @@ class RuntimeConfig:
                 raise ConfigError(f"{name} has {len(value)} entries but alpha has {len(self.alpha)}: one per block")
         if (self.mode == "replay") != (self.schedule is not None):
             raise ConfigError("mode replay takes a route schedule, and only replay does")
+        if self.output_sensitivity and self.mode != "calibrate":
+            raise ConfigError("output_sensitivity is measured in calibration rollouts (mode calibrate) only")
 
     @property
     def caches_deltas(self) -> bool:
@@ -176,6 +181,9 @@ class StepStats(NamedTuple):
     nvfp4_error: jax.Array  # calibrate: NVFP4 sensitivity at the block output
     linear_error: jax.Array  # calibrate: mean NVFP4 error of the block's linears (the earlier signal; a report)
     outlier_ratio: jax.Array | None = None  # calibrate: [steps, L, linears] each linear's input max|x| / mean|x|
+    # calibrate with output_sensitivity: [steps, L] |v_l - v|₁ / |v|₁, v_l the model output with block l alone on
+    # NVFP4 activations (every other block on the calibrate path's numerics), from the same input
+    output_error: jax.Array | None = None
 
 
 def init_state(num_layers: int, stream_shapes: tuple[tuple[int, ...], ...], cfg: RuntimeConfig) -> RuntimeState:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sixbit_jax import parallel, rng
 from sixbit_jax.errors import InputError, SamplingError
-from sixbit_jax.models.block_control import BlockControl
+from sixbit_jax.models.block_control import BF16, NVFP4, BlockControl, DeltaCache, l1_ratio
 from sixbit_jax.runtime import (RunSummary, RuntimeConfig, RuntimeNumbers, StepStats, choose_routes, init_state,
                                 step_stats, update_state)
 from sixbit_jax.schedulers import FlowSchedulerConfig, SchedulerConfig, dynamic_guidance, make_schedule
@@ -220,6 +220,9 @@ def _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficient
                                    runtime.possible_routes, runtime.attention)
             v, report = model(model_in, text, t_in, tables, control=control)
             record = step_stats(blocks, routes, report)
+            if runtime.output_sensitivity:
+                record = record._replace(output_error=_output_sensitivity(model, model_in, text, t_in, tables, v,
+                                                                          blocks.cache, control))
             blocks, block_finite = update_state(blocks, routes, report), report.finite
         v = v.astype(jnp.float32)
         if use_cfg:
@@ -245,6 +248,23 @@ def _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficient
     (latents, _, _), (block_finite, latents_finite, stats) = jax.lax.scan(
         one_step, (latents, schedule_type.initial_carry(latents), blocks), xs)
     return latents, block_finite, latents_finite, stats
+
+
+def _output_sensitivity(model, model_in, text, t_in, tables, v, cache: DeltaCache, control: BlockControl):
+    """[L] |v_l - v|₁ / |v|₁: how far the model's output moves when block l alone runs its linears on NVFP4
+    activations, the others on bf16 activations (the calibrate path's numerics), all from this step's input. One
+    forward per block, mapped over l (the route table is data: one compiled forward)."""
+    num_layers = control.routes.shape[0]
+    placeholders = DeltaCache.create(num_layers, [d.shape[1:] for d in cache.deltas], cache.deltas[0].dtype,
+                                     placeholders=True)
+
+    def one(layer):
+        routes = jnp.where(jnp.arange(num_layers) == layer, NVFP4, BF16).astype(jnp.int32)
+        alone = control._replace(routes=routes, cache=placeholders, possible_routes=(BF16, NVFP4))
+        v_layer, _ = model(model_in, text, t_in, tables, control=alone)
+        return l1_ratio([v_layer.astype(jnp.float32) - v.astype(jnp.float32)], [v])
+
+    return jax.lax.map(one, jnp.arange(num_layers))
 
 
 _denoise = jax.jit(_denoise_impl, static_argnums=(0,), static_argnames=("use_cfg", "stochastic", "schedule_type",

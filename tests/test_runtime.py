@@ -373,14 +373,34 @@ def test_resampled_schedule_keeps_the_mix():
     np.testing.assert_array_equal(stretched[-1], [PDR, PDR, SKIP, SKIP, NVFP4, NVFP4])
 
 
-def test_calibration_rollouts_measure_the_delta_change(quantized, inputs):
-    """tau_c is solved from r on calibration rollouts, so the calibrate mode caches deltas although it never skips."""
+def test_calibration_rollouts_measure_the_delta_change_and_the_output_sensitivity(quantized, inputs):
+    """tau_c is solved from r on calibration rollouts, so the calibrate mode caches deltas although it never skips.
+    With output_sensitivity each step also records E at the model output per block: checked at the first step
+    against forwards of the same CFG batch with that block alone on NVFP4 and every block on bf16 activations."""
+    from sixbit_jax.schedulers import make_schedule
+
     latents, text, negative = inputs
     result = sample(quantized, text, negative, latents=latents,
-                    settings=SamplerSettings(num_steps=4, guidance_scale=3.0), runtime=RuntimeConfig(mode="calibrate"))
+                    settings=SamplerSettings(num_steps=4, guidance_scale=3.0),
+                    runtime=RuntimeConfig(mode="calibrate", output_sensitivity=True))
     change = np.asarray(result.stats.change)
     assert result.summary.skip_fraction == 0 and np.isnan(change[0]).all()
     assert (change[1:] > 0).all() and np.isfinite(change[1:]).all()
+    layers = quantized.config.num_layers
+    measured = np.asarray(result.stats.output_error)
+    assert measured.shape == (4, layers) and (measured > 0).all() and np.isfinite(measured).all()
+    config = quantized.default_scheduler_config()
+    t0 = make_schedule(config.default_scheduler, 4, config).timesteps[0]
+    forward = controlled_forward(quantized, possible_routes=(BF16, NVFP4))
+    cache = DeltaCache.create(layers, ((1, 1, 1),) * 2, jnp.float32, placeholders=True)
+    batch = (jnp.concatenate([latents, latents]), jnp.concatenate([negative, text]), jnp.full((2,), float(t0)))
+    v = np.asarray(forward(*batch, [BF16] * layers, cache)[0], np.float64)
+    for layer in range(layers):
+        alone = np.asarray(forward(*batch, [NVFP4 if i == layer else BF16 for i in range(layers)], cache)[0],
+                           np.float64)
+        assert measured[0, layer] == pytest.approx(np.abs(alone - v).sum() / np.abs(v).sum(), rel=1e-3)
+    with pytest.raises(ConfigError, match="calibration rollouts"):
+        RuntimeConfig(mode="int8", output_sensitivity=True)
 
 
 def test_quantized_sampler_stays_close_to_bf16(float_model, quantized, inputs):
@@ -472,14 +492,22 @@ def test_fit_uses_the_chosen_signal_reports_the_other_and_warns_about_weak_or_re
                                   np.zeros((steps, layers)), block, linear))
     cal = fit(rollouts)
     assert cal.signal == "block" and min(cal.pearson_r) > 0.999 and cal.pearson_r_within_blocks > 0.999
-    assert cal.warnings() == [] and cal.info["other_signal"]["signal"] == "linear"
+    assert cal.warnings() == [] and [o["signal"] for o in cal.info["other_signals"]] == ["linear"]
     old = fit(rollouts, signal="linear")
     assert old.alpha[0] < 0 and old.pearson_r[2] > 0.999
     warnings = old.warnings()
     assert len(warnings) == 2 and "block 0: negative slope" in warnings[0] and "block 1: weak fit" in warnings[1]
     assert "warning: block 0: negative slope" in old.report()
-    with pytest.raises(ConfigError, match="unknown sensitivity signal"):
+    with pytest.raises(ConfigError, match="did not measure the output signal"):
         fit(rollouts, signal="output")
+    with pytest.raises(ConfigError, match="unknown sensitivity signal"):
+        fit(rollouts, signal="model")
+    # Rollouts that measured the output signal: fit on it, the other two reported.
+    output = [r._replace(output_error=2.0 * r.nvfp4_error + 0.001) for r in rollouts]
+    at_output = fit(output, signal="output")
+    np.testing.assert_allclose(at_output.alpha, 0.6, atol=1e-9)
+    assert [o["signal"] for o in at_output.info["other_signals"]] == ["block", "linear"]
+    assert "the linear signal would fit" in at_output.report()
 
 
 def test_route_plot_shows_nvfp4_on_the_low_gamma_block_steps(tmp_path):

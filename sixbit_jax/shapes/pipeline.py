@@ -84,9 +84,10 @@ class ShapesPipeline:
 
 def calibration_rollouts(pipe: ShapesPipeline, prompts: list[str], *, prompts_per_rollout: int = 4,
                          seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
-                         progress: bool = False):
-    """StepStats of calibration rollouts (the "calibrate" path in every block), one per group of prompts."""
-    runtime = RuntimeConfig(mode="calibrate")
+                         progress: bool = False, output_sensitivity: bool = False):
+    """StepStats of calibration rollouts (the "calibrate" path in every block), one per group of prompts;
+    `output_sensitivity` also measures each block's NVFP4 sensitivity at the model output (calibrate.SIGNALS)."""
+    runtime = RuntimeConfig(mode="calibrate", output_sensitivity=output_sensitivity)
     groups = [prompts[i:i + prompts_per_rollout] for i in range(0, len(prompts), prompts_per_rollout)]
     return [pipe(group, seed=seed + i, steps=steps, guidance=guidance, runtime=runtime, progress=progress).result.stats
             for i, group in enumerate(groups) if len(group) == prompts_per_rollout]
