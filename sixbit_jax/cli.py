@@ -277,11 +277,14 @@ def _check_image_for_pipeline(args) -> None:
 
     if not (Path(args.pipeline) / components.MODEL_INDEX).exists():
         return  # not a pipeline folder: loading it says so
-    image_to_video = components.pipeline_class(Path(args.pipeline)) in IMAGE_TO_VIDEO
+    index = components.model_index(Path(args.pipeline))
+    image_to_video = index["_class_name"] in IMAGE_TO_VIDEO
     if image_to_video and not args.image:
         raise InputError(f"{args.pipeline} is an image-to-video pipeline: give the first frame with --image FILE")
-    if args.image and not image_to_video:
-        raise InputError(f"--image: {args.pipeline} is a text-to-video pipeline; it takes no image")
+    # Wan2.2 TI2V-5B (expand_timesteps): text to video, or image to video with --image
+    if args.image and not image_to_video and not index.get("expand_timesteps", False):
+        raise InputError(f"--image: {args.pipeline} is a text-to-video pipeline; it takes no image (Wan: only "
+                         f"Wan2.2 TI2V-5B has an image mode; Wan2.1's image-to-video models are not implemented)")
 
 
 def _check_generate_args(args) -> None:
@@ -317,8 +320,6 @@ def _is_wan_pipeline(folder) -> bool:
 
 def _check_wan_generate_args(args) -> None:
     """What a Wan pipeline does not take (checked before loading)."""
-    if args.image:
-        raise InputError("--image: Wan image-to-video pipelines are not implemented yet (text-to-video only)")
     if args.tile:
         raise InputError("--tile: the Wan VAE decodes one latent frame at a time, without spatial tiles")
     if args.dynamic_cfg:
@@ -361,13 +362,16 @@ def cmd_generate(args) -> None:
     settings = SamplerSettings(scheduler=args.scheduler or scheduler_config.default_scheduler, num_steps=args.steps,
                                guidance_scale=guidance, use_dynamic_cfg=args.dynamic_cfg, seed=args.seed,
                                guidance_scale_2=args.guidance_2)
-    extra = {}
-    if not wan:
-        extra["tile"] = args.tile
-        if args.image:
+    extra = {} if wan else {"tile": args.tile}
+    if args.image:
+        if wan:
+            from sixbit_jax.models.wan import DEFAULT_VIDEO
+
+            default_height, default_width = DEFAULT_VIDEO[1:]
+        else:
             cfg = pipe.transformer.config
-            extra["image"] = read_image(args.image, args.height or 8 * cfg.sample_height,
-                                        args.width or 8 * cfg.sample_width)
+            default_height, default_width = 8 * cfg.sample_height, 8 * cfg.sample_width
+        extra["image"] = read_image(args.image, args.height or default_height, args.width or default_width)
     pipe.scheduler = scheduler_config
     output = pipe([args.prompt], [args.negative_prompt], frames=args.frames, height=args.height, width=args.width,
                   settings=settings, latents=latents, runtime=runtime, progress=not args.quiet,
@@ -543,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="prompt -> MP4 with a CogVideoX or Wan pipeline folder (T5, DiT, VAE)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Runs a whole CogVideoX or Wan2.1 pipeline in JAX (CogVideoX: text-to-video, or "
-                                   "image-to-video\nwith --image; Wan: text-to-video): the folder's tokenizer and "
+                       description="Runs a whole CogVideoX or Wan pipeline in JAX (text-to-video, or image-to-video "
+                                   "with --image\nfor CogVideoX I2V and Wan2.2 TI2V-5B): the folder's tokenizer and "
                                    "T5 / umT5 encoder,\nthe transformer under the 6Bit runtime, the VAE decoder, "
                                    f"then an MP4 ({DEFAULT_FPS} fps\nfor CogVideoX, 16 for Wan).\nPIPELINE is a "
                                    "diffusers folder (model_index.json, tokenizer/, text_encoder/,\ntransformer/, "
@@ -581,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents-in", help="initial noise (.npy/.safetensors) in the family's layout, CogVideoX "
                                         "[B, F, C, H, W], Wan [B, C, F, H, W], instead of drawing it from --seed")
     p.add_argument("--frames-out", help="also write the frames as .npy, float32 [F, H, W, 3] in [0, 1]")
-    p.add_argument("--image", help="image-to-video pipelines (CogVideoX-5b-I2V, 1.5-5B-I2V): the first frame, any "
-                                   "image file (resized to the video's size as diffusers does)")
+    p.add_argument("--image", help="image-to-video pipelines (CogVideoX-5b-I2V, 1.5-5B-I2V, Wan2.2 TI2V-5B): the "
+                                   "first frame, any image file (resized to the video's size as diffusers does)")
     _add_devices_flag(p)
     _add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -186,6 +186,12 @@ class StepStats(NamedTuple):
     output_error: jax.Array | None = None
 
 
+def concatenate_stats(runs: list[StepStats]) -> StepStats:
+    """Several runs' records as one, along the steps; a field no run measured stays None."""
+    return StepStats(*(None if any(getattr(r, field) is None for r in runs)
+                       else np.concatenate([getattr(r, field) for r in runs]) for field in StepStats._fields))
+
+
 def init_state(num_layers: int, stream_shapes: tuple[tuple[int, ...], ...], cfg: RuntimeConfig) -> RuntimeState:
     """The state before the first step; `stream_shapes` are the model's block streams ([B, N, D] each)."""
     zeros = jnp.zeros((num_layers,), jnp.float32)

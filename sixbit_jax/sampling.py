@@ -8,7 +8,8 @@ reuses it.
 
 The sampler knows no model family. A model offers: `config.num_layers`, `latent_shape(batch, frames, height,
 width)`, `tables_for(latents_shape)` (host-computed positions), `stream_shapes(latents_shape, text_shape)` (the
-block streams the delta cache holds), `CONDITION_AXIS`, `latents_dtype`, `default_scheduler_config()`,
+block streams the delta cache holds), `condition_mode` with `CONDITION_AXIS` and `FRAME_AXIS` (how image latents
+condition it, see `_checked_condition`), `latents_dtype`, `default_scheduler_config()`,
 `ACTIVATION_LINEARS`, `check_inputs`, `quant`, and a call `model(latents, text, timesteps, tables, *,
 return_block_finite=, control=)`; a model of several experts (Wan2.2 A14B) also `expert_of(timesteps)`."""
 
@@ -82,8 +83,9 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
     frames/height/width: pixel-space size when no latents are given (defaults: the model's sample size).
     step_noise: optional [num_steps, *latents.shape] noise for the stochastic DPM scheduler (else drawn from seed).
     runtime: the 6Bit runtime (mode, delta cache, PDR, calibration); None runs every block in the model's dtype.
-    condition: image-to-video models' image latents (shaped like the latents), concatenated to them on channels at
-    every step (the pipeline's `image_latents`).
+    condition: image latents, by the model's `condition_mode`: "channels" (CogVideoX I2V; shaped like the latents,
+    concatenated to them on channels at every step, the pipeline's `image_latents`) or "first_frame" (Wan2.2 TI2V;
+    one latent frame that replaces the first at every step and in the result, its tokens at timestep 0).
     mesh: a 1-D device mesh (`parallel.sequence_mesh(n)`): attention runs as Ulysses over it (sequence
     parallelism); None: one device."""
     if runtime is not None and runtime.quantized and model.quant is None:
@@ -103,9 +105,9 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
         raise InputError(f"latents batch {latents.shape[0]} does not match the embeddings' batch "
                          f"{prompt_embeds.shape[0]}")
     condition = _checked_condition(model, latents, condition)
-    axis = model.CONDITION_AXIS
-    model.check_inputs(latents.shape if condition is None else latents.shape[:axis] + (
-        latents.shape[axis] + condition.shape[axis],) + latents.shape[axis + 1:], prompt_embeds.shape)
+    axis, channels = model.CONDITION_AXIS, condition is not None and model.condition_mode == CHANNELS
+    model.check_inputs(latents.shape[:axis] + (latents.shape[axis] + condition.shape[axis],) + latents.shape[axis + 1:]
+                       if channels else latents.shape, prompt_embeds.shape)
 
     scheduler_config = settings.scheduler_config or model.default_scheduler_config()
     schedule = make_schedule(settings.scheduler or scheduler_config.default_scheduler, settings.num_steps,
@@ -158,19 +160,46 @@ def _expert_guidance(model, timesteps, guidance: np.ndarray, settings: SamplerSe
     return np.where(expert_of(timesteps) == 1, settings.guidance_scale_2, guidance)
 
 
+CHANNELS, FIRST_FRAME = "channels", "first_frame"  # model.condition_mode: how image latents condition a model
+
+
 def _checked_condition(model, latents, condition):
-    """The image latents an image-to-video model needs (in the latents dtype), or None for a text-to-video one."""
-    if not model.config.image_conditioned:
-        if condition is not None:
-            raise InputError("image latents were given but this is a text-to-video model")
-        return None
+    """The image latents (in the latents dtype) for the model's `condition_mode`: None takes no image; "channels"
+    needs latents-shaped image latents; "first_frame" takes, optionally, one latent frame (FRAME_AXIS of size 1)."""
+    mode = model.condition_mode
     if condition is None:
-        raise InputError("this is an image-to-video model (in_channels = 2 x out_channels): it needs the image "
-                         "latents (`sixbit generate PIPELINE --image FILE`)")
+        if mode == CHANNELS:
+            raise InputError("this is an image-to-video model (in_channels = 2 x out_channels): it needs the image "
+                             "latents (`sixbit generate PIPELINE --image FILE`)")
+        return None
+    if mode is None:
+        raise InputError("image latents were given but this is a text-to-video model")
     condition = jnp.asarray(condition)
-    if condition.shape != latents.shape:
-        raise InputError(f"image latents {tuple(condition.shape)} must have the latents' shape {tuple(latents.shape)}")
+    want = latents.shape
+    if mode == FIRST_FRAME:
+        want = want[:model.FRAME_AXIS] + (1,) + want[model.FRAME_AXIS + 1:]
+    if condition.shape != want:
+        raise InputError(f"image latents {tuple(condition.shape)} must be {tuple(want)} for this model "
+                         f"({mode.replace('_', ' ')} conditioning)")
     return condition.astype(model.latents_dtype)
+
+
+def _model_input(model, latents, condition, t):
+    """One step's model input and timesteps for the batch (before CFG doubles it): the latents with the image
+    latents by the model's condition mode; first-frame conditioning gives each latent frame its own timestep, 0 on
+    the clean image frame (diffusers' expand_timesteps)."""
+    batch = latents.shape[0]
+    if condition is None:
+        return latents, jnp.full((batch,), t)
+    if model.condition_mode == CHANNELS:
+        return jnp.concatenate([latents, condition], axis=model.CONDITION_AXIS), jnp.full((batch,), t)
+    frames = latents.shape[model.FRAME_AXIS]
+    per_frame = jnp.where(jnp.arange(frames) == 0, jnp.zeros((), jnp.float32), t)
+    return _with_first_frame(model, latents, condition), jnp.broadcast_to(per_frame, (batch, frames))
+
+
+def _with_first_frame(model, latents, condition):
+    return jax.lax.dynamic_update_slice_in_dim(latents, condition, 0, model.FRAME_AXIS)
 
 
 def _text_batch(prompt_embeds, negative_embeds, settings: SamplerSettings, dtype):
@@ -207,10 +236,10 @@ def _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficient
     def one_step(carry, xs):
         latents, scheduler_carry, blocks = carry
         index, t, c, g, noise = xs
-        model_in = latents if condition is None else jnp.concatenate([latents, condition], axis=model.CONDITION_AXIS)
+        model_in, t_in = _model_input(model, latents, condition, t)
         model_in = model_in.astype(model.dtype)
-        model_in = jnp.concatenate([model_in, model_in]) if use_cfg else model_in
-        t_in = jnp.full((model_in.shape[0],), t)
+        if use_cfg:
+            model_in, t_in = jnp.concatenate([model_in, model_in]), jnp.concatenate([t_in, t_in])
         if runtime is None:
             v, block_finite = model(model_in, text, t_in, tables, return_block_finite=True)
             record = None
@@ -247,6 +276,8 @@ def _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficient
     xs = (steps, timesteps, coefficients, guidance, step_noise)
     (latents, _, _), (block_finite, latents_finite, stats) = jax.lax.scan(
         one_step, (latents, schedule_type.initial_carry(latents), blocks), xs)
+    if condition is not None and model.condition_mode == FIRST_FRAME:  # the result keeps the image's frame
+        latents = _with_first_frame(model, latents, condition)
     return latents, block_finite, latents_finite, stats
 
 

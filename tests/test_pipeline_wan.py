@@ -141,6 +141,43 @@ def test_wan22_ti2v_text_to_video_matches_diffusers(tmp_path):
     np.testing.assert_allclose(out.frames[0], want, atol=2e-4)
 
 
+def test_wan22_ti2v_image_to_video_matches_diffusers(tmp_path, capsys):
+    """Wan2.2 TI2V-5B's image mode: the first frame's VAE latents replace the first latent frame at every step with
+    timestep 0 on its tokens, and in the result (diffusers' WanImageToVideoPipeline with expand_timesteps, live);
+    `sixbit generate --image` gives the same frames."""
+    from PIL import Image
+
+    from sixbit_jax.cli import main
+
+    folder, pipe = tiny_pipeline(tmp_path, ti2v=True)
+    i2v = diffusers.WanImageToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                                           scheduler=pipe.scheduler, transformer=pipe.transformer,
+                                           expand_timesteps=True)
+    data = np.random.default_rng(9)
+    latents = data.standard_normal((1, 4, 3, 4, 4)).astype(np.float32)  # 9 frames at 64 x 64
+    image = (data.integers(0, 256, (64, 64, 3)) / 255).astype(np.float32)  # exact through a PNG
+    with torch.no_grad():  # the prompts encoded by WanPipeline: the I2V module's prompt cleaning needs ftfy
+        embeds, negative = pipe.encode_prompt(PROMPT, "", do_classifier_free_guidance=True, max_sequence_length=512)
+        want = i2v(image=torch.from_numpy(image).permute(2, 0, 1)[None], prompt_embeds=embeds,
+                   negative_prompt_embeds=negative, num_frames=9, height=64, width=64, num_inference_steps=3,
+                   guidance_scale=5.0, latents=torch.from_numpy(latents), output_type="np").frames[0]
+    ours = WanPipeline.from_folder(folder, dtype="fp32")
+    out = ours([PROMPT], frames=9, height=64, width=64, latents=latents, image=image,
+               settings=SamplerSettings(num_steps=3, guidance_scale=5.0))
+    np.testing.assert_allclose(out.frames[0], want, atol=2e-4)
+    text_only = ours([PROMPT], frames=9, height=64, width=64, latents=latents,
+                     settings=SamplerSettings(num_steps=3, guidance_scale=5.0))
+    assert np.abs(text_only.frames[0, 0] - out.frames[0, 0]).max() > 0.05  # the image made a difference
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(tmp_path / "first.png")
+    np.save(tmp_path / "latents.npy", latents)
+    assert main(["generate", str(folder), "--prompt", PROMPT, "--image", str(tmp_path / "first.png"), "--frames", "9",
+                 "--height", "64", "--width", "64", "--steps", "3", "--dtype", "fp32", "--latents-in",
+                 str(tmp_path / "latents.npy"), "--frames-out", str(tmp_path / "frames.npy"), "--out",
+                 str(tmp_path / "v.mp4"), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "frames.npy"), out.frames[0], atol=1e-6)
+    assert "9 frames at 64x64" in capsys.readouterr().out
+
+
 def test_wan22_two_experts_match_diffusers(tmp_path):
     """Wan2.2 A14B's layout: the high-noise expert above the boundary timestep, the low-noise one below it, each
     with its own guidance scale; the delta cache is refused (it does not carry across the switch yet)."""

@@ -312,7 +312,12 @@ class CogVideoXTransformer3D(nnx.Module):
     # ------------------------------------------------------------------------------------------------------------
     # What the sampler asks of a model family (sampling.py knows no family).
     # ------------------------------------------------------------------------------------------------------------
-    CONDITION_AXIS = 2  # image latents join the noisy latents on channels of [B, F, C, H, W]
+    CONDITION_AXIS, FRAME_AXIS = 2, 1  # image latents join the noisy latents on channels of [B, F, C, H, W]
+
+    @property
+    def condition_mode(self) -> str | None:
+        """Image-to-video models take the image latents on channels; text-to-video ones none."""
+        return "channels" if self.config.image_conditioned else None
 
     @property
     def latents_dtype(self):

@@ -130,14 +130,31 @@ class WanBlock(nnx.Module):
     def __call__(self, x: jax.Array, context: jax.Array, time_proj: jax.Array, rope: RopeTables,
                  runtime: LinearRuntime | None = None) -> jax.Array:
         dtype = x.dtype
-        rows = self.scale_shift_table[...].astype(jnp.float32) + time_proj.astype(jnp.float32)  # [B, 6, D]
-        shift, scale, gate, c_shift, c_scale, c_gate = (rows[:, i:i + 1] for i in range(6))
-        y = (fp32_layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
-        x = (x.astype(jnp.float32) + self.attn1(y, rope=rope, runtime=runtime) * gate).astype(dtype)
+        # [B, 6, D], or [B, F, 6, D] with a timestep per latent frame
+        rows = self.scale_shift_table[...].astype(jnp.float32) + time_proj.astype(jnp.float32)
+        shift, scale, gate, c_shift, c_scale, c_gate = (rows[..., i:i + 1, :] for i in range(6))
+        y = modulate(fp32_layer_norm(x, self.eps), shift, scale).astype(dtype)
+        x = add_gated(x.astype(jnp.float32), self.attn1(y, rope=rope, runtime=runtime), gate).astype(dtype)
         y = fp32_layer_norm(x, self.eps, self.norm2).astype(dtype) if self.norm2 is not None else x
         x = x + self.attn2(y, context, runtime=runtime)
-        y = (fp32_layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
-        return (x.astype(jnp.float32) + self.ffn(y, runtime).astype(jnp.float32) * c_gate).astype(dtype)
+        y = modulate(fp32_layer_norm(x, self.eps), c_shift, c_scale).astype(dtype)
+        return add_gated(x.astype(jnp.float32), self.ffn(y, runtime).astype(jnp.float32), c_gate).astype(dtype)
+
+
+def _by_frame(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """Tokens [B, N, D] in the layout of modulation rows: as they are for rows [B, 1, D] (one timestep per
+    sample), [B, F, N / F, D] for rows [B, F, 1, D] (one per latent frame; tokens are frame-major)."""
+    return x if rows.ndim == 3 else x.reshape(x.shape[0], rows.shape[1], -1, x.shape[-1])
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x (1 + scale) + shift, with rows per sample or per latent frame (see `_by_frame`)."""
+    return (_by_frame(x, shift) * (1 + scale) + shift).reshape(x.shape)
+
+
+def add_gated(x: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
+    """x + y gate, with gate rows per sample or per latent frame."""
+    return (_by_frame(x, gate) + _by_frame(y, gate) * gate).reshape(x.shape)
 
 
 class ConditionEmbedder(nnx.Module):
@@ -152,10 +169,13 @@ class ConditionEmbedder(nnx.Module):
         self.text_embedder = TextProjection(cfg.text_dim, d, dtype=dtype, rngs=rngs)
 
     def __call__(self, timesteps: jax.Array, text: jax.Array):
+        """timesteps [B] or [B, F] (one per latent frame) -> temb [B(, F), D], the modulation rows [B(, F), 6, D]
+        and the projected text."""
         dtype = self.time_proj.weight.dtype
-        temb = self.time_embedder(timestep_sinusoid(timesteps, self.freq_dim).astype(dtype))
+        temb = self.time_embedder(timestep_sinusoid(timesteps.reshape(-1), self.freq_dim).astype(dtype))
         time_proj = self.time_proj(jax.nn.silu(temb))
-        return temb, time_proj.reshape(time_proj.shape[0], 6, -1), self.text_embedder(text)
+        temb = temb.reshape(*timesteps.shape, -1)
+        return temb, time_proj.reshape(*timesteps.shape, 6, -1), self.text_embedder(text)
 
 
 class TextProjection(nnx.Module):
@@ -210,7 +230,13 @@ class WanTransformer3D(nnx.Module):
     # ------------------------------------------------------------------------------------------------------------
     # What the sampler asks of a model family (sampling.py knows no family).
     # ------------------------------------------------------------------------------------------------------------
-    CONDITION_AXIS = 1  # channels of [B, C, F, H, W]
+    CONDITION_AXIS, FRAME_AXIS = 1, 2  # channels and frames of [B, C, F, H, W]
+
+    @property
+    def condition_mode(self) -> str:
+        """Image latents: on channels for image-to-video models (in_channels = 2 x out_channels, Wan2.1 I2V: its
+        pipeline is not implemented), else as the first latent frame (Wan2.2 TI2V's image mode)."""
+        return "channels" if self.config.image_conditioned else "first_frame"
 
     @property
     def latents_dtype(self):
@@ -258,12 +284,17 @@ class WanTransformer3D(nnx.Module):
 
     def __call__(self, latents, text, timesteps, rope: RopeTables | None = None, *,
                  return_block_finite: bool = False, control: BlockControl | None = None):
-        """With `return_block_finite`, also a bool [num_layers] saying whether each block's output was all finite.
+        """timesteps [B], or [B, F] with one per latent frame (Wan2.2 TI2V's image mode: 0 on the clean image frame,
+        as diffusers' expand_timesteps gives every token its own).
+        With `return_block_finite`, also a bool [num_layers] saying whether each block's output was all finite.
         With `control` (the 6Bit runtime), each block takes its route from `control.routes` and the call returns
         (prediction, BlockReport)."""
         cfg, dtype = self.config, self.dtype
         self.check_inputs(latents.shape, text.shape)
         _, _, f, h, w = latents.shape
+        if timesteps.ndim == 2 and (timesteps.shape[1] != f or cfg.patch_size[0] != 1):
+            raise InputError(f"timesteps per latent frame must be [B, {f}] (with a temporal patch of 1); got "
+                             f"{tuple(timesteps.shape)}")
         rope = rope if rope is not None else rope_tables(cfg, f, h, w)
         temb, time_proj, context = self.condition_embedder(timesteps, text.astype(dtype))
         x = self.patch_embedding(self.patchify(latents.astype(dtype)))
@@ -282,9 +313,9 @@ class WanTransformer3D(nnx.Module):
                 lambda block, streams, runtime: (block(streams[0], context, time_proj, rope, runtime),), control)
             block_finite = report.finite
 
-        rows = self.scale_shift_table[...].astype(jnp.float32) + temb.astype(jnp.float32)[:, None, :]
-        shift, scale = rows[:, :1], rows[:, 1:]
-        x = (fp32_layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(dtype)
+        rows = self.scale_shift_table[...].astype(jnp.float32) + temb.astype(jnp.float32)[..., None, :]
+        shift, scale = rows[..., :1, :], rows[..., 1:, :]
+        x = modulate(fp32_layer_norm(x, cfg.eps), shift, scale).astype(dtype)
         out = self.unpatchify(self.proj_out(x), f, h, w)
         if control is not None:
             return out, report
@@ -300,7 +331,8 @@ class WanExperts(nnx.Module):
     ACTIVATION_LINEARS = WanTransformer3D.ACTIVATION_LINEARS
     QUANTIZED_LINEARS = WanTransformer3D.QUANTIZED_LINEARS
     DEFAULT_GUIDANCE = WanTransformer3D.DEFAULT_GUIDANCE
-    CONDITION_AXIS = WanTransformer3D.CONDITION_AXIS
+    CONDITION_AXIS, FRAME_AXIS = WanTransformer3D.CONDITION_AXIS, WanTransformer3D.FRAME_AXIS
+    condition_mode = property(lambda self: self.high.condition_mode)
 
     def __init__(self, high: WanTransformer3D, low: WanTransformer3D, boundary: float):
         if high.config != low.config or high.dtype != low.dtype or high.quant != low.quant:
@@ -340,5 +372,7 @@ class WanExperts(nnx.Module):
 
     def __call__(self, latents, text, timesteps, rope: RopeTables | None = None, **kwargs):
         """The forward of the expert this step's timestep selects (one timestep per call, as the sampler gives)."""
-        return jax.lax.cond(timesteps[0] >= self.boundary, lambda: self.high(latents, text, timesteps, rope, **kwargs),
+        # the step's timestep: every sample's, or (one per latent frame) the noisy frames' largest
+        return jax.lax.cond(timesteps.max() >= self.boundary,
+                            lambda: self.high(latents, text, timesteps, rope, **kwargs),
                             lambda: self.low(latents, text, timesteps, rope, **kwargs))

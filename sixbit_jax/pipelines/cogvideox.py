@@ -110,17 +110,8 @@ class CogVideoXPipeline(PromptEncoding):
         sampler will draw."""
         cfg = self.transformer.config
         height, width = height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
-        if image is None:
-            raise InputError("this is an image-to-video pipeline: give the first frame (--image FILE)")
-        image = np.asarray(image, np.float32)
-        image = image[None] if image.ndim == 3 else image
-        if image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] not in (1, batch):
-            raise InputError(f"the image must be [H, W, 3] or [{batch}, H, W, 3]; got {tuple(image.shape)}")
-        if image.shape[1:3] != (height, width):
-            raise InputError(f"the image is {image.shape[2]} x {image.shape[1]} but the video is {width} x {height}: "
-                             f"resize it first (media.read_image does, as diffusers' image processor)")
+        video = components.first_frame_video(image, batch, height, width)
         shape = latents.shape if latents is not None else self.transformer.latent_shape(batch, frames, height, width)
-        video = np.broadcast_to(image, (batch, height, width, 3))[:, None] * 2 - 1  # [B, 1, H, W, 3] in [-1, 1]
         if noise is None:
             noise = image_posterior_noise(seed, (batch, 1) + tuple(shape[2:]))
         first = encode(self.vae, jnp.asarray(video), posterior_noise=jnp.asarray(noise, jnp.float32))

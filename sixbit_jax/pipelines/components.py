@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from sixbit_jax.checkpoint import INFO_NAME, parse_dtype, read_info, restore_leaves
-from sixbit_jax.errors import CheckpointError
+from sixbit_jax.errors import CheckpointError, InputError
 
 TOKENIZER, TEXT_ENCODER, TRANSFORMER, VAE, SCHEDULER = "tokenizer", "text_encoder", "transformer", "vae", "scheduler"
 MODEL_INDEX = "model_index.json"
@@ -127,3 +129,18 @@ def prompt_lists(prompts, negative_prompts) -> tuple[list[str], list[str]]:
     if not prompts or len(negative_prompts) != len(prompts):
         raise InputError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
     return prompts, negative_prompts
+
+
+def first_frame_video(image, batch: int, height: int, width: int) -> np.ndarray:
+    """An image-to-video pipeline's first frame as the VAE's input: float [H, W, 3] or [B, H, W, 3] in [0, 1] at
+    the video's size -> [batch, 1, H, W, 3] in [-1, 1], as diffusers' video processor prepares it."""
+    if image is None:
+        raise InputError("this is an image-to-video pipeline: give the first frame (--image FILE)")
+    image = np.asarray(image, np.float32)
+    image = image[None] if image.ndim == 3 else image
+    if image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] not in (1, batch):
+        raise InputError(f"the image must be [H, W, 3] or [{batch}, H, W, 3]; got {tuple(image.shape)}")
+    if image.shape[1:3] != (height, width):
+        raise InputError(f"the image is {image.shape[2]} x {image.shape[1]} but the video is {width} x {height}: "
+                         f"resize it first (media.read_image does, as diffusers' image processor)")
+    return np.broadcast_to(image, (batch, height, width, 3))[:, None] * 2 - 1

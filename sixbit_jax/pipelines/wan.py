@@ -1,5 +1,6 @@
-"""Prompt to frames with a Wan2.1 text-to-video pipeline folder: tokenizer -> umT5 -> sampler (the DiT under the 6Bit
-runtime) -> Wan VAE decode, as diffusers' `WanPipeline` does it.
+"""Prompt to frames with a Wan pipeline folder (Wan2.1 / 2.2 text-to-video, Wan2.2 A14B's two experts, Wan2.2
+TI2V-5B with or without a first-frame image): tokenizer -> umT5 -> sampler (the DiT under the 6Bit runtime) -> Wan
+VAE decode, as diffusers' `WanPipeline` (and, given an image, `WanImageToVideoPipeline`) does it.
 
     pipe = WanPipeline.from_folder("Wan2.1-T2V-1.3B-Diffusers")
     out = pipe(["a cat walking on grass"], settings=SamplerSettings(num_steps=50, guidance_scale=5.0))
@@ -11,8 +12,7 @@ embeddings past each prompt's length set to zero; negative prompt "" for CFG; in
 float32 from the seed; the UniPC flow sampler of the folder's scheduler config; the latents de-normalised with the
 VAE's per-channel mean and std and decoded one latent frame at a time; frames (x + 1) / 2 clipped to [0, 1].
 
-The folder's VAE and text encoder are converted in memory on every load (`sixbit convert` keeps only a Wan
-pipeline's transformer so far)."""
+A diffusers folder is converted in memory on every load; `sixbit convert` writes one that loads directly."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ import numpy as np
 from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import WanTransformer3D, t5
-from sixbit_jax.models.vae_wan import decode_latents, postprocess
-from sixbit_jax.models.wan import WanExperts
+from sixbit_jax.models.vae_wan import decode_latents, encode, normalize_latents, postprocess
+from sixbit_jax.models.wan import DEFAULT_VIDEO, WanExperts
 from sixbit_jax.pipelines import PipelineOutput, PromptEncoding, components
 from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.runtime import RuntimeConfig
@@ -59,10 +59,15 @@ def clean_prompt(text: str) -> str:
 
 
 class WanPipeline(PromptEncoding):
+    """`expand_timesteps` (model_index.json; Wan2.2 TI2V-5B): every token has its own timestep, which makes the
+    image mode possible (`image=`: the first frame's latents replace the first latent frame, at timestep 0, as
+    diffusers' WanImageToVideoPipeline does for that model). Without an image every token's timestep is t: the
+    scalar timestep, exactly."""
+
     def __init__(self, transformer: WanTransformer3D | WanExperts, text_encoder, tokenizer: T5Tokenizer, vae,
-                 scheduler: FlowSchedulerConfig):
+                 scheduler: FlowSchedulerConfig, *, expand_timesteps: bool = False):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
-        self.vae, self.scheduler = vae, scheduler
+        self.vae, self.scheduler, self.expand_timesteps = vae, scheduler, expand_timesteps
         self._check_compatible()
         # Latent sizes follow this pipeline's VAE (Wan2.1's compresses 4 x 8 x 8, Wan2.2 TI2V-5B's 4 x 16 x 16).
         vae_stride = (vae.config.temporal_ratio, vae.config.spatial_ratio, vae.config.spatial_ratio)
@@ -84,8 +89,6 @@ class WanPipeline(PromptEncoding):
             raise CheckpointError(f"{folder} is a {index['_class_name']}; the Wan pipeline supports "
                                   f"{', '.join(PIPELINE_CLASSES)}")
         components.check_components(folder)
-        # expand_timesteps (Wan2.2 TI2V-5B) gives every token its own timestep: t where the latents are noise, 0 on
-        # a conditioning image. Text to video has no image, so every token's is t: the scalar timestep, exactly.
         experts = [TRANSFORMER] + ([TRANSFORMER_2] if (folder / TRANSFORMER_2).is_dir() else [])
         if len(experts) == 2 and index.get("boundary_ratio") is None:
             raise CheckpointError(f"{folder} has {TRANSFORMER_2}/ but no boundary_ratio in model_index.json")
@@ -106,7 +109,7 @@ class WanPipeline(PromptEncoding):
                    load_tokenizer(folder / components.TOKENIZER),
                    components.load_vae(folder, component=components.WAN_VAE_COMPONENT, dtype="fp32",  # as WanPipeline
                                        progress=progress),
-                   scheduler)
+                   scheduler, expand_timesteps=bool(index.get("expand_timesteps", False)))
 
     def _check_compatible(self) -> None:
         cfg = self.transformer.config
@@ -116,6 +119,17 @@ class WanPipeline(PromptEncoding):
                             f"{cfg.out_channels}")
         if problems:
             raise CheckpointError("pipeline components do not fit together: " + "; ".join(problems))
+
+    def image_latents(self, image, batch: int, height: int | None, width: int | None) -> jax.Array:
+        """WanImageToVideoPipeline's prepare_latents for expand_timesteps models: the first frame through the VAE
+        encoder (the posterior's mode), normalised by the VAE's latent mean and std -> [B, C, 1, h, w] float32."""
+        if not self.expand_timesteps:
+            raise InputError("this Wan pipeline takes no image: the image mode is Wan2.2 TI2V-5B's (expand_timesteps "
+                             "in model_index.json); Wan2.1's image-to-video models (CLIP image encoder) are not "
+                             "implemented")
+        height, width = height or DEFAULT_VIDEO[1], width or DEFAULT_VIDEO[2]
+        video = components.first_frame_video(image, batch, height, width)
+        return normalize_latents(self.vae.config, encode(self.vae, jnp.asarray(video)))
 
     def encode_prompts(self, prompts: list[str]) -> jax.Array:
         """umT5 embeddings [B, 512, D] in the transformer's dtype, zero past each prompt's tokens (as the pipeline
@@ -129,19 +143,24 @@ class WanPipeline(PromptEncoding):
     def __call__(self, prompts: list[str] | str, negative_prompts: list[str] | str | None = None, *,
                  frames: int | None = None, height: int | None = None, width: int | None = None,
                  settings: SamplerSettings | None = None, latents=None, runtime: RuntimeConfig | None = None,
-                 progress: bool = False, release_text_encoder: bool = False, mesh=None) -> PipelineOutput:
+                 progress: bool = False, release_text_encoder: bool = False, mesh=None,
+                 image=None) -> PipelineOutput:
         """Sample videos for `prompts` (default size 81 frames at 480 x 832). `latents` [B, 16, F, h, w] replace the
         noise drawn from `settings.seed`; `release_text_encoder` drops umT5 from memory (11 GB in bf16) once the
         prompts are encoded, before denoising; `mesh` (`parallel.sequence_mesh(n)`) denoises sequence-parallel
-        over its devices."""
+        over its devices. `image` (expand_timesteps pipelines: Wan2.2 TI2V-5B): the first frame, float
+        [H, W, 3] or [B, H, W, 3] in [0, 1] at the video's size (`media.read_image` reads and resizes a file as
+        diffusers does)."""
         prompts, negative_prompts = components.prompt_lists(prompts, negative_prompts)
         settings = dataclasses.replace(settings or SamplerSettings(guidance_scale=DEFAULT_GUIDANCE),
                                        scheduler_config=self.scheduler)
         embeds, negative, encode_seconds = self.encode_for_sampling(prompts, negative_prompts, settings.uses_cfg,
                                                                     release_text_encoder)
         seconds = {"encode": encode_seconds}
+        condition = None if image is None else self.image_latents(image, len(prompts), height, width)
         result = sample(self.transformer, embeds, negative, latents=latents, settings=settings, frames=frames,
-                        height=height, width=width, progress=progress, runtime=runtime, mesh=mesh)
+                        height=height, width=width, progress=progress, runtime=runtime, mesh=mesh,
+                        condition=condition)
         seconds["denoise"] = result.seconds
         start = time.perf_counter()
         video = postprocess(decode_latents(self.vae, result.latents))

@@ -16,7 +16,7 @@ from sixbit_jax.errors import InputError
 from sixbit_jax.media import contact_sheet
 from sixbit_jax.metrics import psnr, ssim
 from sixbit_jax.quant.model import quantize_model
-from sixbit_jax.runtime import RunSummary, RuntimeConfig, StepStats, fields_for_run
+from sixbit_jax.runtime import RunSummary, RuntimeConfig, concatenate_stats, fields_for_run
 from sixbit_jax.shapes import world
 from sixbit_jax.shapes.detect import detect, prompt_accuracy
 from sixbit_jax.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesPipeline
@@ -169,7 +169,7 @@ def evaluate(checkpoint: str | Path, modes: list[str], *, prompts: list[str], se
         clips = np.concatenate([o.clips for o in outputs])
         summary = None
         if runtime is not None:
-            stats = StepStats(*(np.concatenate([getattr(o.result.stats, f) for o in outputs]) for f in StepStats._fields))
+            stats = concatenate_stats([o.result.stats for o in outputs])
             summary = dataclasses.asdict(RunSummary.from_stats(stats, len(pipe.model.ACTIVATION_LINEARS)))
         results.append(ModeResult(row, clips, seconds, prompt_accuracy([detect(c) for c in clips], wanted),
                                   summary=summary))
