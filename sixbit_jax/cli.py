@@ -18,7 +18,7 @@ from sixbit_jax.arguments import (activation_bits, existing_file, existing_folde
 from sixbit_jax.errors import InputError, SixbitError
 
 DESCRIPTION = """\
-sixbit-jax: CogVideoX video diffusion transformers in JAX, with the 6Bit-Diffusion runtime.
+sixbit-jax: video diffusion transformers (CogVideoX, Wan) in JAX, with the 6Bit-Diffusion runtime.
 
 Start with `sixbit demo` (the shipped shapes model; CPU is fine). Each command has its own --help.
 Precision modes (demo, generate, sample): --mode bf16 | int8 (W4A8) | nvfp4 (W4A4) | sixbit (DMPQ routing per block
