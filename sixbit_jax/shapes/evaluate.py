@@ -100,7 +100,7 @@ class EvalReport:
                  f"{gt['colour']:.1%}, motion {gt['motion']:.1%}, background {gt['background']:.1%}).", "",
                  f"| mode | PSNR vs {REFERENCE_MODE} (dB) | SSIM vs {REFERENCE_MODE} | prompt accuracy | shape | "
                  "colour | motion | background | act. bits (skips 0 / computed) | skipped | bf16 fallbacks | "
-                 "sampling s |",
+                 "sampling s (compile included) |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             reference = r.mode == REFERENCE_MODE
