@@ -364,14 +364,7 @@ def cmd_generate(args) -> None:
                                guidance_scale_2=args.guidance_2)
     extra = {} if wan else {"tile": args.tile}
     if args.image:
-        if wan:
-            from sixbit_jax.models.wan import DEFAULT_VIDEO
-
-            default_height, default_width = DEFAULT_VIDEO[1:]
-        else:
-            cfg = pipe.transformer.config
-            default_height, default_width = 8 * cfg.sample_height, 8 * cfg.sample_width
-        extra["image"] = read_image(args.image, args.height or default_height, args.width or default_width)
+        extra["image"] = read_image(args.image, *pipe.transformer.video_size(args.height, args.width))
     pipe.scheduler = scheduler_config
     output = pipe([args.prompt], [args.negative_prompt], frames=args.frames, height=args.height, width=args.width,
                   settings=settings, latents=latents, runtime=runtime, progress=not args.quiet,

@@ -7,9 +7,10 @@ per-step guidance are scan inputs, so the compiled program depends only on shape
 reuses it.
 
 The sampler knows no model family. A model offers: `config.num_layers`, `latent_shape(batch, frames, height,
-width)`, `tables_for(latents_shape)` (host-computed positions), `stream_shapes(latents_shape, text_shape)` (the
-block streams the delta cache holds), `condition_mode` with `CONDITION_AXIS` and `FRAME_AXIS` (how image latents
-condition it, see `_checked_condition`), `latents_dtype`, `default_scheduler_config()`,
+width)` (and `video_size(height, width)`, its defaults, for pipelines), `tables_for(latents_shape)` (host-computed
+positions), `stream_shapes(latents_shape, text_shape)` (the block streams the delta cache holds), `condition_mode`
+with `CONDITION_AXIS` and `FRAME_AXIS` (how image latents condition it, see `_checked_condition`),
+`latents_dtype`, `default_scheduler_config()`,
 `ACTIVATION_LINEARS`, `check_inputs`, `quant`, and a call `model(latents, text, timesteps, tables, *,
 return_block_finite=, control=)`; a model of several experts (Wan2.2 A14B) also `expert_of(timesteps)`."""
 
@@ -86,8 +87,8 @@ def sample(model, prompt_embeds, negative_embeds=None, *, latents=None,
     condition: image latents, by the model's `condition_mode`: "channels" (CogVideoX I2V; shaped like the latents,
     concatenated to them on channels at every step, the pipeline's `image_latents`) or "first_frame" (Wan2.2 TI2V;
     one latent frame that replaces the first at every step and in the result, its tokens at timestep 0).
-    mesh: a 1-D device mesh (`parallel.sequence_mesh(n)`): attention runs as Ulysses over it (sequence
-    parallelism); None: one device."""
+    mesh: a 1-D device mesh (`parallel.sequence_mesh(n)`): the tokens split over its devices (sequence
+    parallelism, `parallel.sequence_attention`); None: one device."""
     if runtime is not None and runtime.quantized and model.quant is None:
         raise InputError(f"mode {runtime.mode} needs a quantized model: convert with `sixbit convert --quant nvfp4` "
                          f"or quantize a loaded one with sixbit_jax.quant.model.quantize_model")

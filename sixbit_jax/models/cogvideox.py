@@ -324,13 +324,17 @@ class CogVideoXTransformer3D(nnx.Module):
         """diffusers' CogVideoX pipelines cast the latents back to the model dtype after every step."""
         return self.dtype
 
+    def video_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """(height, width) in pixels: the given ones, else the model's sample size."""
+        return height or 8 * self.config.sample_height, width or 8 * self.config.sample_width
+
     def latent_shape(self, batch: int, frames: int | None = None, height: int | None = None,
                      width: int | None = None) -> tuple[int, ...]:
         """Pixel-space video size (default: the model's sample size) -> latents [B, F, C, H, W] (VAE: 4x in time, 8x
         in space), with CogVideoX 1.5's padding frames in front (`CogVideoXConfig.frame_padding`)."""
         cfg = self.config
         frames = frames or cfg.sample_frames
-        height, width = height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
+        height, width = self.video_size(height, width)
         if (frames - 1) % cfg.temporal_compression_ratio:
             raise InputError(f"frames must be 1 + a multiple of {cfg.temporal_compression_ratio} (e.g. 49); got "
                              f"{frames}")

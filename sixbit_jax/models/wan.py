@@ -243,11 +243,15 @@ class WanTransformer3D(nnx.Module):
         """diffusers' WanPipeline keeps the latents in float32 and casts them to the model dtype for each forward."""
         return jnp.dtype(jnp.float32)
 
+    def video_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """(height, width) in pixels: the given ones, else WanPipeline's default 480 x 832."""
+        return height or DEFAULT_VIDEO[1], width or DEFAULT_VIDEO[2]
+
     def latent_shape(self, batch: int, frames: int | None = None, height: int | None = None,
                      width: int | None = None) -> tuple[int, ...]:
         """Pixel-space video size (default 81 frames at 480 x 832) -> latents [B, C, F, H, W]."""
         cfg = self.config
-        frames, height, width = frames or DEFAULT_VIDEO[0], height or DEFAULT_VIDEO[1], width or DEFAULT_VIDEO[2]
+        frames, (height, width) = frames or DEFAULT_VIDEO[0], self.video_size(height, width)
         st, sh, sw = getattr(self, "vae_stride", VAE_STRIDE)  # set by a pipeline whose VAE compresses otherwise
         if (frames - 1) % st:
             raise InputError(f"frames must be 1 + a multiple of {st} (e.g. 81); got {frames}")
@@ -357,6 +361,9 @@ class WanExperts(nnx.Module):
 
     def latent_shape(self, *args, **kwargs):
         return self.high.latent_shape(*args, **kwargs)
+
+    def video_size(self, *args, **kwargs):
+        return self.high.video_size(*args, **kwargs)
 
     def tables_for(self, latents_shape):
         return self.high.tables_for(latents_shape)

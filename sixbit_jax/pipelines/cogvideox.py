@@ -108,8 +108,7 @@ class CogVideoXPipeline(PromptEncoding):
         """diffusers' image-to-video `prepare_latents`: the image [B, 1, C, h, w] latents (a posterior sample,
         scaled), then zeros for the remaining latent frames. The latent shape is the given latents' or the one the
         sampler will draw."""
-        cfg = self.transformer.config
-        height, width = height or 8 * cfg.sample_height, width or 8 * cfg.sample_width
+        height, width = self.transformer.video_size(height, width)
         video = components.first_frame_video(image, batch, height, width)
         shape = latents.shape if latents is not None else self.transformer.latent_shape(batch, frames, height, width)
         if noise is None:

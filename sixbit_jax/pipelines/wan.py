@@ -30,7 +30,7 @@ from sixbit_jax.checkpoint import load_checkpoint
 from sixbit_jax.errors import CheckpointError, InputError
 from sixbit_jax.models import WanTransformer3D, t5
 from sixbit_jax.models.vae_wan import decode_latents, encode, normalize_latents, postprocess
-from sixbit_jax.models.wan import DEFAULT_VIDEO, WanExperts
+from sixbit_jax.models.wan import WanExperts
 from sixbit_jax.pipelines import PipelineOutput, PromptEncoding, components
 from sixbit_jax.quant.spec import QuantSpec
 from sixbit_jax.runtime import RuntimeConfig
@@ -127,8 +127,7 @@ class WanPipeline(PromptEncoding):
             raise InputError("this Wan pipeline takes no image: the image mode is Wan2.2 TI2V-5B's (expand_timesteps "
                              "in model_index.json); Wan2.1's image-to-video models (CLIP image encoder) are not "
                              "implemented")
-        height, width = height or DEFAULT_VIDEO[1], width or DEFAULT_VIDEO[2]
-        video = components.first_frame_video(image, batch, height, width)
+        video = components.first_frame_video(image, batch, *self.transformer.video_size(height, width))
         return normalize_latents(self.vae.config, encode(self.vae, jnp.asarray(video)))
 
     def encode_prompts(self, prompts: list[str]) -> jax.Array:
