@@ -164,6 +164,7 @@ CASES = {
                                     "is a file, not a folder"),
     "calibrate-out-suffix": (["calibrate", "{d}/ckpt", "--out", "{d}/calibration.yaml"], "use a .json file name"),
     "calibrate-target-bits": (["calibrate", "{d}/ckpt", "--target-bits", "9"], "argument --target-bits"),
+    "calibrate-signal-unknown": (["calibrate", "{d}/ckpt", "--signal", "model"], "argument --signal: invalid choice"),
     "calibrate-target-skip": (["calibrate", "{d}/ckpt", "--target-skip", "1.5"], "argument --target-skip"),
     "calibrate-embeds-missing": (["calibrate", "{d}/ckpt", "--embeds", "{d}/missing.npy"], "file not found"),
     "calibrate-target-fallback": (["calibrate", "{d}/ckpt", "--target-fallback", "1.5"],
