@@ -121,7 +121,9 @@ def correctness(results):
 def parse_config(spec: str) -> attn8.AttentionConfig:
     names = {"bq": ("block_q", int), "bkv": ("block_kv", int), "stages": ("stages", int),
              "order": ("heads_minor", lambda v: v == "heads"), "pv": ("pv", str),
-             "magic": ("magic_convert", lambda v: v == "1"), "exp16": ("exp16", lambda v: v == "1")}
+             "magic": ("magic_convert", lambda v: v == "1"), "exp16": ("exp16", lambda v: v == "1"),
+             "wgs": ("compute_wgs", int), "pp": ("ping_pong", lambda v: v == "1"),
+             "overlap": ("overlap", lambda v: v == "1")}
     fields = {}
     for item in spec.split(","):
         key, value = item.split("=")
@@ -139,7 +141,8 @@ def main():
                     help="kernel variants, each a comma-separated list of AttentionConfig fields: bq (block_q), "
                          "bkv (block_kv), stages, order (heads: grid head-minor; q: q-tile-minor), pv (bf16, fp8), "
                          "magic (1: int32 logits converted by integer add and bitcast; 0: by cvt), exp16 (1: "
-                         "exponentials in packed fp16, P·V in fp16)")
+                         "exponentials in packed fp16, P·V in fp16), wgs (compute warpgroups: 2, 3), pp (1: "
+                         "ping-pong turn-taking; 0: none), overlap (1: softmax of block j+1 during P·V of block j)")
     ap.add_argument("--no-correctness", action="store_true")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

@@ -55,9 +55,17 @@ _TINY = 1e-30
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-    block_q: int = 64  # queries per compute warpgroup (wgmma's M); a CTA takes 2 * block_q
+    block_q: int = 64  # queries per compute warpgroup (wgmma's M)
     block_kv: int = 128  # keys per pipeline step, and the K quantization block
     stages: int = 4  # K/V tiles in flight
+    compute_wgs: int = 2  # compute warpgroups per CTA (2 or 3); a CTA takes compute_wgs * block_q queries
+    # Two compute warpgroups take turns on the tensor cores (FlashAttention-3's ping-pong: one's softmax overlaps the
+    # other's matrix products, and the two softmaxes never overlap). False: no turn-taking, every warpgroup runs
+    # free and the warp schedulers interleave their softmaxes (needed for compute_wgs 3).
+    ping_pong: bool = True
+    # FlashAttention-3's intra-warpgroup pipelining: block j + 1's softmax runs while block j's P·V is on the tensor
+    # cores (two accumulators live: more registers). bf16 P·V, no ping-pong.
+    overlap: bool = False
     heads_minor: bool = True  # grid order (head, q tile, batch); False: (q tile, head, batch)
     pv: str = "bf16"  # P·V operands: "bf16", or "fp8" (e4m3: P scaled by 448, V per channel; twice the MMA rate)
     magic_convert: bool = True  # int32 logits to float by an integer add and a bitcast (see _MAGIC_BITS), not cvt
@@ -159,17 +167,20 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
     batch, head, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     (q_smem2, k_smem, v_smem, o_smem2, p_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), turn = scoped
 
-    def take_turn():
-        """Both compute warpgroups arrive; the tensor cores pass to the other one."""
-        plgpu.barrier_arrive(turn)
-        plgpu.barrier_wait(turn)
+    compute_wgs, ping_pong = config.compute_wgs, config.ping_pong
 
-    @pl.when(wg < 2)
+    def take_turn():
+        """Both compute warpgroups arrive; the tensor cores pass to the other one (ping-pong only)."""
+        if ping_pong:
+            plgpu.barrier_arrive(turn)
+            plgpu.barrier_wait(turn)
+
+    @pl.when(wg < compute_wgs)
     def _compute():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(_COMPUTE_REGISTERS[compute_wgs], action="increase")
         q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
         p_smem = p_smem2.at[wg] if fp8 else None
-        q0 = lax.axis_index("q_tile") * (2 * block_q) + wg * block_q
+        q0 = lax.axis_index("q_tile") * (compute_wgs * block_q) + wg * block_q
         plgpu.copy_gmem_to_smem(q_gmem.at[batch, pl.ds(q0, block_q), head], q_smem, q_ready.at[wg])
         q_scale = mosaic.load(q_scale_gmem.at[batch, head, pl.ds(q0, block_q)], plgpu.Layout.WGMMA.reduce(1))
         plgpu.barrier_wait(q_ready.at[wg])
@@ -180,11 +191,35 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
         plgpu.barrier_wait(k_ready.at[0])
         pl.when(wg == 1)(take_turn)
 
+        def slot_of(kv):
+            return lax.rem(kv, jnp.array(stages, kv.dtype))
+
+        def softmax(s, kv, m_i, l_i, tail: int = 0):
+            """One int32 logits tile -> P (float32, or fp16 with exp16), the old rows' rescale factor alpha, and the
+            new running maximum and sum."""
+            # This block's K scale, one value repeated over the rows: c = q_scale * k_scale is a row vector.
+            c = q_scale * mosaic.load(k_scale_gmem.at[batch, head, kv], row)
+            if config.magic_convert:  # s holds 1.5 * 2^23 + the logit's integer part
+                s, offset = lax.bitcast_convert_type(s + jnp.int32(_MAGIC_BITS), jnp.float32), _MAGIC_FLOAT
+            else:
+                s, offset = s.astype(jnp.float32), 0.0
+            if tail:
+                cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
+                s = jnp.where(cols < tail, s, -jnp.inf)
+            m_new = jnp.maximum(m_i, (s.max(axis=1) - offset) * c)
+            alpha = jnp.exp2(m_i - m_new)
+            # fp8: P x 448 (subtracted from the exponent, free), so its small values stay normal e4m3 numbers
+            shift = (m_new - LOG2_FP8_MAX if fp8 else m_new) + offset * c
+            exponent = s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0])
+            p = _exp2_f16x2(exponent.astype(jnp.float16)) if config.exp16 else jnp.exp2(exponent)
+            return p, alpha, m_new, l_i * alpha + p.astype(jnp.float32).sum(axis=1)
+
+        def rescale(acc, alpha):
+            return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+
         def step(kv, carry, tail: int = 0):
             acc, m_i, l_i = carry
-            slot = lax.rem(kv, jnp.array(stages, kv.dtype))
-            # This block's K scale, one value repeated over the rows: c = q_scale * k_scale is a row vector.
-            k_scale = mosaic.load(k_scale_gmem.at[batch, head, kv], row)
+            slot = slot_of(kv)
 
             def qk(acc_ref):
                 plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
@@ -193,38 +228,22 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[slot])
-            if config.magic_convert:  # s holds 1.5 * 2^23 + the logit's integer part
-                s, offset = lax.bitcast_convert_type(s + jnp.int32(_MAGIC_BITS), jnp.float32), _MAGIC_FLOAT
-            else:
-                s, offset = s.astype(jnp.float32), 0.0
-            if tail:
-                cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
-                s = jnp.where(cols < tail, s, -jnp.inf)
-            c = q_scale * k_scale
-            m_new = jnp.maximum(m_i, (s.max(axis=1) - offset) * c)
-            alpha = jnp.exp2(m_i - m_new)
-            # fp8: P x 448 (subtracted from the exponent, free), so its small values stay normal e4m3 numbers
-            shift = (m_new - LOG2_FP8_MAX if fp8 else m_new) + offset * c
-            exponent = s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0])
-            if config.exp16:
-                p16 = _exp2_f16x2(exponent.astype(jnp.float16))
-                p = p16.astype(jnp.float32)
-            else:
-                p = jnp.exp2(exponent)
-            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-            l_i = l_i * alpha + p.sum(axis=1)
+            p, alpha, m_new, l_i = softmax(s, kv, m_i, l_i, tail)
+            acc = rescale(acc, alpha)
             if fp8:
                 p_smem[...] = p.astype(FP8)
                 plgpu.commit_smem()  # visible to the tensor cores' async reads
                 acc, l_i, m_new = lax.optimization_barrier((acc, l_i, m_new))
                 p_operand, v_operand = p_smem, plgpu.transpose_ref(v_smem.at[slot], (1, 0))
             else:
-                p_operand = p16 if config.exp16 else p.astype(v_smem.dtype)
+                p_operand = p.astype(v_smem.dtype)
                 acc, l_i, m_new, p_operand = lax.optimization_barrier((acc, l_i, m_new, p_operand))
                 v_operand = v_smem.at[slot]
-            plgpu.barrier_arrive(turn)  # softmax done
+            if ping_pong:
+                plgpu.barrier_arrive(turn)  # softmax done
             plgpu.barrier_wait(v_ready.at[slot])
-            plgpu.barrier_wait(turn)  # the tensor cores are ours
+            if ping_pong:
+                plgpu.barrier_wait(turn)  # the tensor cores are ours
 
             def pv(acc_ref):
                 plgpu.wgmma(acc_ref, p_operand, v_operand)
@@ -232,7 +251,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
                 @pl.when(nxt < kv_steps)
                 def _():
-                    plgpu.barrier_wait(k_ready.at[lax.rem(nxt, jnp.array(stages, kv.dtype))])
+                    plgpu.barrier_wait(k_ready.at[slot_of(nxt)])
 
             if fp8:  # this block's product in its own accumulator, added in float32 (fp8 wgmma sums narrower)
                 def product(acc_ref):
@@ -244,10 +263,64 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             plgpu.barrier_arrive(v_free.at[slot])
             return acc, m_new, l_i
 
-        full_steps = kv_steps - (1 if kv_tail else 0)
-        carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i))
-        if kv_tail:
-            carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
+        def overlapped_step(kv, carry, tail: int = 0):
+            """FlashAttention-3's intra-warpgroup pipelining. On entry: P of block kv and the output already rescaled
+            for it. Issue Q·Kᵀ of block kv + 1 and P·V of block kv, take the logits as soon as the first is done,
+            and run block kv + 1's softmax while P·V is still on the tensor cores. `tail` masks block kv + 1."""
+            acc, m_i, l_i, p = carry
+            slot, nxt = slot_of(kv), slot_of(kv + 1)
+            plgpu.barrier_wait(v_ready.at[slot])
+
+            def products(s_ref, o_ref):
+                mosaic.accumulator_store(o_ref, acc)
+                plgpu.wgmma(s_ref, q_smem, plgpu.transpose_ref(k_smem.at[nxt], (1, 0)))
+                plgpu.wgmma(o_ref, p, v_smem.at[slot])
+                s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Q·Kᵀ done; P·V may still run
+                plgpu.barrier_arrive(k_free.at[nxt])
+                p_next, alpha, m_new, l_new = softmax(s, kv + 1, m_i, l_i, tail)
+                p_next = p_next.astype(v_smem.dtype)
+                o = o_ref[...]
+                plgpu.barrier_arrive(v_free.at[slot])
+
+                @pl.when(kv + 2 < kv_steps)
+                def _():
+                    plgpu.barrier_wait(k_ready.at[slot_of(kv + 2)])
+
+                return rescale(o, alpha), m_new, l_new, p_next
+
+            return pl.run_scoped(products, plgpu.ACC((block_q, block_kv), jnp.int32),
+                                 plgpu.ACC((block_q, head_dim), jnp.float32))
+
+        if config.overlap:
+            def first(s_ref):
+                plgpu.wgmma(s_ref, q_smem, plgpu.transpose_ref(k_smem.at[0], (1, 0)))
+                return s_ref[...]
+
+            s = pl.run_scoped(first, plgpu.ACC((block_q, block_kv), jnp.int32))
+            plgpu.barrier_arrive(k_free.at[0])
+            p, _, m_i, l_i = softmax(s, jnp.int32(0), m_i, l_i, kv_tail if kv_steps == 1 else 0)
+            carry = (acc, m_i, l_i, p.astype(v_smem.dtype))
+            if kv_steps > 1:
+                plgpu.barrier_wait(k_ready.at[slot_of(jnp.int32(1))])
+            full_steps = kv_steps - 1 - (1 if kv_tail and kv_steps > 1 else 0)
+            carry = lax.fori_loop(0, full_steps, overlapped_step, carry)
+            if kv_tail and kv_steps > 1:
+                carry = overlapped_step(jnp.int32(full_steps), carry, tail=kv_tail)
+            acc, m_i, l_i, p = carry
+            last = slot_of(jnp.int32(kv_steps - 1))
+            plgpu.barrier_wait(v_ready.at[last])
+
+            def last_pv(acc_ref):
+                plgpu.wgmma(acc_ref, p, v_smem.at[last])
+
+            acc = pl.run_state(last_pv)(plgpu.ACC.init(acc))
+            plgpu.barrier_arrive(v_free.at[last])
+            carry = (acc, m_i, l_i)
+        else:
+            full_steps = kv_steps - (1 if kv_tail else 0)
+            carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i))
+            if kv_tail:
+                carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
         acc, m_i, l_i = carry
         pl.when(wg == 0)(take_turn)
         v_scale = mosaic.load(v_scale_gmem.at[batch, head], plgpu.Layout.WGMMA.reduce(0))
@@ -257,9 +330,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
         plgpu.copy_smem_to_gmem(o_smem, out_gmem.at[batch, pl.ds(q0, block_q), head])
         plgpu.wait_smem_to_gmem(0)
 
-    @pl.when(wg == 2)
+    @pl.when(wg == compute_wgs)
     def _memory():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(_MEMORY_REGISTERS[compute_wgs], action="decrease")
 
         def fetch(kv, slot):
             rows = (batch, pl.ds(kv * block_kv, block_kv), head)
@@ -281,25 +354,25 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out_gmem, *, config: AttentionConfig,
            stages: int, kv_steps: int, kv_tail: int):
     head_dim = q_gmem.shape[-1]
-    block_q, block_kv = config.block_q, config.block_kv
+    block_q, block_kv, wgs = config.block_q, config.block_kv, config.compute_wgs
     int8_t = smem_transforms(head_dim, jnp.int8)
     out_t = smem_transforms(head_dim, out_gmem.dtype)
     if v_gmem.dtype == FP8:
         fp8_t = smem_transforms(block_kv, FP8)
         v_tiles = plgpu.SMEM((stages, head_dim, block_kv), FP8, transforms=fp8_t)
-        p_tiles = plgpu.SMEM((2, block_q, block_kv), FP8, transforms=fp8_t)
+        p_tiles = plgpu.SMEM((wgs, block_q, block_kv), FP8, transforms=fp8_t)
     else:
         v_tiles = plgpu.SMEM((stages, block_kv, head_dim), v_gmem.dtype, transforms=out_t)
         p_tiles = None
     scratch = [
-        plgpu.SMEM((2, block_q, head_dim), jnp.int8, transforms=int8_t),
+        plgpu.SMEM((wgs, block_q, head_dim), jnp.int8, transforms=int8_t),
         plgpu.SMEM((stages, block_kv, head_dim), jnp.int8, transforms=int8_t),
         v_tiles,
-        plgpu.SMEM((2, block_q, head_dim), out_gmem.dtype, transforms=out_t),
+        plgpu.SMEM((wgs, block_q, head_dim), out_gmem.dtype, transforms=out_t),
         p_tiles,
     ]
-    ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=2))
-    free = (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2
+    ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=wgs))
+    free = (plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),) * 2
     config = dataclasses.replace(config, stages=stages)
     pl.run_scoped(
         lambda *scoped: _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out_gmem, scoped,
@@ -310,10 +383,14 @@ def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out
 
 
 SMEM_BYTES = 227 * 1024
+# Registers per thread after `setmaxnreg`, by compute warpgroups: 65,536 per SM shared by the compute warpgroups and
+# the TMA warpgroup (128 threads each), in multiples of 8.
+_COMPUTE_REGISTERS = {2: 232, 3: 160}
+_MEMORY_REGISTERS = {2: 40, 3: 24}
 
 
 def _fit_stages(config: AttentionConfig, head_dim: int, v_itemsize: int, kv_steps: int) -> int:
-    fixed = 2 * config.block_q * (head_dim * 3 + config.block_kv) + 2048  # q, out (bf16), P (fp8)
+    fixed = config.compute_wgs * config.block_q * (head_dim * 3 + config.block_kv) + 2048  # q, out (bf16), P (fp8)
     per_stage = config.block_kv * head_dim * (1 + v_itemsize)
     return max(1, min(config.stages, kv_steps, (SMEM_BYTES - fixed) // per_stage))
 
@@ -341,12 +418,19 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k
     [B, Nk, H, D] bf16/fp16, or `quantize_v`'s e4m3 [B, H, D, Nk_pad] with its scales (then n_k names the real key
     count). Returns [B, Nq, H, D] in out_dtype (default: v's)."""
     config = config or AttentionConfig()
+    require(config.compute_wgs in _COMPUTE_REGISTERS,
+            f"int8 attention kernel: {config.compute_wgs} compute warpgroups (2 or 3)")
+    require(not config.overlap or (config.pv == "bf16" and not config.exp16 and not config.ping_pong),
+            "int8 attention kernel: overlap takes bf16 P·V, no exp16 and ping_pong=False")
+    require(config.compute_wgs == 2 or not config.ping_pong,
+            "int8 attention kernel: ping-pong takes two compute warpgroups; set ping_pong=False for three")
     batch, n_q, heads, head_dim = q_codes.shape
     fp8 = v.dtype == FP8
     n_k = n_k if fp8 else v.shape[1]
     out_dtype = out_dtype or v.dtype
     block_q, block_kv = config.block_q, config.block_kv
-    n_q_pad = -(-n_q // (2 * block_q)) * (2 * block_q)
+    cta_q = config.compute_wgs * block_q
+    n_q_pad = -(-n_q // cta_q) * cta_q
     n_k_pad = k_codes.shape[1]
     require(n_k_pad == -(-n_k // block_kv) * block_kv, f"int8 attention: k codes have {n_k_pad} rows for {n_k} keys")
     q_codes = jnp.pad(q_codes, ((0, 0), (0, n_q_pad - n_q), (0, 0), (0, 0)))
@@ -358,7 +442,7 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k
     # One K scale per block, repeated block_q times so the kernel loads it as a row vector (no scalar loads).
     k_scale_rows = jnp.broadcast_to(k_scale[..., None], (*k_scale.shape, block_q))
     stages = _fit_stages(config, head_dim, jnp.dtype(v.dtype).itemsize, kv_steps)
-    q_tiles = n_q_pad // (2 * block_q)
+    q_tiles = n_q_pad // cta_q
     if config.heads_minor:
         grid, names = (heads, q_tiles, batch), ("heads", "q_tile", "batch")
     else:
@@ -368,7 +452,7 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k
         out_type=jax.ShapeDtypeStruct((batch, n_q_pad, heads, head_dim), out_dtype),
         grid=grid,
         grid_names=names,
-        num_threads=3,
+        num_threads=config.compute_wgs + 1,
         thread_name="wg",
         # Lane semantics (per-thread register layouts: WGMMA, its row and column reductions), named explicitly: jax
         # 0.11 lowers to warpgroup semantics by default, where this kernel's loop bounds would not lower.

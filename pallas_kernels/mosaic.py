@@ -51,3 +51,11 @@ def load(ref, layout):
     if _LOAD_NEEDS_INDEX:
         return plgpu.load(ref, (), layout=layout, optimized=False)
     return plgpu.load(ref, layout=layout, optimized=False)
+
+
+def accumulator_store(acc_ref, value) -> None:
+    """Set a wgmma accumulator (`plgpu.ACC` allocated by `pl.run_scoped`) to a register value, so the next wgmma adds
+    to it. Pallas has the primitive (both jax versions we support) but does not export it."""
+    from jax._src.pallas.mosaic_gpu import primitives  # noqa: PLC0415 (private: kept to this one place)
+
+    primitives.wgmma_accumulator_store(acc_ref, value)

@@ -80,6 +80,12 @@ def test_bad_inputs_are_named():
         attn8.int8_attention_mgpu(*qkv(1, 64, 2, 96))
     with pytest.raises(InputError, match=r"\[B, N, H, D\]"):
         attn8.int8_attention(q, k[:, :, :1], v[:, :, :1])
+    with pytest.raises(InputError, match="ping-pong takes two"):
+        attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(compute_wgs=3))
+    with pytest.raises(InputError, match="4 compute warpgroups"):
+        attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(compute_wgs=4, ping_pong=False))
+    with pytest.raises(InputError, match="overlap takes"):
+        attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(overlap=True))
 
 
 def test_kernel_lowers_for_cuda():
@@ -87,7 +93,10 @@ def test_kernel_lowers_for_cuda():
     for shape, config in [((1, 300, 2, 64), attn8.AttentionConfig()),
                           ((2, 1000, 3, 128), attn8.AttentionConfig(heads_minor=False, stages=2)),
                           ((1, 300, 2, 64), attn8.AttentionConfig(pv="fp8", block_q=128)),
-                          ((1, 300, 2, 64), attn8.AttentionConfig(exp16=True))]:
+                          ((1, 300, 2, 64), attn8.AttentionConfig(exp16=True)),
+                          ((1, 300, 2, 64), attn8.AttentionConfig(compute_wgs=3, ping_pong=False)),
+                          ((1, 300, 2, 128), attn8.AttentionConfig(overlap=True, ping_pong=False)),
+                          ((1, 100, 2, 64), attn8.AttentionConfig(overlap=True, ping_pong=False, compute_wgs=3))]:
         x = sds(shape, jnp.bfloat16)
         fn = jax.jit(lambda q, k, v, config=config: attn8.int8_attention_mgpu(q, k, v, config=config))
         fn.trace(x, x, x).lower(lowering_platforms=("cuda",))
@@ -102,6 +111,13 @@ KERNEL_CONFIGS = {  # name -> (config, shapes it runs)
     "block_q=128": (attn8.AttentionConfig(block_q=128), KERNEL_SHAPES[:3]),
     "fp8": (attn8.AttentionConfig(pv="fp8"), KERNEL_SHAPES),
     "fp8,block_q=128": (attn8.AttentionConfig(pv="fp8", block_q=128), KERNEL_SHAPES[:3]),
+    "free": (attn8.AttentionConfig(ping_pong=False), KERNEL_SHAPES[:3]),
+    "3wg": (attn8.AttentionConfig(compute_wgs=3, ping_pong=False), KERNEL_SHAPES),
+    "block_kv=256": (attn8.AttentionConfig(block_kv=256), KERNEL_SHAPES[:3]),
+    # overlap: a tail block after full ones, a tail block alone, no tail (256 keys), one full block
+    "overlap": (attn8.AttentionConfig(overlap=True, ping_pong=False),
+                [*KERNEL_SHAPES, (1, 256, 2, 64), (1, 128, 1, 128)]),
+    "overlap,3wg": (attn8.AttentionConfig(overlap=True, ping_pong=False, compute_wgs=3), KERNEL_SHAPES[:4]),
 }
 
 
