@@ -58,7 +58,7 @@ class AttentionConfig:
     block_q: int = 64  # queries per compute warpgroup (wgmma's M)
     block_kv: int = 128  # keys per pipeline step, and the K quantization block
     stages: int = 4  # K/V tiles in flight
-    compute_wgs: int = 2  # compute warpgroups per CTA (2 or 3); a CTA takes compute_wgs * block_q queries
+    compute_wgs: int = 2  # compute warpgroups per CTA (2-4); a CTA takes compute_wgs * block_q queries
     # Two compute warpgroups take turns on the tensor cores (FlashAttention-3's ping-pong: one's softmax overlaps the
     # other's matrix products, and the two softmaxes never overlap). False: no turn-taking, every warpgroup runs
     # free and the warp schedulers interleave their softmaxes (needed for compute_wgs 3).
@@ -73,6 +73,17 @@ class AttentionConfig:
     # P·V (pv "bf16" only). Halves the special-function work per logit; fp16's 10-bit mantissa keeps P about as
     # exact as bf16 rounding did.
     exp16: bool = False
+
+
+# The fastest configuration measured per head dim (BENCHMARKS.md, issue 15): what the models run.
+_TUNED = {
+    64: AttentionConfig(compute_wgs=3, ping_pong=False, overlap=True),
+    128: AttentionConfig(),
+}
+
+
+def tuned_config(head_dim: int) -> AttentionConfig:
+    return _TUNED.get(head_dim, AttentionConfig())
 
 
 # ------------------------------------------------------------------------------------------------------ quantization
@@ -194,11 +205,14 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
         def slot_of(kv):
             return lax.rem(kv, jnp.array(stages, kv.dtype))
 
-        def softmax(s, kv, m_i, l_i, tail: int = 0):
-            """One int32 logits tile -> P (float32, or fp16 with exp16), the old rows' rescale factor alpha, and the
-            new running maximum and sum."""
-            # This block's K scale, one value repeated over the rows: c = q_scale * k_scale is a row vector.
-            c = q_scale * mosaic.load(k_scale_gmem.at[batch, head, kv], row)
+        def dequant_scale(kv):
+            """Block kv's logit scale c = q_scale * k_scale, a row vector (the K scale is one value repeated over the
+            rows). Loaded before the block's Q·Kᵀ is issued, so the load's latency hides behind the matrix product."""
+            return q_scale * mosaic.load(k_scale_gmem.at[batch, head, kv], row)
+
+        def softmax(s, c, m_i, l_i, tail: int = 0):
+            """One int32 logits tile and its scale c -> P (float32, or fp16 with exp16), the old rows' rescale factor
+            alpha, and the new running maximum and sum."""
             if config.magic_convert:  # s holds 1.5 * 2^23 + the logit's integer part
                 s, offset = lax.bitcast_convert_type(s + jnp.int32(_MAGIC_BITS), jnp.float32), _MAGIC_FLOAT
             else:
@@ -220,6 +234,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
         def step(kv, carry, tail: int = 0):
             acc, m_i, l_i = carry
             slot = slot_of(kv)
+            c = dequant_scale(kv)
 
             def qk(acc_ref):
                 plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
@@ -228,7 +243,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[slot])
-            p, alpha, m_new, l_i = softmax(s, kv, m_i, l_i, tail)
+            p, alpha, m_new, l_i = softmax(s, c, m_i, l_i, tail)
             acc = rescale(acc, alpha)
             if fp8:
                 p_smem[...] = p.astype(FP8)
@@ -269,6 +284,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             and run block kv + 1's softmax while P·V is still on the tensor cores. `tail` masks block kv + 1."""
             acc, m_i, l_i, p = carry
             slot, nxt = slot_of(kv), slot_of(kv + 1)
+            c = dequant_scale(kv + 1)
             plgpu.barrier_wait(v_ready.at[slot])
 
             def products(s_ref, o_ref):
@@ -277,7 +293,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                 plgpu.wgmma(o_ref, p, v_smem.at[slot])
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Q·Kᵀ done; P·V may still run
                 plgpu.barrier_arrive(k_free.at[nxt])
-                p_next, alpha, m_new, l_new = softmax(s, kv + 1, m_i, l_i, tail)
+                p_next, alpha, m_new, l_new = softmax(s, c, m_i, l_i, tail)
                 p_next = p_next.astype(v_smem.dtype)
                 o = o_ref[...]
                 plgpu.barrier_arrive(v_free.at[slot])
@@ -292,13 +308,15 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                                  plgpu.ACC((block_q, head_dim), jnp.float32))
 
         if config.overlap:
+            c = dequant_scale(0)
+
             def first(s_ref):
                 plgpu.wgmma(s_ref, q_smem, plgpu.transpose_ref(k_smem.at[0], (1, 0)))
                 return s_ref[...]
 
             s = pl.run_scoped(first, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[0])
-            p, _, m_i, l_i = softmax(s, jnp.int32(0), m_i, l_i, kv_tail if kv_steps == 1 else 0)
+            p, _, m_i, l_i = softmax(s, c, m_i, l_i, kv_tail if kv_steps == 1 else 0)
             carry = (acc, m_i, l_i, p.astype(v_smem.dtype))
             if kv_steps > 1:
                 plgpu.barrier_wait(k_ready.at[slot_of(jnp.int32(1))])
@@ -385,20 +403,24 @@ def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out
 SMEM_BYTES = 227 * 1024
 # Registers per thread after `setmaxnreg`, by compute warpgroups: 65,536 per SM shared by the compute warpgroups and
 # the TMA warpgroup (128 threads each), in multiples of 8.
-_COMPUTE_REGISTERS = {2: 232, 3: 160}
-_MEMORY_REGISTERS = {2: 40, 3: 24}
+_COMPUTE_REGISTERS = {2: 232, 3: 160, 4: 120}
+_MEMORY_REGISTERS = {2: 40, 3: 24, 4: 24}
 
 
 def _fit_stages(config: AttentionConfig, head_dim: int, v_itemsize: int, kv_steps: int) -> int:
     fixed = config.compute_wgs * config.block_q * (head_dim * 3 + config.block_kv) + 2048  # q, out (bf16), P (fp8)
     per_stage = config.block_kv * head_dim * (1 + v_itemsize)
-    return max(1, min(config.stages, kv_steps, (SMEM_BYTES - fixed) // per_stage))
+    fits = (SMEM_BYTES - fixed) // per_stage
+    # One stage would deadlock: block j's P·V waits for block j + 1's keys, which need block j's slot.
+    require(fits >= 2 or kv_steps == 1, f"int8 attention kernel: {config} at head dim {head_dim} leaves shared memory "
+            f"for {fits} K/V stage(s); it needs 2 (smaller block_kv or block_q)")
+    return max(1, min(config.stages, kv_steps, fits))
 
 
 def int8_attention_mgpu(q, k, v, *, config: AttentionConfig | None = None) -> jax.Array:
     """The compiled kernel (Hopper only), quantization included. q [B, Nq, H, D], k and v [B, Nk, H, D]; v bf16 or
     fp16; D 64 or 128. Returns q's dtype."""
-    config = config or AttentionConfig()
+    config = config or tuned_config(q.shape[-1])
     require(q.shape[-1] in (64, 128), f"int8 attention kernel: head dim {q.shape[-1]} is not supported (64 or 128)")
     require(config.pv in PV_DTYPES, f"int8 attention kernel: P·V dtype {config.pv!r} is not one of {PV_DTYPES}")
     require(not (config.exp16 and config.pv == "fp8"), "int8 attention kernel: exp16 takes P·V in fp16, not fp8")
@@ -417,9 +439,9 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k
     """The kernel alone, on `quantize_q`'s and `quantize_k`'s outputs (k padded to a multiple of block_kv) and v:
     [B, Nk, H, D] bf16/fp16, or `quantize_v`'s e4m3 [B, H, D, Nk_pad] with its scales (then n_k names the real key
     count). Returns [B, Nq, H, D] in out_dtype (default: v's)."""
-    config = config or AttentionConfig()
+    config = config or tuned_config(q_codes.shape[-1])
     require(config.compute_wgs in _COMPUTE_REGISTERS,
-            f"int8 attention kernel: {config.compute_wgs} compute warpgroups (2 or 3)")
+            f"int8 attention kernel: {config.compute_wgs} compute warpgroups (2, 3 or 4)")
     require(not config.overlap or (config.pv == "bf16" and not config.exp16 and not config.ping_pong),
             "int8 attention kernel: overlap takes bf16 P·V, no exp16 and ping_pong=False")
     require(config.compute_wgs == 2 or not config.ping_pong,
@@ -467,7 +489,7 @@ def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Arr
     require(q.ndim == 4 and k.shape == v.shape and k.ndim == 4 and q.shape[0] == k.shape[0]
             and q.shape[2:] == k.shape[2:], f"{what}: q, k, v must be [B, N, H, D] with one B, H and D; got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    config = config or AttentionConfig()
+    config = config or tuned_config(q.shape[-1])
     if mosaic.available() and v.dtype in (jnp.bfloat16, jnp.float16):
         return int8_attention_mgpu(q, k, v, config=config)
     return int8_attention_reference(q, k, v, block_kv=config.block_kv, pv=config.pv, exp16=config.exp16)

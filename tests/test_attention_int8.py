@@ -82,8 +82,10 @@ def test_bad_inputs_are_named():
         attn8.int8_attention(q, k[:, :, :1], v[:, :, :1])
     with pytest.raises(InputError, match="ping-pong takes two"):
         attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(compute_wgs=3))
-    with pytest.raises(InputError, match="4 compute warpgroups"):
-        attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(compute_wgs=4, ping_pong=False))
+    with pytest.raises(InputError, match="5 compute warpgroups"):
+        attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(compute_wgs=5, ping_pong=False))
+    with pytest.raises(InputError, match="needs 2"):
+        attn8.int8_attention_mgpu(*qkv(1, 600, 1, 128), config=attn8.AttentionConfig(block_kv=256))
     with pytest.raises(InputError, match="overlap takes"):
         attn8.int8_attention_mgpu(q, k, v, config=attn8.AttentionConfig(overlap=True))
 
@@ -96,7 +98,9 @@ def test_kernel_lowers_for_cuda():
                           ((1, 300, 2, 64), attn8.AttentionConfig(exp16=True)),
                           ((1, 300, 2, 64), attn8.AttentionConfig(compute_wgs=3, ping_pong=False)),
                           ((1, 300, 2, 128), attn8.AttentionConfig(overlap=True, ping_pong=False)),
-                          ((1, 100, 2, 64), attn8.AttentionConfig(overlap=True, ping_pong=False, compute_wgs=3))]:
+                          ((1, 100, 2, 64), attn8.AttentionConfig(overlap=True, ping_pong=False, compute_wgs=3)),
+                          ((1, 300, 2, 64), attn8.AttentionConfig(overlap=True, ping_pong=False, compute_wgs=4,
+                                                                  block_kv=64))]:
         x = sds(shape, jnp.bfloat16)
         fn = jax.jit(lambda q, k, v, config=config: attn8.int8_attention_mgpu(q, k, v, config=config))
         fn.trace(x, x, x).lower(lowering_platforms=("cuda",))
@@ -113,7 +117,9 @@ KERNEL_CONFIGS = {  # name -> (config, shapes it runs)
     "fp8,block_q=128": (attn8.AttentionConfig(pv="fp8", block_q=128), KERNEL_SHAPES[:3]),
     "free": (attn8.AttentionConfig(ping_pong=False), KERNEL_SHAPES[:3]),
     "3wg": (attn8.AttentionConfig(compute_wgs=3, ping_pong=False), KERNEL_SHAPES),
-    "block_kv=256": (attn8.AttentionConfig(block_kv=256), KERNEL_SHAPES[:3]),
+    "block_kv=256": (attn8.AttentionConfig(block_kv=256), [KERNEL_SHAPES[0], KERNEL_SHAPES[2]]),
+    "4wg,block_kv=64": (attn8.AttentionConfig(compute_wgs=4, block_kv=64, ping_pong=False, overlap=True),
+                        KERNEL_SHAPES[:4]),
     # overlap: a tail block after full ones, a tail block alone, no tail (256 keys), one full block
     "overlap": (attn8.AttentionConfig(overlap=True, ping_pong=False),
                 [*KERNEL_SHAPES, (1, 256, 2, 64), (1, 128, 1, 128)]),
@@ -132,7 +138,7 @@ def test_kernel_matches_reference(name, shape):
     cpu = jax.devices("cpu")[0]
     with jax.default_device(cpu):
         ref = attn8.int8_attention_reference(*(jax.device_put(x, cpu) for x in (q, k, v)), pv=config.pv,
-                                             exp16=config.exp16)
+                                             exp16=config.exp16, block_kv=config.block_kv)
     out, ref = np.asarray(out, np.float32), np.asarray(ref, np.float32)
     assert out.shape == ref.shape and np.isfinite(out).all()
     # Same codes and scales; differences come from the online softmax (P rounded to bf16 or e4m3 against a running
