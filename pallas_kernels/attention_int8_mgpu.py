@@ -10,13 +10,19 @@ With per-token Q scales and per-block K scales the dequantization of a logits ti
 k_block_scale, and p = exp2(s * c - m) is one FMA per element, as in bf16 flash attention (the exponentials bound this
 kernel at head dim 64; an extra multiply per element would show).
 
-The kernel: a grid of (head, 128-query tile, batch) CTAs, three warpgroups each. One issues TMA copies of K/V tiles
-into a `stages`-deep shared-memory ring; two compute warpgroups (64 queries each) run int8 wgmma for S = Q Kᵀ (int32,
-exact), the online softmax in float32, and bf16 wgmma for P V, taking turns on the tensor cores (a shared barrier
-orders them so one's softmax overlaps the other's matrix products; the FlashAttention-3 schedule JAX's
-`ops/gpu/attention_mgpu.py` uses). Ragged lengths: queries are padded to 128 and the padded outputs dropped; keys are
-padded to `block_kv` and the last block's padded columns masked to -inf. Options (`AttentionConfig`, measured in
-BENCHMARKS.md): fp8 P·V, 128-query tiles, the logits' int-to-float conversion, packed fp16 exponentials.
+The kernel: a grid of (head, query tile, batch) CTAs. One warpgroup issues TMA copies of K/V tiles into a
+`stages`-deep shared-memory ring; `compute_wgs` compute warpgroups (64 queries each) run int8 wgmma for S = Q Kᵀ
+(int32, exact), the online softmax in float32, and bf16 wgmma for P V. Two schedules:
+- classic (FlashAttention-3's ping-pong, as JAX's `ops/gpu/attention_mgpu.py`): two compute warpgroups take turns on
+  the tensor cores, one's softmax overlapping the other's matrix products, the two softmaxes never at once;
+- overlapped (what `tuned_config` picks at head dim 64): three or four free-running compute warpgroups, each issuing
+  block j + 1's Q·Kᵀ and block j's P·V together and running block j + 1's softmax while P·V is on the tensor cores
+  (FlashAttention-3's intra-warpgroup pipelining). At head dim 64 the softmax, not the matrix products, is the long
+  pole, and one warpgroup's softmax alone cannot keep the SM's issue slots busy: more warpgroups in softmax at once
+  is what pays (BENCHMARKS.md, issue 15).
+Ragged lengths: queries are padded to a CTA's rows and the padded outputs dropped; keys are padded to `block_kv` and
+the last block's padded columns masked to -inf. Other options (`AttentionConfig`, measured in BENCHMARKS.md): fp8
+P·V, 128-query tiles, 256-key blocks, the logits' int-to-float conversion, packed fp16 exponentials.
 
 Mosaic GPU kernels do not run in Pallas' CPU interpret mode; on CPU `int8_attention` runs `int8_attention_reference`
 (the same quantization and the same base-2 softmax in plain jnp), and the `gpu` tests compare the kernel with it.
@@ -58,7 +64,7 @@ class AttentionConfig:
     block_q: int = 64  # queries per compute warpgroup (wgmma's M)
     block_kv: int = 128  # keys per pipeline step, and the K quantization block
     stages: int = 4  # K/V tiles in flight
-    compute_wgs: int = 2  # compute warpgroups per CTA (2-4); a CTA takes compute_wgs * block_q queries
+    compute_wgs: int = 2  # compute warpgroups per CTA (2 or 3); a CTA takes compute_wgs * block_q queries
     # Two compute warpgroups take turns on the tensor cores (FlashAttention-3's ping-pong: one's softmax overlaps the
     # other's matrix products, and the two softmaxes never overlap). False: no turn-taking, every warpgroup runs
     # free and the warp schedulers interleave their softmaxes (needed for compute_wgs 3).
@@ -205,14 +211,16 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
         def slot_of(kv):
             return lax.rem(kv, jnp.array(stages, kv.dtype))
 
-        def dequant_scale(kv):
-            """Block kv's logit scale c = q_scale * k_scale, a row vector (the K scale is one value repeated over the
-            rows). Loaded before the block's Q·Kᵀ is issued, so the load's latency hides behind the matrix product."""
-            return q_scale * mosaic.load(k_scale_gmem.at[batch, head, kv], row)
+        def load_k_scale(kv):
+            """Block kv's K scale as a row vector (one value repeated over the rows; kv clamped to the last block).
+            The loops load it one block ahead and carry it: a global load whose result is used, or even multiplied,
+            before the block's matrix products are issued stalls the warpgroup for its whole latency (rounds 29-30)."""
+            return mosaic.load(k_scale_gmem.at[batch, head, jnp.minimum(kv, kv_steps - 1)], row)
 
-        def softmax(s, c, m_i, l_i, tail: int = 0):
-            """One int32 logits tile and its scale c -> P (float32, or fp16 with exp16), the old rows' rescale factor
-            alpha, and the new running maximum and sum."""
+        def softmax(s, k_scale, m_i, l_i, tail: int = 0):
+            """One int32 logits tile and its block's K scale -> P (float32, or fp16 with exp16), the old rows' rescale
+            factor alpha, and the new running maximum and sum."""
+            c = q_scale * k_scale  # the logits' scale, a row vector
             if config.magic_convert:  # s holds 1.5 * 2^23 + the logit's integer part
                 s, offset = lax.bitcast_convert_type(s + jnp.int32(_MAGIC_BITS), jnp.float32), _MAGIC_FLOAT
             else:
@@ -232,9 +240,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
 
         def step(kv, carry, tail: int = 0):
-            acc, m_i, l_i = carry
+            acc, m_i, l_i, k_scale = carry
             slot = slot_of(kv)
-            c = dequant_scale(kv)
+            k_scale_next = load_k_scale(kv + 1)
 
             def qk(acc_ref):
                 plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
@@ -243,7 +251,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[slot])
-            p, alpha, m_new, l_i = softmax(s, c, m_i, l_i, tail)
+            p, alpha, m_new, l_i = softmax(s, k_scale, m_i, l_i, tail)
             acc = rescale(acc, alpha)
             if fp8:
                 p_smem[...] = p.astype(FP8)
@@ -276,15 +284,15 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             else:
                 acc = pl.run_state(pv)(plgpu.ACC.init(acc))
             plgpu.barrier_arrive(v_free.at[slot])
-            return acc, m_new, l_i
+            return acc, m_new, l_i, k_scale_next
 
         def overlapped_step(kv, carry, tail: int = 0):
             """FlashAttention-3's intra-warpgroup pipelining. On entry: P of block kv and the output already rescaled
             for it. Issue Q·Kᵀ of block kv + 1 and P·V of block kv, take the logits as soon as the first is done,
             and run block kv + 1's softmax while P·V is still on the tensor cores. `tail` masks block kv + 1."""
-            acc, m_i, l_i, p = carry
+            acc, m_i, l_i, p, k_scale = carry  # k_scale: block kv + 1's
             slot, nxt = slot_of(kv), slot_of(kv + 1)
-            c = dequant_scale(kv + 1)
+            k_scale_next = load_k_scale(kv + 2)
             plgpu.barrier_wait(v_ready.at[slot])
 
             def products(s_ref, o_ref):
@@ -293,7 +301,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                 plgpu.wgmma(o_ref, p, v_smem.at[slot])
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Q·Kᵀ done; P·V may still run
                 plgpu.barrier_arrive(k_free.at[nxt])
-                p_next, alpha, m_new, l_new = softmax(s, c, m_i, l_i, tail)
+                p_next, alpha, m_new, l_new = softmax(s, k_scale, m_i, l_i, tail)
                 p_next = p_next.astype(v_smem.dtype)
                 o = o_ref[...]
                 plgpu.barrier_arrive(v_free.at[slot])
@@ -302,13 +310,13 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                 def _():
                     plgpu.barrier_wait(k_ready.at[slot_of(kv + 2)])
 
-                return rescale(o, alpha), m_new, l_new, p_next
+                return rescale(o, alpha), m_new, l_new, p_next, k_scale_next
 
             return pl.run_scoped(products, plgpu.ACC((block_q, block_kv), jnp.int32),
                                  plgpu.ACC((block_q, head_dim), jnp.float32))
 
         if config.overlap:
-            c = dequant_scale(0)
+            k_scale = load_k_scale(0)
 
             def first(s_ref):
                 plgpu.wgmma(s_ref, q_smem, plgpu.transpose_ref(k_smem.at[0], (1, 0)))
@@ -316,15 +324,15 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             s = pl.run_scoped(first, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[0])
-            p, _, m_i, l_i = softmax(s, c, m_i, l_i, kv_tail if kv_steps == 1 else 0)
-            carry = (acc, m_i, l_i, p.astype(v_smem.dtype))
+            p, _, m_i, l_i = softmax(s, k_scale, m_i, l_i, kv_tail if kv_steps == 1 else 0)
+            carry = (acc, m_i, l_i, p.astype(v_smem.dtype), load_k_scale(1))
             if kv_steps > 1:
                 plgpu.barrier_wait(k_ready.at[slot_of(jnp.int32(1))])
             full_steps = kv_steps - 1 - (1 if kv_tail and kv_steps > 1 else 0)
             carry = lax.fori_loop(0, full_steps, overlapped_step, carry)
             if kv_tail and kv_steps > 1:
                 carry = overlapped_step(jnp.int32(full_steps), carry, tail=kv_tail)
-            acc, m_i, l_i, p = carry
+            acc, m_i, l_i, p, _ = carry
             last = slot_of(jnp.int32(kv_steps - 1))
             plgpu.barrier_wait(v_ready.at[last])
 
@@ -336,9 +344,10 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             carry = (acc, m_i, l_i)
         else:
             full_steps = kv_steps - (1 if kv_tail else 0)
-            carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i))
+            carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i, load_k_scale(0)))
             if kv_tail:
                 carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
+            carry = carry[:3]
         acc, m_i, l_i = carry
         pl.when(wg == 0)(take_turn)
         v_scale = mosaic.load(v_scale_gmem.at[batch, head], plgpu.Layout.WGMMA.reduce(0))
@@ -401,10 +410,12 @@ def _entry(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, out
 
 
 SMEM_BYTES = 227 * 1024
-# Registers per thread after `setmaxnreg`, by compute warpgroups: 65,536 per SM shared by the compute warpgroups and
-# the TMA warpgroup (128 threads each), in multiples of 8.
-_COMPUTE_REGISTERS = {2: 232, 3: 160, 4: 120}
-_MEMORY_REGISTERS = {2: 40, 3: 24, 4: 24}
+# Registers per thread after `setmaxnreg`, by compute warpgroups (multiples of 8). Together they must fit in what the
+# launch gave the CTA: 65,536 / threads per thread, rounded down to 8 (168 x 384 threads, 128 x 512); an increase
+# beyond it never returns (setmaxnreg waits for registers nobody frees: four warpgroups at 120 hung in round 30, and
+# at the 112 that fits, a 128-key logits tile alone would take 64 of them).
+_COMPUTE_REGISTERS = {2: 232, 3: 160}
+_MEMORY_REGISTERS = {2: 40, 3: 24}
 
 
 def _fit_stages(config: AttentionConfig, head_dim: int, v_itemsize: int, kv_steps: int) -> int:
@@ -441,7 +452,7 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k
     count). Returns [B, Nq, H, D] in out_dtype (default: v's)."""
     config = config or tuned_config(q_codes.shape[-1])
     require(config.compute_wgs in _COMPUTE_REGISTERS,
-            f"int8 attention kernel: {config.compute_wgs} compute warpgroups (2, 3 or 4)")
+            f"int8 attention kernel: {config.compute_wgs} compute warpgroups (2 or 3)")
     require(not config.overlap or (config.pv == "bf16" and not config.exp16 and not config.ping_pong),
             "int8 attention kernel: overlap takes bf16 P·V, no exp16 and ping_pong=False")
     require(config.compute_wgs == 2 or not config.ping_pong,
