@@ -15,7 +15,9 @@ steps and blocks (`runtime.resample_schedule`) and replays it. Mode replay-int8 
 NVFP4 block on INT8 instead: Hopper has no FP4 tensor cores, so there INT8 is the fast path for those blocks.
 
 Every mode also exists as MODE+attn8: the same run with the blocks' self-attention on the 8-bit attention kernel
-(`RuntimeConfig.attention="int8"`); bf16+attn8 runs the float model with it."""
+(`RuntimeConfig.attention="int8"`); bf16+attn8 runs the float model with it. MODE+attn8o does the same with the
+kernel's overlapped schedule (`attention_int8_mgpu.OVERLAPPED`) at head dim 64, which the models do not run by
+default yet (BENCHMARKS.md, issue 15)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ import sys
 import time
 
 BASE_MODES = ("bf16", "int8", "nvfp4", "dmpq", "full", "replay", "replay-int8")
-ATTN8 = "+attn8"
-MODES = BASE_MODES + tuple(m + ATTN8 for m in BASE_MODES)
+ATTN8, ATTN8_OVERLAPPED = "+attn8", "+attn8o"
+MODES = BASE_MODES + tuple(m + suffix for suffix in (ATTN8, ATTN8_OVERLAPPED) for m in BASE_MODES)
 
 
 def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_dtype: str):
@@ -64,7 +66,13 @@ def run_mode(args) -> dict:
     from sixbit_jax.sampling import SamplerSettings, sample
 
     cfg = named_config(args.model)
-    base, attention = args.mode.removesuffix(ATTN8), "int8" if args.mode.endswith(ATTN8) else "bf16"
+    base, attention = args.mode, "bf16"
+    for suffix in (ATTN8, ATTN8_OVERLAPPED):
+        if args.mode.endswith(suffix):
+            base, attention = args.mode.removesuffix(suffix), "int8"
+    if args.mode.endswith(ATTN8_OVERLAPPED):  # the overlapped kernel schedule where the head dim allows it
+        from pallas_kernels import attention_int8_mgpu as attn8
+        attn8.DEFAULT_CONFIGS[64] = attn8.OVERLAPPED
     # Built (and quantized) on the host, then moved: the device's peak then measures the sampling run, as it does
     # for a user who loads a converted checkpoint, not a float model that was quantized in place.
     with jax.default_device(jax.devices("cpu")[0]):

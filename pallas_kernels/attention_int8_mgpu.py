@@ -15,7 +15,7 @@ The kernel: a grid of (head, query tile, batch) CTAs. One warpgroup issues TMA c
 (int32, exact), the online softmax in float32, and bf16 wgmma for P V. Two schedules:
 - classic (FlashAttention-3's ping-pong, as JAX's `ops/gpu/attention_mgpu.py`): two compute warpgroups take turns on
   the tensor cores, one's softmax overlapping the other's matrix products, the two softmaxes never at once;
-- overlapped (what `tuned_config` picks at head dim 64): three or four free-running compute warpgroups, each issuing
+- overlapped (`OVERLAPPED`, the fastest at head dim 64): three free-running compute warpgroups, each issuing
   block j + 1's Q·Kᵀ and block j's P·V together and running block j + 1's softmax while P·V is on the tensor cores
   (FlashAttention-3's intra-warpgroup pipelining). At head dim 64 the softmax, not the matrix products, is the long
   pole, and one warpgroup's softmax alone cannot keep the SM's issue slots busy: more warpgroups in softmax at once
@@ -81,15 +81,17 @@ class AttentionConfig:
     exp16: bool = False
 
 
-# The fastest configuration measured per head dim (BENCHMARKS.md, issue 15): what the models run.
-_TUNED = {
-    64: AttentionConfig(compute_wgs=3, ping_pong=False, overlap=True),
-    128: AttentionConfig(),
-}
+# The fastest schedule measured at head dim 64 (BENCHMARKS.md, issue 15: 1.17x cuDNN at CogVideoX-2B's shape, 1.21x
+# at 5B's, against 0.92-0.94x for the classic schedule in the same run); slower at head dim 128 (Wan).
+OVERLAPPED = AttentionConfig(compute_wgs=3, ping_pong=False, overlap=True)
+# What `int8_attention` runs when no config is given, by head dim: the classic schedule, the one whole sampling runs
+# have completed with on the GPU. The overlapped one's first two 50-step runs at 2B did not finish inside their
+# device calls (compilation or a hang: not yet told apart), so it waits for one that does.
+DEFAULT_CONFIGS = {64: AttentionConfig(), 128: AttentionConfig()}
 
 
-def tuned_config(head_dim: int) -> AttentionConfig:
-    return _TUNED.get(head_dim, AttentionConfig())
+def default_config(head_dim: int) -> AttentionConfig:
+    return DEFAULT_CONFIGS.get(head_dim, AttentionConfig())
 
 
 # ------------------------------------------------------------------------------------------------------ quantization
@@ -213,8 +215,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
         def load_k_scale(kv):
             """Block kv's K scale as a row vector (one value repeated over the rows; kv clamped to the last block).
-            The loops load it one block ahead and carry it: a global load whose result is used, or even multiplied,
-            before the block's matrix products are issued stalls the warpgroup for its whole latency (rounds 29-30)."""
+            Loaded before the block's matrix products are issued and first used after them: a global load whose
+            result is used, even multiplied, before the issue stalls the warpgroup for its whole latency (rounds
+            29-30). The overlapped loop loads it one block ahead and carries it."""
             return mosaic.load(k_scale_gmem.at[batch, head, jnp.minimum(kv, kv_steps - 1)], row)
 
         def softmax(s, k_scale, m_i, l_i, tail: int = 0):
@@ -240,9 +243,11 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
 
         def step(kv, carry, tail: int = 0):
-            acc, m_i, l_i, k_scale = carry
+            acc, m_i, l_i = carry
             slot = slot_of(kv)
-            k_scale_next = load_k_scale(kv + 1)
+            # Loaded before the Q·Kᵀ issue and used after its wait: this arrangement measured fastest for this
+            # schedule (11.98 ms at 2B in round 24; carried one block ahead instead, 13.04 in round 31).
+            k_scale = load_k_scale(kv)
 
             def qk(acc_ref):
                 plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
@@ -284,7 +289,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             else:
                 acc = pl.run_state(pv)(plgpu.ACC.init(acc))
             plgpu.barrier_arrive(v_free.at[slot])
-            return acc, m_new, l_i, k_scale_next
+            return acc, m_new, l_i
 
         def overlapped_step(kv, carry, tail: int = 0):
             """FlashAttention-3's intra-warpgroup pipelining. On entry: P of block kv and the output already rescaled
@@ -344,10 +349,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             carry = (acc, m_i, l_i)
         else:
             full_steps = kv_steps - (1 if kv_tail else 0)
-            carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i, load_k_scale(0)))
+            carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i))
             if kv_tail:
                 carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
-            carry = carry[:3]
         acc, m_i, l_i = carry
         pl.when(wg == 0)(take_turn)
         v_scale = mosaic.load(v_scale_gmem.at[batch, head], plgpu.Layout.WGMMA.reduce(0))
@@ -431,7 +435,7 @@ def _fit_stages(config: AttentionConfig, head_dim: int, v_itemsize: int, kv_step
 def int8_attention_mgpu(q, k, v, *, config: AttentionConfig | None = None) -> jax.Array:
     """The compiled kernel (Hopper only), quantization included. q [B, Nq, H, D], k and v [B, Nk, H, D]; v bf16 or
     fp16; D 64 or 128. Returns q's dtype."""
-    config = config or tuned_config(q.shape[-1])
+    config = config or default_config(q.shape[-1])
     require(q.shape[-1] in (64, 128), f"int8 attention kernel: head dim {q.shape[-1]} is not supported (64 or 128)")
     require(config.pv in PV_DTYPES, f"int8 attention kernel: P·V dtype {config.pv!r} is not one of {PV_DTYPES}")
     require(not (config.exp16 and config.pv == "fp8"), "int8 attention kernel: exp16 takes P·V in fp16, not fp8")
@@ -450,7 +454,7 @@ def attend_quantized(q_codes, q_scale, k_codes, k_scale, v, v_scale=None, *, n_k
     """The kernel alone, on `quantize_q`'s and `quantize_k`'s outputs (k padded to a multiple of block_kv) and v:
     [B, Nk, H, D] bf16/fp16, or `quantize_v`'s e4m3 [B, H, D, Nk_pad] with its scales (then n_k names the real key
     count). Returns [B, Nq, H, D] in out_dtype (default: v's)."""
-    config = config or tuned_config(q_codes.shape[-1])
+    config = config or default_config(q_codes.shape[-1])
     require(config.compute_wgs in _COMPUTE_REGISTERS,
             f"int8 attention kernel: {config.compute_wgs} compute warpgroups (2 or 3)")
     require(not config.overlap or (config.pv == "bf16" and not config.exp16 and not config.ping_pong),
@@ -500,7 +504,7 @@ def int8_attention(q, k, v, *, config: AttentionConfig | None = None) -> jax.Arr
     require(q.ndim == 4 and k.shape == v.shape and k.ndim == 4 and q.shape[0] == k.shape[0]
             and q.shape[2:] == k.shape[2:], f"{what}: q, k, v must be [B, N, H, D] with one B, H and D; got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    config = config or tuned_config(q.shape[-1])
+    config = config or default_config(q.shape[-1])
     if mosaic.available() and v.dtype in (jnp.bfloat16, jnp.float16):
         return int8_attention_mgpu(q, k, v, config=config)
     return int8_attention_reference(q, k, v, block_kv=config.block_kv, pv=config.pv, exp16=config.exp16)
