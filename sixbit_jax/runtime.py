@@ -29,6 +29,7 @@ import numpy as np
 
 from sixbit_jax.errors import ConfigError
 from sixbit_jax.layers.quant_dense import PDR_OUTLIER_RATIO
+from sixbit_jax.quant.formats import NVFP4_OPERANDS
 from sixbit_jax.models.block_control import BF16, CALIBRATE, INT8, NVFP4, PDR, ROUTE_NAMES, SKIP, DeltaCache
 
 MODES = ("bf16", "int8", "nvfp4", "sixbit", "calibrate", "replay")
@@ -61,6 +62,9 @@ class RuntimeConfig:
     # mode calibrate: also measure each block's NVFP4 sensitivity at the model's output (one more forward per block
     # and step, calibration only): StepStats.output_error
     output_sensitivity: bool = False
+    # the NVFP4 linears' operands on a GPU without FP4 tensor cores: "bf16" (code x block scale, exact) or "fp8"
+    # (those values rounded as FP8 tensor cores take them: formats.fp8_rounded)
+    nvfp4_operands: str = "bf16"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -68,6 +72,9 @@ class RuntimeConfig:
         if self.attention not in ATTENTION_PRECISIONS:
             raise ConfigError(f"unknown attention precision {self.attention!r}; use one of "
                               f"{', '.join(ATTENTION_PRECISIONS)}")
+        if self.nvfp4_operands not in NVFP4_OPERANDS:
+            raise ConfigError(f"unknown NVFP4 operands {self.nvfp4_operands!r}; use one of "
+                              f"{', '.join(NVFP4_OPERANDS)}")
         if self.cache_dtype not in CACHE_DTYPES:
             raise ConfigError(f"unsupported delta cache dtype {self.cache_dtype!r}; use one of "
                               f"{', '.join(CACHE_DTYPES)}")

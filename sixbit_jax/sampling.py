@@ -247,7 +247,7 @@ def _denoise_loop(graphdef, state, latents, text, tables, timesteps, coefficient
         else:
             routes = choose_routes(runtime, blocks, index, num_steps, numbers)
             control = BlockControl(routes, blocks.cache, numbers.outlier_ratio, runtime.backend,
-                                   runtime.possible_routes, runtime.attention)
+                                   runtime.possible_routes, runtime.attention, runtime.nvfp4_operands)
             v, report = model(model_in, text, t_in, tables, control=control)
             record = step_stats(blocks, routes, report)
             if runtime.output_sensitivity:

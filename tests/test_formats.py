@@ -158,3 +158,23 @@ def test_shapes_that_cannot_be_quantized_name_the_constraint():
         F.hadamard_matrix(96)
     with pytest.raises(InputError, match="2-D"):
         F.prepare_weight(jnp.ones((2, 3, 128)))
+
+
+def test_fp8_rounded_values_are_e4m3_times_8_and_round_only_the_fifth_bit():
+    """Every code x block scale product, divided by 8: exactly an E4M3 value, equal to the product where it has at
+    most four significant bits, else within half an E4M3 step (2^-4 relative); below 8 x E4M3's smallest subnormal
+    it may become 0."""
+    codes = np.array([0.5, 1, 1.5, 2, 3, 4, 6, -6, -1.5], np.float32)
+    scales = np.unique(np.abs(np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)))
+    scales = scales[np.isfinite(scales) & (scales > 0)]
+    products = (codes[:, None] * scales[None, :]).astype(np.float32)
+    rounded = np.asarray(F.fp8_rounded(F.BlockScaledValues(jnp.asarray(products, jnp.bfloat16),
+                                                           jnp.float32(1))).values, np.float32)
+    eighth = rounded / 8
+    assert np.array_equal(eighth.astype(ml_dtypes.float8_e4m3fn).astype(np.float32), eighth)
+    mantissa, _ = np.frexp(np.abs(products))
+    four_bits = (mantissa * 16) == np.round(mantissa * 16)
+    normal = np.abs(products) / 8 >= 2.0**-6
+    assert np.array_equal(rounded[four_bits & normal], products[four_bits & normal])
+    assert (np.abs(rounded - products)[normal] <= 2.0**-4 * np.abs(products)[normal]).all()
+    assert (~four_bits & normal).any() and (rounded != products).any()

@@ -53,6 +53,7 @@ class LinearRuntime:
     outlier_ratio: float = PDR_OUTLIER_RATIO
     backend: str | None = None
     attention: str = "bf16"  # "int8": the 8-bit attention kernel (RuntimeConfig.attention)
+    nvfp4_operands: str = "bf16"  # "fp8": NVFP4 values rounded as FP8 tensor cores take them (RuntimeConfig)
     fallbacks: list = dataclasses.field(default_factory=list)  # per PDR layer: 1.0 if it ran bf16
     nvfp4_errors: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": relative L1 error
     outlier_ratios: list = dataclasses.field(default_factory=list)  # per layer under "calibrate": input's ratio
@@ -111,7 +112,8 @@ class QuantDense(nnx.Module):
         if self.weight_only:
             return linear.weight_only_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
         if runtime.path == "nvfp4":
-            return linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(out_dtype)
+            return linear.nvfp4_linear(x, weight, bias, backend=runtime.backend,
+                                       operands=runtime.nvfp4_operands).astype(out_dtype)
         if runtime.path == "pdr":
             outliers = input_outlier_ratio(x) > runtime.outlier_ratio
             runtime.fallbacks.append(outliers.astype(jnp.float32))
@@ -121,7 +123,8 @@ class QuantDense(nnx.Module):
         y = self._bf16(x, weight, bias)
         if runtime.path == "calibrate":
             runtime.outlier_ratios.append(input_outlier_ratio(x))
-            y4 = linear.nvfp4_linear(x, weight, bias, backend=runtime.backend).astype(jnp.float32)
+            y4 = linear.nvfp4_linear(x, weight, bias, backend=runtime.backend,
+                                     operands=runtime.nvfp4_operands).astype(jnp.float32)
             yf = y.astype(jnp.float32)
             runtime.nvfp4_errors.append(jnp.abs(y4 - yf).sum() / jnp.maximum(jnp.abs(yf).sum(), 1e-30))
         return y

@@ -81,6 +81,7 @@ class BlockControl(NamedTuple):
     backend: str | None = None  # quantized-linear backend (static); None: kernels on GPU, jnp references on CPU
     possible_routes: tuple[int, ...] = tuple(range(len(ROUTE_NAMES)))  # static: the only branches compiled
     attention: str = "bf16"  # static: the blocks' self-attention precision (RuntimeConfig.attention)
+    nvfp4_operands: str = "bf16"  # static: the NVFP4 linears' MMA operands (RuntimeConfig.nvfp4_operands)
 
 
 class BlockReport(NamedTuple):
@@ -139,14 +140,15 @@ def run_controlled_blocks(block_def, block_state, streams: Streams, run_block: R
         def compute(path: str):
             def branch(*streams):
                 runtime = LinearRuntime(path=path, outlier_ratio=control.outlier_ratio, backend=control.backend,
-                                        attention=control.attention)
+                                        attention=control.attention, nvfp4_operands=control.nvfp4_operands)
                 new = tuple(run_block(block, streams, runtime))
                 fallbacks = sum(runtime.fallbacks, zero)
                 linear_error = sum(runtime.nvfp4_errors, zero) / max(len(runtime.nvfp4_errors), 1)
                 block_error, ratios = zero, unmeasured
                 if path == "calibrate":  # the same block on NVFP4 activations, from the same input
                     quantized = run_block(block, streams, LinearRuntime(path="nvfp4", backend=control.backend,
-                                                                        attention=control.attention))
+                                                                        attention=control.attention,
+                                                                        nvfp4_operands=control.nvfp4_operands))
                     block_error = l1_ratio([f32(q) - f32(y) for q, y in zip(quantized, new)], list(new))
                     if len(runtime.outlier_ratios) != unmeasured.shape[0]:  # each such linear runs once per block
                         raise AssertionError(f"{len(runtime.outlier_ratios)} linear calls recorded, expected "

@@ -172,6 +172,20 @@ def block_scaled_values(q: NVFP4) -> BlockScaledValues:
     return BlockScaledValues(jnp.stack([even, odd], axis=-1).reshape(q.shape), q.scale)
 
 
+NVFP4_OPERANDS = ("bf16", "fp8")  # what Hopper's tensor cores take in place of the FP4 MMA it lacks
+
+
+def fp8_rounded(v: BlockScaledValues) -> BlockScaledValues:
+    """The block-scaled values as Hopper's FP8 tensor cores would take them: code x block scale (at most 6 x 448 =
+    2,688, up to five significant bits) divided by 8, rounded to E4M3 (three bits after the leading one; max 448),
+    times 8 again. Products with up to four significant bits are exact; the others (code 1.5, 3 or 6 times a block
+    scale whose last mantissa bit is set) lose their fifth bit, and values below E4M3's smallest subnormal x 8
+    (2^-6, about 1e-6 of the row's largest) become 0. Kept in bf16 (every such value is exact there), so the same
+    GEMM runs either numerics."""
+    eighth = (v.values.astype(jnp.float32) * 0.125).astype(jnp.float8_e4m3fn)
+    return BlockScaledValues((eighth.astype(jnp.float32) * 8.0).astype(jnp.bfloat16), v.scale)
+
+
 def dequantize_nvfp4(q: NVFP4) -> jax.Array:
     """NVFP4 -> float32, exactly (every NVFP4 value is a float32)."""
     even, odd = decode_pairs(q.packed, q.block_scales.astype(jnp.float32))

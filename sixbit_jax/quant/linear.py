@@ -167,16 +167,23 @@ def _stacked(operands) -> INT8:
 
 
 def nvfp4_linear(
-    x: jax.Array, weight: QuantizedWeight, bias: jax.Array | None = None, *, backend: Backend | None = None
+    x: jax.Array, weight: QuantizedWeight, bias: jax.Array | None = None, *, backend: Backend | None = None,
+    operands: str = "bf16",
 ) -> jax.Array:
     """y = x W^T + b with W4A4: NVFP4 activations (per-token second-level scale) x the NVFP4 weight. bf16 [..., N].
 
     On Hopper (no FP4 MMA) both operands become bf16 block-scaled values (code x block scale, exact) and the Mosaic
     GPU GEMM multiplies them on the bf16 tensor cores, applying both second-level scales in its epilogue: the same
-    products as the reference, summed in fp32. Elsewhere the Triton kernel decodes inside its K loop."""
+    products as the reference, summed in fp32. Elsewhere the Triton kernel decodes inside its K loop.
+    operands "fp8": both operands' block-scaled values rounded as FP8 tensor cores take them
+    (`formats.fp8_rounded`: the numerics of NVFP4 at Hopper's 8-bit MMA rate), multiplied by the same GEMM."""
+    if operands not in formats.NVFP4_OPERANDS:
+        raise InputError(f"NVFP4 operands {operands!r}: use one of {', '.join(formats.NVFP4_OPERANDS)}")
     rows, lead, n, backend = _as_rows(x, weight, backend)
     k = weight.shape[1]
-    if backend == "pallas" and _mosaic_gemm(k, n, "bfloat16"):
+    if operands == "fp8":
+        y = _fp8_operands_linear(rows, weight, bias, backend)
+    elif backend == "pallas" and _mosaic_gemm(k, n, "bfloat16"):
         a = act_quant.quantize_nvfp4_values(rows, hadamard_block=weight.hadamard_block)
         w = formats.block_scaled_values(weight.nvfp4)
         y = scaled_matmul_mgpu.scaled_matmul(a.values, w.values, a.scale, jnp.broadcast_to(w.scale, (n,)), bias,
@@ -189,6 +196,25 @@ def nvfp4_linear(
         a = act_quant.quantize_nvfp4(rows, hadamard_block=weight.hadamard_block, interpret=interpret)
         y = nvfp4_gemm.nvfp4_matmul(a, weight.nvfp4, bias, m=rows.shape[0], interpret=interpret)
     return y.reshape(*lead, n)
+
+
+def _fp8_operands_linear(rows, weight: QuantizedWeight, bias, backend: Backend) -> jax.Array:
+    """NVFP4 x NVFP4 with both operands' values rounded by `formats.fp8_rounded`, summed in fp32. On Hopper the
+    Mosaic bf16 GEMM (fp8 operands are the next step: the same values, twice the rate); elsewhere one fp32 dot."""
+    k, n = weight.shape[1], weight.shape[0]
+    if backend == "reference":
+        a = act_quant.nvfp4_values_reference(rows, weight.hadamard_block)
+    else:
+        a = act_quant.quantize_nvfp4_values(rows, hadamard_block=weight.hadamard_block,
+                                            interpret=backend == "interpret")
+    a, w = formats.fp8_rounded(a), formats.fp8_rounded(formats.block_scaled_values(weight.nvfp4))
+    if backend == "pallas" and _mosaic_gemm(k, n, "bfloat16"):
+        return scaled_matmul_mgpu.scaled_matmul(a.values, w.values, a.scale, jnp.broadcast_to(w.scale, (n,)), bias,
+                                                m=rows.shape[0], config=tuning.mosaic_gemm_config(k, n, "bfloat16"))
+    y = jax.lax.dot_general(a.values[:rows.shape[0]], w.values, (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+    y = y * a.scale[:rows.shape[0], None] * w.scale
+    return (y if bias is None else y + bias.astype(jnp.float32)).astype(jnp.bfloat16)
 
 
 def weight_only_linear(

@@ -37,6 +37,9 @@ MODES = {
     "bf16": Mode("bf16"), "fp16": Mode("fp16"), "fp32": Mode("fp32"),
     "w4a16": Mode(runtime={"mode": "bf16"}),
     "nvfp4": Mode(runtime={"mode": "nvfp4"}),
+    # NVFP4 with its values rounded as Hopper's FP8 tensor cores would take them (formats.fp8_rounded)
+    "nvfp4-fp8": Mode(runtime={"mode": "nvfp4", "nvfp4_operands": "fp8"}),
+    "dmpq-fp8": Mode(runtime={"mode": "sixbit", "nvfp4_operands": "fp8"}),
     "int8": Mode(runtime={"mode": "int8"}),
     "dmpq": Mode(runtime={"mode": "sixbit"}),
     "dmpq+tdc": Mode(runtime={"mode": "sixbit", "tdc": True, "pdr": False}),
