@@ -171,8 +171,8 @@ def atomic_folder(dst: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     with exclusive_lock(dst.parent / f".{dst.name}.lock", f"{dst} is being written"):
         _remove_stale_partials(dst)
         tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        try:  # mkdir inside: a Ctrl-C landing just after it must still remove the folder (a race the suite hit)
+            tmp.mkdir()
             yield tmp
             if dst.exists() and not overwrite:
                 raise CheckpointError(f"destination {dst} appeared while this run was writing; nothing was replaced")
