@@ -102,7 +102,8 @@ def test_nvfp4_on_fp8_operands_adds_little_to_nvfp4s_error():
     assert _rel(y8, exact) < 1.05 * _rel(y4, exact)
 
 
-@pytest.mark.parametrize("path, k, n", [(path, 48, 40) for path in ("int8", "nvfp4", "weight_only")] + [("int8", 128, 32), ("nvfp4", 128, 32)])
+@pytest.mark.parametrize("path, k, n", [(path, 48, 40) for path in ("int8", "nvfp4", "weight_only")]
+                         + [("int8", 128, 32), ("nvfp4", 128, 32)])
 def test_layers_the_kernels_cannot_tile_run_the_reference_by_default(path, k, n, monkeypatch):
     """K = 48, or K and N that fit but a 16-wide Hadamard block (tiny test models): with the kernels as the default
     backend (a GPU), the default quietly runs the reference, which computes the same function; asking for the
