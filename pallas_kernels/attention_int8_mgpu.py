@@ -320,7 +320,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             return pl.run_scoped(products, plgpu.ACC((block_q, block_kv), jnp.int32),
                                  plgpu.ACC((block_q, head_dim), jnp.float32))
 
-        if config.overlap:
+        def overlapped_loop(acc, m_i, l_i):
+            """Block 0's logits and softmax, the overlapped steps for blocks 1.. (the tail block peeled), and the
+            last block's P·V."""
             k_scale = load_k_scale(0)
 
             def first(s_ref):
@@ -346,12 +348,15 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             acc = pl.run_state(last_pv)(plgpu.ACC.init(acc))
             plgpu.barrier_arrive(v_free.at[last])
-            carry = (acc, m_i, l_i)
-        else:
+            return acc, m_i, l_i
+
+        def classic_loop(acc, m_i, l_i):
+            """The full blocks, then the tail block peeled (its padded keys masked)."""
             full_steps = kv_steps - (1 if kv_tail else 0)
             carry = lax.fori_loop(0, full_steps, step, (acc, m_i, l_i))
-            if kv_tail:
-                carry = step(jnp.int32(full_steps), carry, tail=kv_tail)
+            return step(jnp.int32(full_steps), carry, tail=kv_tail) if kv_tail else carry
+
+        carry = (overlapped_loop if config.overlap else classic_loop)(acc, m_i, l_i)
         acc, m_i, l_i = carry
         pl.when(wg == 0)(take_turn)
         v_scale = mosaic.load(v_scale_gmem.at[batch, head], plgpu.Layout.WGMMA.reduce(0))
