@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Next session's first call (issue 15). First every 8-bit attention GPU test on the final kernel code (the classic
-# schedule's K-scale load was moved back to round 24's place after round 31, so its final form has only been lowered
-# on the CPU; rounds 30-31 also stopped short of the last overlap tests). Then: does the whole 2B method finish, and
+# schedule traces to the same kernel jaxpr as round 24's; the overlapped one moved one row-vector multiply after
+# round 31, and rounds 30-31 stopped short of the last overlap tests). Then: does the whole 2B method finish, and
 # how fast, with the kernel's overlapped schedule (rounds 30-31 ran out of time in the replay mode, whose set-up
 # quantizes the 2B model on the host, runs the shapes model's own 16-prompt rollout and compiles).
 set -o pipefail

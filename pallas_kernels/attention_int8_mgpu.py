@@ -214,16 +214,16 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             return lax.rem(kv, jnp.array(stages, kv.dtype))
 
         def load_k_scale(kv):
-            """Block kv's K scale as a row vector (one value repeated over the rows; kv clamped to the last block).
+            """Block kv's K scale as a row vector (one value repeated over the rows).
             Loaded before the block's matrix products are issued and first used after them: a global load whose
             result is used, even multiplied, before the issue stalls the warpgroup for its whole latency (rounds
             29-30). The overlapped loop loads it one block ahead and carries it."""
-            return mosaic.load(k_scale_gmem.at[batch, head, jnp.minimum(kv, kv_steps - 1)], row)
+            return mosaic.load(k_scale_gmem.at[batch, head, kv], row)
 
-        def softmax(s, k_scale, m_i, l_i, tail: int = 0):
+        def softmax(s, k_scale, m_i, tail: int = 0):
             """One int32 logits tile and its block's K scale -> P (float32, or fp16 with exp16), the old rows' rescale
-            factor alpha, and the new running maximum and sum."""
-            c = q_scale * k_scale  # the logits' scale, a row vector
+            factor alpha and the new running maximum. (The callers update the output and the running sum: their
+            order there is what round 24 measured.)"""
             if config.magic_convert:  # s holds 1.5 * 2^23 + the logit's integer part
                 s, offset = lax.bitcast_convert_type(s + jnp.int32(_MAGIC_BITS), jnp.float32), _MAGIC_FLOAT
             else:
@@ -231,13 +231,17 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             if tail:
                 cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
                 s = jnp.where(cols < tail, s, -jnp.inf)
+            c = q_scale * k_scale  # the logits' scale, a row vector
             m_new = jnp.maximum(m_i, (s.max(axis=1) - offset) * c)
             alpha = jnp.exp2(m_i - m_new)
             # fp8: P x 448 (subtracted from the exponent, free), so its small values stay normal e4m3 numbers
             shift = (m_new - LOG2_FP8_MAX if fp8 else m_new) + offset * c
             exponent = s * lax.broadcast_in_dim(c, s.shape, [0]) - lax.broadcast_in_dim(shift, s.shape, [0])
             p = _exp2_f16x2(exponent.astype(jnp.float16)) if config.exp16 else jnp.exp2(exponent)
-            return p, alpha, m_new, l_i * alpha + p.astype(jnp.float32).sum(axis=1)
+            return p, alpha, m_new
+
+        def running_sum(l_i, alpha, p):
+            return l_i * alpha + p.astype(jnp.float32).sum(axis=1)
 
         def rescale(acc, alpha):
             return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
@@ -256,8 +260,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[slot])
-            p, alpha, m_new, l_i = softmax(s, k_scale, m_i, l_i, tail)
+            p, alpha, m_new = softmax(s, k_scale, m_i, tail)
             acc = rescale(acc, alpha)
+            l_i = running_sum(l_i, alpha, p)
             if fp8:
                 p_smem[...] = p.astype(FP8)
                 plgpu.commit_smem()  # visible to the tensor cores' async reads
@@ -297,7 +302,7 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
             and run block kv + 1's softmax while P·V is still on the tensor cores. `tail` masks block kv + 1."""
             acc, m_i, l_i, p, k_scale = carry  # k_scale: block kv + 1's
             slot, nxt = slot_of(kv), slot_of(kv + 1)
-            k_scale_next = load_k_scale(kv + 2)
+            k_scale_next = load_k_scale(jnp.minimum(kv + 2, kv_steps - 1))
             plgpu.barrier_wait(v_ready.at[slot])
 
             def products(s_ref, o_ref):
@@ -306,7 +311,8 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
                 plgpu.wgmma(o_ref, p, v_smem.at[slot])
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # Q·Kᵀ done; P·V may still run
                 plgpu.barrier_arrive(k_free.at[nxt])
-                p_next, alpha, m_new, l_new = softmax(s, k_scale, m_i, l_i, tail)
+                p_next, alpha, m_new = softmax(s, k_scale, m_i, tail)
+                l_new = running_sum(l_i, alpha, p_next)
                 p_next = p_next.astype(v_smem.dtype)
                 o = o_ref[...]
                 plgpu.barrier_arrive(v_free.at[slot])
@@ -331,8 +337,9 @@ def _kernel(q_gmem, k_gmem, v_gmem, q_scale_gmem, k_scale_gmem, v_scale_gmem, ou
 
             s = pl.run_scoped(first, plgpu.ACC((block_q, block_kv), jnp.int32))
             plgpu.barrier_arrive(k_free.at[0])
-            p, _, m_i, l_i = softmax(s, k_scale, m_i, l_i, kv_tail if kv_steps == 1 else 0)
-            carry = (acc, m_i, l_i, p.astype(v_smem.dtype), load_k_scale(1))
+            p, alpha, m_i = softmax(s, k_scale, m_i, kv_tail if kv_steps == 1 else 0)
+            l_i = running_sum(l_i, alpha, p)
+            carry = (acc, m_i, l_i, p.astype(v_smem.dtype), load_k_scale(jnp.minimum(1, kv_steps - 1)))
             if kv_steps > 1:
                 plgpu.barrier_wait(k_ready.at[slot_of(jnp.int32(1))])
             full_steps = kv_steps - 1 - (1 if kv_tail and kv_steps > 1 else 0)
