@@ -33,6 +33,29 @@ ATTN8, ATTN8_OVERLAPPED = "+attn8", "+attn8o"
 MODES = BASE_MODES + tuple(m + suffix for suffix in (ATTN8, ATTN8_OVERLAPPED) for m in BASE_MODES)
 
 
+def cached_schedule(path: str | None, steps: int, layers: int, tau_c: float | None, cache_dtype: str) -> dict:
+    """`embedded_model_schedule` as JSON-ready fields, read from `path` when a run with the same arguments wrote it
+    there (each replay mode's process would otherwise rerun the shapes model), else computed (and written)."""
+    import os
+    from pathlib import Path
+
+    key = {"steps": steps, "layers": layers, "tau_c": tau_c, "cache_dtype": cache_dtype}
+    if path and Path(path).exists():
+        cached = json.loads(Path(path).read_text())
+        if cached.get("key") == key:
+            return cached
+    schedule, summary, knobs = embedded_model_schedule(steps, layers, tau_c, cache_dtype)
+    fields = {"key": key, "schedule": [list(map(int, row)) for row in schedule], "knobs": knobs,
+              "bits_with_skips": summary.bits_with_skips, "bits_without_skips": summary.bits_without_skips,
+              "skip_fraction": summary.skip_fraction, "route_fraction": summary.route_fraction}
+    fields = json.loads(json.dumps(fields, default=float))  # numpy scalars as floats, tuples as lists
+    if path:
+        tmp = f"{path}.partial-{os.getpid()}"
+        Path(tmp).write_text(json.dumps(fields))
+        os.replace(tmp, path)
+    return fields
+
+
 def embedded_model_schedule(steps: int, layers: int, tau_c: float | None, cache_dtype: str):
     """(route schedule for [steps, layers], RunSummary and knobs of the embedded model's own run)."""
     import tempfile
@@ -82,13 +105,12 @@ def run_mode(args) -> dict:
     nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
     runtime, embedded = None, None
     if base.startswith("replay"):
-        schedule, summary, knobs = embedded_model_schedule(args.steps, cfg.num_layers, args.replay_tau_c,
-                                                           args.cache_dtype)
+        embedded = cached_schedule(args.schedule_cache, args.steps, cfg.num_layers, args.replay_tau_c,
+                                   args.cache_dtype)
+        schedule = tuple(tuple(row) for row in embedded.pop("schedule"))
+        embedded.pop("key")
         if base == "replay-int8":
             schedule = tuple(tuple(INT8 if r == NVFP4 else r for r in row) for row in schedule)
-        embedded = {"knobs": knobs, "bits_with_skips": summary.bits_with_skips,
-                    "bits_without_skips": summary.bits_without_skips, "skip_fraction": summary.skip_fraction,
-                    "route_fraction": summary.route_fraction}
         runtime = RuntimeConfig(mode="replay", schedule=schedule, cache_dtype=args.cache_dtype, attention=attention)
     elif base != "bf16" or attention != "bf16":
         layers = (1.0,) * cfg.num_layers
@@ -139,6 +161,8 @@ def main() -> None:
     parser.add_argument("--replay-tau-c", type=float, help="TDC threshold of the embedded model's run (replay; "
                                                            "default: its calibration's)")
     parser.add_argument("--cache-dtype", default="float8_e4m3fn", help="delta cache dtype (full, replay)")
+    parser.add_argument("--schedule-cache", help="JSON file for the embedded model's route table: the first replay "
+                                                 "mode writes it, later ones (and later runs) read it")
     parser.add_argument("--out", help="JSON results file")
     args = parser.parse_args()
     if args.mode:
@@ -152,6 +176,8 @@ def main() -> None:
                     for x in (f"--{name}", str(getattr(args, name)))]
         if args.replay_tau_c is not None:
             command += ["--replay-tau-c", str(args.replay_tau_c)]
+        if args.schedule_cache:
+            command += ["--schedule-cache", args.schedule_cache]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{mode}: failed\n{done.stderr[-3000:]}", file=sys.stderr)

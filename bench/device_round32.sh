@@ -10,5 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 timeout 170 python3 -m pytest -q -p no:cacheprovider -rfE -m gpu tests/test_attention_int8.py 2>&1 \
   | tee $OUT/attn_tests.log | grep -v "^  " | tail -6
 /usr/bin/time -f "bench_sixbit wall %e s" timeout 380 python3 bench/bench_sixbit.py --model cogvideox-2b --steps 50 \
-  --modes bf16 replay-int8+attn8o --out $OUT/sixbit_2b_50.json 2>&1 | tee $OUT/sixbit_2b_50.log | tail -6
-# Then, in a second call: --modes bf16 replay-int8+attn8 (the classic schedule, same run), and round 28 (issue 12).
+  --modes bf16 replay-int8+attn8o replay-int8+attn8 --schedule-cache $OUT/schedule_2b_50.json \
+  --out $OUT/sixbit_2b_50.json 2>&1 | tee $OUT/sixbit_2b_50.log | tail -6
+# The route table comes back in schedule_2b_50.json: commit it and pass it with --schedule-cache to later runs (the
+# replay modes then skip the shapes model's own rollout). Then, in a second call: round 28 (issue 12).
