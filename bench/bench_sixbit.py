@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -168,6 +169,9 @@ def main() -> None:
     if args.mode:
         print(json.dumps(run_mode(args)))
         return
+    cache_folder = os.path.dirname(os.path.abspath(args.schedule_cache)) if args.schedule_cache else None
+    if cache_folder and not os.access(cache_folder, os.W_OK):
+        parser.error(f"--schedule-cache {args.schedule_cache}: folder {cache_folder} is missing or not writable")
     rows = []
     for mode in args.modes:
         command = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--steps", str(args.steps),

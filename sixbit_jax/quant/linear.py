@@ -181,13 +181,8 @@ def nvfp4_linear(
         raise InputError(f"NVFP4 operands {operands!r}: use one of {', '.join(formats.NVFP4_OPERANDS)}")
     rows, lead, n, backend = _as_rows(x, weight, backend)
     k = weight.shape[1]
-    if operands == "fp8":
-        y = _fp8_operands_linear(rows, weight, bias, backend)
-    elif backend == "pallas" and _mosaic_gemm(k, n, "bfloat16"):
-        a = act_quant.quantize_nvfp4_values(rows, hadamard_block=weight.hadamard_block)
-        w = formats.block_scaled_values(weight.nvfp4)
-        y = scaled_matmul_mgpu.scaled_matmul(a.values, w.values, a.scale, jnp.broadcast_to(w.scale, (n,)), bias,
-                                             m=rows.shape[0], config=tuning.mosaic_gemm_config(k, n, "bfloat16"))
+    if operands == "fp8" or (backend == "pallas" and _mosaic_gemm(k, n, "bfloat16")):
+        y = _block_scaled_linear(rows, weight, bias, backend, fp8=operands == "fp8")
     elif backend == "reference":
         a = act_quant.nvfp4_reference(rows, weight.hadamard_block)
         y = nvfp4_gemm.nvfp4_matmul_reference(a, weight.nvfp4, bias)
@@ -198,16 +193,19 @@ def nvfp4_linear(
     return y.reshape(*lead, n)
 
 
-def _fp8_operands_linear(rows, weight: QuantizedWeight, bias, backend: Backend) -> jax.Array:
-    """NVFP4 x NVFP4 with both operands' values rounded by `formats.fp8_rounded`, summed in fp32. On Hopper the
-    Mosaic bf16 GEMM (fp8 operands are the next step: the same values, twice the rate); elsewhere one fp32 dot."""
+def _block_scaled_linear(rows, weight: QuantizedWeight, bias, backend: Backend, *, fp8: bool) -> jax.Array:
+    """NVFP4 x NVFP4 through both operands' block-scaled values (optionally `formats.fp8_rounded`), summed in fp32
+    with the second-level scales applied after: on Hopper the Mosaic bf16 GEMM (fp8 operands would take the same
+    values at twice the rate), elsewhere one fp32 dot."""
     k, n = weight.shape[1], weight.shape[0]
     if backend == "reference":
         a = act_quant.nvfp4_values_reference(rows, weight.hadamard_block)
     else:
         a = act_quant.quantize_nvfp4_values(rows, hadamard_block=weight.hadamard_block,
                                             interpret=backend == "interpret")
-    a, w = formats.fp8_rounded(a), formats.fp8_rounded(formats.block_scaled_values(weight.nvfp4))
+    w = formats.block_scaled_values(weight.nvfp4)
+    if fp8:
+        a, w = formats.fp8_rounded(a), formats.fp8_rounded(w)
     if backend == "pallas" and _mosaic_gemm(k, n, "bfloat16"):
         return scaled_matmul_mgpu.scaled_matmul(a.values, w.values, a.scale, jnp.broadcast_to(w.scale, (n,)), bias,
                                                 m=rows.shape[0], config=tuning.mosaic_gemm_config(k, n, "bfloat16"))
