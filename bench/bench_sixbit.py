@@ -37,7 +37,6 @@ MODES = BASE_MODES + tuple(m + suffix for suffix in (ATTN8, ATTN8_OVERLAPPED) fo
 def cached_schedule(path: str | None, steps: int, layers: int, tau_c: float | None, cache_dtype: str) -> dict:
     """`embedded_model_schedule` as JSON-ready fields, read from `path` when a run with the same arguments wrote it
     there (each replay mode's process would otherwise rerun the shapes model), else computed (and written)."""
-    import os
     from pathlib import Path
 
     key = {"steps": steps, "layers": layers, "tau_c": tau_c, "cache_dtype": cache_dtype}
